@@ -1,0 +1,1 @@
+"""experts stage of x2dfd."""

@@ -1,0 +1,1 @@
+"""feature_assessment stage of x2dfd."""

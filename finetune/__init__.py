@@ -1,0 +1,1 @@
+"""finetune stage of x2dfd."""
