@@ -1,0 +1,143 @@
+"""Detection metrics in pure numpy: ROC AUC, average precision, EER, TPR at a fixed FPR, bootstrap CIs.
+
+    from x2dfd.metrics import roc_auc, average_precision, eer, tpr_at_fpr, bootstrap_ci
+    roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])  # 0.75
+
+Conventions (as everywhere in x2dfd): label 1 = fake = positive class, and a higher score means
+"more fake". Ties between a real and a fake score count one half, exactly as in the Mann-Whitney U
+statistic, so AUC = P(s_fake > s_real) + 0.5 P(s_fake = s_real). Every function refuses
+single-class input or non-finite scores with a :class:`~x2dfd.errors.UsageError` instead of
+returning NaN. No sklearn: the numbers agree with ``sklearn.metrics`` (roc_auc_score,
+average_precision_score, roc_curve with ``drop_intermediate=False``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from x2dfd.errors import UsageError
+
+__all__ = ["roc_auc", "average_precision", "roc_curve", "eer", "tpr_at_fpr", "bootstrap_ci"]
+
+
+def _check(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1 or len(y) != len(s):
+        raise UsageError(f"metrics: y_true and scores must be 1-D and of equal length, got shapes {y.shape} and {s.shape}")
+    if len(y) and not np.isin(y, (0, 1)).all():
+        raise UsageError(f"metrics: labels must be 0 (real) or 1 (fake), got values {sorted(set(y.tolist()))[:5]}")
+    if not np.isfinite(s).all():
+        raise UsageError(f"metrics: scores contain {int((~np.isfinite(s)).sum())} NaN/inf value(s); drop or fix those items first")
+    y = y.astype(np.int64)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        present = "no items" if len(y) == 0 else f"only {'fake (1)' if n_pos else 'real (0)'} labels ({len(y)} items)"
+        raise UsageError(f"metrics: need both real (0) and fake (1) items to rank, got {present}")
+    return y, s
+
+
+def _rankdata(s: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy.stats.rankdata 'average')."""
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # boundaries of runs of equal values
+    new_run = np.concatenate(([True], sorted_s[1:] != sorted_s[:-1]))
+    run_id = np.cumsum(new_run) - 1
+    starts = np.flatnonzero(new_run)
+    ends = np.concatenate((starts[1:], [len(s)]))
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions start+1 .. end
+    ranks = np.empty(len(s), dtype=np.float64)
+    ranks[order] = avg[run_id]
+    return ranks
+
+
+def roc_auc(y_true: Sequence, scores: Sequence) -> float:
+    """Area under the ROC curve = Mann-Whitney U / (n_pos * n_neg); ties count 1/2."""
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    ranks = _rankdata(s)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, cumulative TP, cumulative FP) at each distinct score value."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_run = np.flatnonzero(np.concatenate((s_sorted[1:] != s_sorted[:-1], [True])))
+    tps = np.cumsum(y_sorted)[last_of_run].astype(np.float64)
+    fps = (last_of_run + 1 - tps).astype(np.float64)
+    return s_sorted[last_of_run], tps, fps
+
+
+def roc_curve(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``: one point per distinct score (predict fake when score >= threshold),
+    starting at (0, 0) with threshold +inf and ending at (1, 1)."""
+    y, s = _check(y_true, scores)
+    thr, tps, fps = _counts(y, s)
+    tpr = np.concatenate(([0.0], tps / tps[-1]))
+    fpr = np.concatenate(([0.0], fps / fps[-1]))
+    return fpr, tpr, np.concatenate(([np.inf], thr))
+
+
+def average_precision(y_true: Sequence, scores: Sequence) -> float:
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (no interpolation; tied scores form one step)."""
+    y, s = _check(y_true, scores)
+    _, tps, fps = _counts(y, s)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    d_recall = np.diff(np.concatenate(([0.0], recall)))
+    return float(np.sum(d_recall * precision))
+
+
+def eer(y_true: Sequence, scores: Sequence) -> float:
+    """Equal error rate: where FPR = FNR on the ROC curve, linearly interpolated between its points."""
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    fnr = 1.0 - tpr
+    diff = fpr - fnr  # increases from -1 to +1 along the curve
+    i = int(np.flatnonzero(diff >= 0)[0])
+    if diff[i] == 0 or i == 0:
+        return float(fpr[i])
+    # crossing between points i-1 (diff < 0) and i (diff > 0)
+    t = -diff[i - 1] / (diff[i] - diff[i - 1])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def tpr_at_fpr(y_true: Sequence, scores: Sequence, fpr: float = 0.01) -> float:
+    """Largest TPR among ROC operating points whose FPR is <= ``fpr`` (no interpolation: an achievable threshold)."""
+    if not 0.0 <= fpr <= 1.0:
+        raise UsageError(f"metrics: fpr must be in [0, 1], got {fpr}")
+    fprs, tprs, _ = roc_curve(y_true, scores)
+    return float(tprs[fprs <= fpr + 1e-12].max())
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    y: Sequence,
+    s: Sequence,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """``(point estimate, lower, upper)``: percentile bootstrap over items, ``1 - alpha`` coverage.
+
+    Resampling is stratified (reals and fakes resampled separately, keeping their counts), so every
+    replicate has both classes and no replicate has to be thrown away."""
+    if n < 1:
+        raise UsageError(f"bootstrap_ci: n must be >= 1, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
+    y_arr, s_arr = _check(y, s)
+    point = float(metric_fn(y_arr, s_arr))
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y_arr == 1), np.flatnonzero(y_arr == 0)
+    values = np.empty(n, dtype=np.float64)
+    for b in range(n):
+        idx = np.concatenate((rng.choice(pos, len(pos)), rng.choice(neg, len(neg))))
+        values[b] = metric_fn(y_arr[idx], s_arr[idx])
+    lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return point, float(lo), float(hi)
