@@ -1,0 +1,320 @@
+"""The MLLM runtime: load any image-text-to-text checkpoint, prompt it, read P(fake), generate the explanation.
+
+    mllm = load_mllm(MLLMOptions(model="llava-hf/llava-1.5-7b-hf"))      # or model="/path/to/checkpoint"
+    [j] = mllm.judge([face_image], [render_question(experts)], max_new_tokens=128)
+    j.p_fake, j.explanation
+
+Everything goes through the transformers Auto classes (``AutoProcessor``,
+``AutoModelForImageTextToText``), so LLaVA-1.5 (X2-DFD's base), LLaVA-NeXT/OneVision, Qwen2-VL and
+Idefics3/SmolVLM load the same way. The prompt is the checkpoint's own chat template applied to a
+user turn (image + question from ``prompts/``) and an assistant turn that is *continued*
+("This image is"), so the next token carries the verdict.
+
+P(fake) is read, not parsed: the softmax over the next-token logits of " real" and " fake" right
+after the answer prefix (teacher-forced). The X2-DFD reference reads the 4th generated token and
+stops generating at 4 tokens, so it never explains while it scores; here one ``generate`` call does
+both: its first step's raw logits are exactly the prefix's next-token logits, and the explanation
+continues from the same KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from PIL import Image
+
+from prompts import ANSWER_PREFIX, VERDICT_WORDS
+from x2dfd.errors import ModelNotFoundError, UsageError
+
+DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class MLLMOptions:
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise UsageError("--load-in-4bit and --load-in-8bit exclude each other; pick one")
+        if self.dtype not in ("auto", *DTYPES):
+            raise UsageError(f"--dtype '{self.dtype}' is not supported. Available: auto, {', '.join(DTYPES)}.")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UsageError(f"--device '{device}' is not a device (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA (float16 on GPUs without bf16), float32 on CPU."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP probe of the hub endpoint, so an offline machine fails in seconds instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[str, bool]:
+    """Return ``(source, local_files_only)`` for ``from_pretrained``, or raise a one-line ModelNotFoundError.
+
+    Order: a local directory; a hub id already in the Hugging Face cache (works offline); a hub id
+    fetched from a reachable hub.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"cannot load model '{model}': the directory has no config.json, so it is not a Hugging Face "
+                "checkpoint (save one with save_pretrained, or pass the checkpoint's root folder)"
+            )
+        return str(path), True
+    if _looks_like_path(model) or path.exists():
+        raise ModelNotFoundError(f"cannot load model '{model}': no such directory (check the --model path)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return model, True
+    if _hub_reachable():
+        return model, False
+    raise ModelNotFoundError(
+        f"cannot load model '{model}': not a local directory, not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is "
+        f"unreachable. Fix: on a machine with hub access run `hf download {model} --local-dir DIR`, "
+        "copy DIR here and pass --model DIR"
+    )
+
+
+@dataclass
+class Judgement:
+    """The MLLM's answer for one image."""
+
+    p_fake: float
+    logit_real: float
+    logit_fake: float
+    explanation: str | None  # "This image is ..." (None when no tokens were generated)
+    new_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _StepTimer:
+    """A generate() streamer used only as a clock: it is called once with the prompt, then once per step."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def put(self, value):
+        self.stamps.append(time.perf_counter())
+
+    def end(self):
+        self.stamps.append(time.perf_counter())
+
+
+class MLLM:
+    """A loaded checkpoint with its processor; see the module docstring."""
+
+    def __init__(self, model, processor, options: MLLMOptions, source: str):
+        self.model = model
+        self.processor = processor
+        self.options = options
+        self.source = source
+        self.device = next(p for p in model.parameters()).device
+        self.dtype = model.get_input_embeddings().weight.dtype  # also the compute dtype of a quantized model
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation continues every row from its last real token
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.real_id, self.fake_id = self._verdict_token_ids()
+
+    # ----------------------------------------------------------------------------------------- prompts
+    def build_prompt(self, question: str, answer_prefix: str = ANSWER_PREFIX) -> str:
+        """The checkpoint's chat template over [user: image + question, assistant: answer_prefix...]."""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer_prefix}]},
+        ]
+        return self.processor.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+    def _verdict_token_ids(self) -> tuple[int, int]:
+        """First sub-token of " real" / " fake" as they follow the answer prefix; asserted distinct."""
+        ids = {}
+        base = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
+        for label, word in VERDICT_WORDS.items():
+            full = self.tokenizer(ANSWER_PREFIX + word, add_special_tokens=False).input_ids
+            k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
+            if k >= len(full):
+                raise UsageError(f"the tokenizer of '{self.options.model}' cannot tokenize the verdict word {word!r}")
+            ids[label] = full[k]
+        if ids["real"] == ids["fake"]:
+            raise UsageError(f"the tokenizer of '{self.options.model}' maps ' real' and ' fake' to the same first token")
+        return ids["real"], ids["fake"]
+
+    def encode(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
+        """Processor inputs for a batch (left-padded), on the model's device and dtype."""
+        batch = self.processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt")
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(self.dtype)
+            out[key] = value
+        return out
+
+    # ----------------------------------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def judge(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 128) -> list[Judgement]:
+        """P(fake) and the explanation for each (image, question), in one batched generate() call."""
+        if len(images) != len(questions):
+            raise ValueError("judge(): one question per image")
+        t0 = time.perf_counter()
+        prompts = [self.build_prompt(q) for q in questions]
+        inputs = self.encode(images, prompts)
+        t_prompt = time.perf_counter() - t0
+        timer = _StepTimer()
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=max(1, max_new_tokens),
+            do_sample=False,
+            num_beams=1,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=timer,
+        )
+        t_end = time.perf_counter()
+        # stamps: [prompt handed over, step 1 done, step 2 done, ..., end]
+        prefill = (timer.stamps[1] - timer.stamps[0]) if len(timer.stamps) > 1 else t_end - t0
+        generation = (t_end - timer.stamps[1]) if len(timer.stamps) > 1 else 0.0
+        first = out.logits[0].float()  # raw (unprocessed) next-token logits after "This image is"
+        pair = torch.stack([first[:, self.real_id], first[:, self.fake_id]], dim=-1)
+        p_fake = torch.softmax(pair, dim=-1)[:, 1]
+        new_ids = out.sequences[:, inputs["input_ids"].shape[1]:]
+        prefix_ids = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
+        n = len(images)
+        results = []
+        for i in range(n):
+            ids = new_ids[i].tolist()
+            ids = [t for t in ids if t != self.tokenizer.pad_token_id]
+            if self.tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+            text = None
+            if max_new_tokens > 0:
+                text = self.tokenizer.decode(prefix_ids + ids, skip_special_tokens=True).strip()
+            results.append(
+                Judgement(
+                    p_fake=float(p_fake[i]),
+                    logit_real=float(pair[i, 0]),
+                    logit_fake=float(pair[i, 1]),
+                    explanation=text,
+                    new_tokens=len(ids) if max_new_tokens > 0 else 0,
+                    timings={"prompt": t_prompt / n, "prefill": prefill / n, "generate": generation / n},
+                )
+            )
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """What the records and resolved configs store about the model."""
+        cfg = self.model.config
+        return {
+            "model": self.options.model,
+            "revision": self.options.revision or getattr(cfg, "_commit_hash", None),
+            "adapter": self.options.adapter,
+            "architecture": type(self.model).__name__,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "quantization": "4bit" if self.options.load_in_4bit else "8bit" if self.options.load_in_8bit else None,
+        }
+
+
+def _quantization_config(options: MLLMOptions, dtype: torch.dtype):
+    if not (options.load_in_4bit or options.load_in_8bit):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if options.load_in_4bit:
+        # QLoRA's recipe (Dettmers et al. 2023): NF4 storage, double quantization, compute in the run dtype.
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_mllm(options: MLLMOptions) -> MLLM:
+    """Load processor + model (+ LoRA adapter) as ``options`` say; one-line errors for missing checkpoints."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    source, local_only = resolve_checkpoint(options.model, options.revision)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    common = dict(revision=options.revision, trust_remote_code=options.trust_remote_code, local_files_only=local_only)
+    try:
+        processor = AutoProcessor.from_pretrained(source, **common)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source,
+            dtype=dtype,
+            quantization_config=_quantization_config(options, dtype),
+            device_map={"": str(device)},
+            **common,
+        )
+    except ValueError as err:  # e.g. "Unrecognized configuration class ... for AutoModelForImageTextToText"
+        raise ModelNotFoundError(f"cannot load model '{options.model}' as an image-text-to-text model: {err}") from err
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load model '{options.model}': {err}") from err
+    if options.adapter:
+        model = apply_adapter(model, options.adapter, merge=not (options.load_in_4bit or options.load_in_8bit))
+    model.eval()
+    return MLLM(model, processor, options, source)
+
+
+def apply_adapter(model, adapter_dir: str, merge: bool = True):
+    """Apply a peft LoRA adapter directory; merged into the weights unless the base is quantized."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelNotFoundError(
+            f"cannot load adapter '{adapter_dir}': no adapter_config.json there (pass the output dir of `x2dfd finetune`)"
+        )
+    model = PeftModel.from_pretrained(model, str(path))
+    return model.merge_and_unload() if merge else model
