@@ -4,7 +4,7 @@ A field ``batch_size: int = 4`` followed by a string literal becomes ``--batch-s
 string as help. ``field(metadata={"positional": True})`` makes a positional argument;
 ``list[...]`` options are repeatable (``--expert a --expert b``); ``bool`` fields become
 ``--flag`` / ``--no-flag``; ``metadata={"choices": [...]}`` restricts values; ``metadata={"flag": "--x"}``
-renames the flag. This module must not import torch: ``--help`` stays fast.
+renames the flag; ``metadata={"store_true": True}`` makes a bool a plain switch (no ``--no-`` twin). This module must not import torch: ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         if elem is bool and not is_list:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            action = "store_true" if f.metadata.get("store_true") else argparse.BooleanOptionalAction
+            parser.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
         elif is_list:
             parser.add_argument(flag, dest=f.name, action="append", type=conv, choices=choices,
                                 default=None, metavar=f.metadata.get("metavar"), help=help_text + " (repeatable)")

@@ -44,6 +44,7 @@ class Record:
     explanation: str | None = None
     mode: str = "mllm"  # "mllm" (verdict read from the MLLM) | "expert-only" (no MLLM, no invented text)
     experts: dict[str, float | None] = field(default_factory=dict)  # expert name -> p_fake (None: could not run)
+    media: dict[str, Any] | None = None  # image: width, height; video: fps, total_frames, duration_s, ...
     face: dict[str, Any] | None = None  # box, landmarks, score, crop_size ... (None until cropped / no crop)
     face_index: int | None = None  # with --all-faces: 0 = largest face
     cues: list[dict[str, Any]] = field(default_factory=list)  # cue evidence: {"id", "phrase", "p_yes"}

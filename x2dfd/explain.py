@@ -1,0 +1,178 @@
+"""``x2dfd explain``: verdict, p_fake and a natural-language explanation for each face image or video.
+
+    x2dfd explain photos/ clip.mp4 --out results.jsonl                # default MLLM: llava-hf/llava-1.5-7b-hf
+    x2dfd explain face.jpg --model ./my-llava --adapter ./x2dfd-lora  # a local checkpoint + LoRA adapter
+    x2dfd explain photos/ --mllm none                                 # expert-only triage, no MLLM weights needed
+
+One JSON line per input (see ``x2dfd.records.Record``), appended and flushed as each finishes;
+a summary table on stderr. Exit status 0 when every input got a record (even records carrying
+errors); 2 for usage errors (bad flags, a model that cannot be found).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from x2dfd import __version__
+from x2dfd.cliargs import parse_config, to_jsonable
+from x2dfd.errors import UsageError
+from x2dfd.inputs import expand_inputs
+from x2dfd.mllm import DEFAULT_MODEL, MLLMOptions
+from x2dfd.pipeline import PipelineOptions
+from x2dfd.records import Record
+
+
+@dataclass
+class ModelArgs(MLLMOptions):
+    """MLLM options with their command-line help (shared by every command that loads an MLLM)."""
+
+    model: str = DEFAULT_MODEL
+    """MLLM checkpoint: a Hugging Face hub id (fetched on first use where the hub is reachable) or a local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of --model."""
+    adapter: str | None = None
+    """A peft LoRA adapter directory to apply (e.g. the output of `x2dfd finetune`)."""
+    device: str = "auto"
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
+    dtype: str = field(default="auto", metadata={"choices": ["auto", "float32", "bfloat16", "float16"]})
+    """auto: bfloat16 on CUDA, float32 on CPU."""
+    load_in_4bit: bool = False
+    """Quantize the MLLM to 4-bit NF4 with bitsandbytes (works on CPU too)."""
+    load_in_8bit: bool = False
+    """Quantize the MLLM to 8-bit with bitsandbytes."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
+
+
+@dataclass
+class ExplainConfig(PipelineOptions, ModelArgs):
+    """Explain face images and videos: verdict, p_fake and explanation per input, as JSON lines."""
+
+    inputs: list[str] = field(default_factory=list, metadata={"positional": True})
+    """Images, videos, directories (searched recursively) or glob patterns."""
+    out: str | None = None
+    """JSONL file the records are appended to (default: printed to stdout)."""
+    mllm: str = field(default="auto", metadata={"choices": ["auto", "none"]})
+    """none: expert-only verdicts (no MLLM is loaded, no explanation text is invented)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
+    """External expert to run (default: the shipped blending expert)."""
+    no_expert: bool = field(default=False, metadata={"store_true": True})
+    """Run no external expert (the prompt then carries no expert scores)."""
+    quiet: bool = field(default=False, metadata={"store_true": True})
+    """No progress bar and no summary table."""
+
+    def __post_init__(self):
+        ModelArgs.__post_init__(self)
+        PipelineOptions.__post_init__(self)
+        if not self.inputs:
+            raise UsageError("give at least one INPUT (image, video, directory or glob)")
+        if self.no_expert and self.expert:
+            raise UsageError("--no-expert and --expert exclude each other")
+
+
+def load_experts(names: list[str], no_expert: bool, device: str) -> list:
+    """The experts to run: ``names``, else the default set; none with ``--no-expert``."""
+    if no_expert:
+        return []
+    import experts as experts_pkg
+
+    chosen = names or list(getattr(experts_pkg, "DEFAULT_EXPERTS", ()))
+    return [experts_pkg.load_expert(name, device=device) for name in chosen]
+
+
+def build_explainer(cfg: ExplainConfig):
+    """Load what ``cfg`` asks for (MLLM, experts) and return the pipeline."""
+    from x2dfd.mllm import load_mllm, resolve_device
+    from x2dfd.pipeline import Explainer
+
+    device = str(resolve_device(cfg.device))
+    expert_list = load_experts(cfg.expert, cfg.no_expert, device)
+    mllm = None if cfg.mllm == "none" else load_mllm(cfg)
+    return Explainer(mllm, expert_list, cfg)
+
+
+class RecordWriter:
+    """Appends records as JSON lines and flushes each one, so an interrupted run keeps what finished."""
+
+    def __init__(self, out: str | None):
+        self.path = Path(out) if out else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: IO[str] = self.path.open("a", encoding="utf-8")
+        else:
+            self._fh = sys.stdout
+
+    def write(self, record: Record) -> None:
+        self._fh.write(record.to_json() + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._fh.close()
+
+
+def summary_table(records: list[Record], limit: int = 40) -> str:
+    """A readable summary: one row per record (first ``limit``), label counts, and every error."""
+    counts = Counter(r.label for r in records)
+    rows = [("file", "label", "p_fake", "experts", "note")]
+    for r in records[:limit]:
+        name = Path(r.path).name + (f"#face{r.face_index}" if r.face_index is not None else "")
+        experts = " ".join(f"{k}={'N/A' if v is None else f'{v:.3f}'}" for k, v in r.experts.items())
+        note = "error" if r.error else (f"{len(r.frames or [])} frames" if r.kind == "video" else "")
+        rows.append((name[:48], r.label, "-" if r.p_fake is None else f"{r.p_fake:.3f}", experts[:40], note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if len(records) > limit:
+        lines.append(f"... {len(records) - limit} more")
+    lines.append(
+        f"{len(records)} records: {counts.get('fake', 0)} fake, {counts.get('real', 0)} real, "
+        f"{counts.get('undetermined', 0)} undetermined"
+    )
+    errors = [r for r in records if r.error]
+    if errors:
+        lines.append(f"{len(errors)} with errors:")
+        lines += [f"  {r.path}: {r.error}" for r in errors]
+    return "\n".join(lines)
+
+
+def run_explain(cfg: ExplainConfig) -> list[Record]:
+    """Everything ``x2dfd explain`` does, callable from Python; returns the records written."""
+    from tqdm.auto import tqdm
+
+    paths = expand_inputs(cfg.inputs)
+    explainer = build_explainer(cfg)
+    writer = RecordWriter(cfg.out)
+    if writer.path is not None:
+        resolved = {"command": "explain", "x2dfd_version": __version__, "config": to_jsonable(cfg),
+                    "template_version": explainer.template_version,
+                    "mllm": explainer.mllm.describe() if explainer.mllm else None,
+                    "experts": [e.info() for e in explainer.experts]}
+        writer.path.with_suffix(".config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+    records: list[Record] = []
+    bar = tqdm(total=len(paths), unit="file", desc="explain", disable=cfg.quiet or len(paths) < 2, file=sys.stderr)
+    done_paths: set[str] = set()
+    try:
+        for record in explainer.run(paths):
+            writer.write(record)
+            records.append(record)
+            if record.path not in done_paths:
+                done_paths.add(record.path)
+                bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(ExplainConfig, argv, prog="x2dfd explain")
+    records = run_explain(cfg)
+    if not cfg.quiet:
+        print(summary_table(records), file=sys.stderr)
+    return 0

@@ -1,0 +1,317 @@
+"""The one explain pipeline: path -> decode -> face crop -> experts -> prompt -> MLLM -> Record.
+
+    explainer = Explainer(mllm, experts, PipelineOptions())
+    for record in explainer.run(["face.jpg", "clip.mp4"]):
+        print(record.label, record.p_fake)
+
+Used by ``x2dfd explain``, ``x2dfd expert score``, the demo and the evaluation. Every input yields a
+record: a file that cannot be decoded or has no face becomes ``undetermined`` with a one-line
+``error``, and the batch goes on. Inputs are processed in small chunks so records stream out as
+they finish (the JSONL writer flushes each one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prompts import format_expert_score, render_template, template_version
+from x2dfd.errors import UsageError, X2DFDError
+from x2dfd.inputs import media_kind
+from x2dfd.records import DEFAULT_THRESHOLD, Record, label_from_p, one_line
+
+QUESTION_TEMPLATE = "explain.jinja"
+AGGREGATES = ("mean", "median", "max", "topk")
+
+
+@dataclass
+class PipelineOptions:
+    batch_size: int = 4
+    """Faces per MLLM forward pass (batched with left padding)."""
+    max_new_tokens: int = 128
+    """Length limit of the generated explanation (0: verdict only, no text)."""
+    threshold: float = DEFAULT_THRESHOLD
+    """p_fake at or above this is labelled fake."""
+    face_crop: bool = True
+    """Detect the face and crop it the DeepfakeBench way (square, 1.3x the box); --no-face-crop for inputs that are already face crops."""
+    all_faces: bool = False
+    """Explain every face in an image (one record each, largest first) instead of only the largest."""
+    align: bool = False
+    """Rotate each face so the eyes are level (68-point landmarks) before cropping."""
+    face_scale: float = 1.3
+    """Crop side as a multiple of the detected face box (DeepfakeBench uses 1.3)."""
+    min_face_score: float = 0.5
+    """Minimum face-detector confidence."""
+    frames: int = 16
+    """Frames sampled uniformly from each video."""
+    aggregate: str = field(default="mean", metadata={"choices": list(AGGREGATES)})
+    """How frame p_fake values become the video's p_fake."""
+    topk: int = 3
+    """k for --aggregate topk (mean of the k most fake-looking frames)."""
+    max_pixels: int = 64_000_000
+    """Images with more pixels are refused (decompression-bomb guard)."""
+    max_file_mb: float = 200.0
+    """Image files larger than this are refused."""
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 0:
+            raise UsageError(f"--max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0.0 < self.threshold < 1.0:
+            raise UsageError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.frames < 1:
+            raise UsageError(f"--frames must be >= 1, got {self.frames}")
+        if self.aggregate not in AGGREGATES:
+            raise UsageError(f"--aggregate '{self.aggregate}' is unknown. Available: {', '.join(AGGREGATES)}.")
+        if self.face_scale < 1.0:
+            raise UsageError(f"--face-scale must be >= 1.0, got {self.face_scale}")
+
+
+@dataclass
+class _Sample:
+    """One face crop on its way through experts and the MLLM."""
+
+    crop: Any  # x2dfd.face.FaceCrop
+    face_index: int | None = None
+    frame: Any = None  # x2dfd.media.VideoFrame for videos
+    experts: dict[str, float | None] = field(default_factory=dict)
+    p_fake: float | None = None
+    explanation: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Unit:
+    """One input file: its base record and its samples (faces, or video frames)."""
+
+    record: Record
+    samples: list[_Sample] = field(default_factory=list)
+    frame_errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Explainer:
+    """Runs the pipeline with a loaded MLLM (or None: expert-only verdicts) and loaded experts."""
+
+    def __init__(self, mllm, experts: list, options: PipelineOptions):
+        if mllm is None and not experts:
+            raise UsageError("no MLLM (--mllm none) and no expert (--no-expert): nothing could give a verdict")
+        self.mllm = mllm
+        self.experts = list(experts)
+        self.options = options
+        self.model_name = mllm.options.model if mllm is not None else None
+        self.adapter = mllm.options.adapter if mllm is not None else None
+        self.template_version = template_version(QUESTION_TEMPLATE) if mllm is not None else None
+
+    # ------------------------------------------------------------------------------------------ public
+    def run(self, paths: Iterable[str]) -> Iterator[Record]:
+        """Yield one record per input (per face with ``all_faces``) as soon as its chunk is done."""
+        chunk: list[_Unit] = []
+        pending = 0
+        for path in paths:
+            unit = self._prepare(path)
+            chunk.append(unit)
+            pending += len(unit.samples)
+            if pending >= self.options.batch_size:
+                yield from self._finish_chunk(chunk)
+                chunk, pending = [], 0
+        if chunk:
+            yield from self._finish_chunk(chunk)
+
+    def question(self, experts: dict[str, float | None]) -> str:
+        """The explain question with the experts' scores in X2-DFD's wording."""
+        shown = [
+            {"prompt_name": e.prompt_name, "score": format_expert_score(experts.get(e.name))} for e in self.experts
+        ]
+        return render_template(QUESTION_TEMPLATE, experts=shown)
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _prepare(self, path: str) -> _Unit:
+        """Decode and crop faces; any failure becomes the unit's error (its record is then final)."""
+        from x2dfd.media import MediaLimits, file_sha256
+
+        t0 = time.perf_counter()
+        kind = media_kind(path)
+        record = Record(path=path, kind=kind, model=self.model_name, adapter=self.adapter,
+                        template_version=self.template_version, mode="mllm" if self.mllm else "expert-only")
+        unit = _Unit(record)
+        limits = MediaLimits(max_pixels=self.options.max_pixels, max_file_mb=self.options.max_file_mb)
+        try:
+            record.sha256 = file_sha256(path)
+        except OSError as err:
+            record.error = one_line(f"cannot read '{path}': {err.strerror or err}")
+            return unit
+        try:
+            if kind == "video":
+                self._prepare_video(unit, limits)
+            else:
+                self._prepare_image(unit, limits)
+        except X2DFDError as err:  # MediaError, NoFaceError: a result, not a crash
+            record.error = one_line(str(err))
+        except Exception as err:  # noqa: BLE001 - per-item boundary: record the cause, keep the batch going
+            record.error = one_line(f"'{path}': {type(err).__name__}: {err}")
+        record.timings["decode+face"] = time.perf_counter() - t0
+        return unit
+
+    def _prepare_image(self, unit: _Unit, limits) -> None:
+        from x2dfd.face import extract_faces
+        from x2dfd.media import load_image
+
+        image = load_image(unit.record.path, limits)
+        unit.record.media = {"width": image.width, "height": image.height}
+        crops = extract_faces(image, **self._face_kwargs())
+        many = self.options.all_faces and self.options.face_crop
+        unit.samples = [_Sample(crop=c, face_index=i if many else None) for i, c in enumerate(crops)]
+
+    def _prepare_video(self, unit: _Unit, limits) -> None:
+        from x2dfd.errors import NoFaceError
+        from x2dfd.face import extract_faces
+        from x2dfd.media import sample_video
+
+        frames, info = sample_video(unit.record.path, self.options.frames, limits)
+        unit.record.media = dict(info)
+        kwargs = self._face_kwargs() | {"all_faces": False}
+        for frame in frames:
+            try:
+                [crop] = extract_faces(frame.image, **kwargs)
+            except NoFaceError as err:
+                unit.frame_errors.append({"index": frame.index, "time_s": frame.time_s, "p_fake": None,
+                                          "label": "undetermined", "face": None, "error": one_line(str(err))})
+                continue
+            unit.samples.append(_Sample(crop=crop, frame=frame))
+        if not unit.samples:
+            raise NoFaceError(f"no face found in any of the {len(frames)} sampled frames of '{unit.record.path}'")
+
+    def _face_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        return dict(crop=o.face_crop, all_faces=o.all_faces, scale=o.face_scale, align=o.align,
+                    min_score=o.min_face_score)
+
+    def _score_experts(self, samples: list[_Sample]) -> None:
+        for expert in self.experts:
+            t0 = time.perf_counter()
+            try:
+                scores = expert.score([s.crop.image for s in samples])
+                for s, sc in zip(samples, scores):
+                    s.experts[expert.name] = round(float(sc.p_fake), 6)
+            except Exception as err:  # noqa: BLE001 - an expert that fails is "N/A", the MLLM still answers
+                for s in samples:
+                    s.experts[expert.name] = None
+                    s.error = one_line(f"expert '{expert.name}' failed: {type(err).__name__}: {err}")
+            dt = (time.perf_counter() - t0) / len(samples)
+            for s in samples:
+                s.timings["experts"] = s.timings.get("experts", 0.0) + dt
+
+    def _judge(self, samples: list[_Sample], max_new_tokens: int) -> None:
+        """MLLM verdicts for a batch; if the batch fails, retry one by one so only the bad item fails."""
+        questions = [self.question(s.experts) for s in samples]
+        try:
+            results = self.mllm.judge([s.crop.image for s in samples], questions, max_new_tokens=max_new_tokens)
+        except Exception as err:  # noqa: BLE001 - isolate the failing item below
+            if len(samples) == 1:
+                samples[0].error = one_line(f"MLLM failed: {type(err).__name__}: {err}")
+                return
+            for s in samples:
+                self._judge([s], max_new_tokens)
+            return
+        for s, j in zip(samples, results):
+            s.p_fake = j.p_fake
+            if max_new_tokens > 0:
+                s.explanation = j.explanation
+            for k, v in j.timings.items():
+                s.timings[k] = s.timings.get(k, 0.0) + v
+
+    def _finish_chunk(self, units: list[_Unit]) -> Iterator[Record]:
+        samples = [s for u in units if u.record.error is None for s in u.samples]
+        bs = self.options.batch_size
+        for i in range(0, len(samples), bs):
+            batch = samples[i : i + bs]
+            if self.experts:
+                self._score_experts(batch)
+            if self.mllm is not None:
+                # Video frames get verdicts only; the video's explanation is generated once, below.
+                images = [s for s in batch if s.frame is None]
+                frames = [s for s in batch if s.frame is not None]
+                if images:
+                    self._judge(images, self.options.max_new_tokens)
+                if frames:
+                    self._judge(frames, 0)
+            else:
+                for s in batch:
+                    s.p_fake = _expert_only_p(s.experts)
+                    if s.p_fake is None and s.error is None:
+                        s.error = "no expert could score this face"
+        for unit in units:
+            yield from self._records(unit)
+
+    def _records(self, unit: _Unit) -> Iterator[Record]:
+        base = unit.record
+        if base.error is not None:
+            yield base
+            return
+        if base.kind == "video":
+            yield self._video_record(unit)
+            return
+        for s in unit.samples:
+            rec = Record(**{**base.to_dict(), "timings": dict(base.timings)})
+            self._fill(rec, s)
+            rec.face_index = s.face_index
+            yield rec
+
+    def _fill(self, rec: Record, s: _Sample) -> None:
+        rec.p_fake = None if s.p_fake is None else round(float(s.p_fake), 6)
+        rec.label = label_from_p(rec.p_fake, self.options.threshold)
+        rec.explanation = s.explanation
+        rec.experts = dict(s.experts)
+        rec.face = s.crop.info() if s.crop.face is not None else None
+        rec.error = s.error
+        rec.timings.update({k: round(v, 6) for k, v in s.timings.items()})
+        rec.timings["total"] = round(sum(v for k, v in rec.timings.items() if k != "total"), 6)
+
+    def _video_record(self, unit: _Unit) -> Record:
+        from x2dfd.media import aggregate_frames
+
+        rec = unit.record
+        o = self.options
+        frames = list(unit.frame_errors)
+        for s in unit.samples:
+            p = None if s.p_fake is None else round(float(s.p_fake), 6)
+            frames.append({"index": s.frame.index, "time_s": round(s.frame.time_s, 3), "p_fake": p,
+                           "label": label_from_p(p, o.threshold), "experts": dict(s.experts),
+                           "face": s.crop.info() if s.crop.face is not None else None, "error": s.error})
+        frames.sort(key=lambda f: f["index"])
+        rec.frames = frames
+        rec.aggregate = o.aggregate if o.aggregate != "topk" else f"topk:{o.topk}"
+        p = aggregate_frames([f["p_fake"] for f in frames], o.aggregate, k=o.topk)
+        rec.p_fake = None if p is None else round(float(p), 6)
+        rec.label = label_from_p(rec.p_fake, o.threshold)
+        for name in {k for s in unit.samples for k in s.experts}:
+            rec.experts[name] = aggregate_frames([s.experts.get(name) for s in unit.samples], o.aggregate, k=o.topk)
+        scored = [s for s in unit.samples if s.p_fake is not None]
+        if rec.p_fake is None:
+            rec.error = next((s.error for s in unit.samples if s.error), "no frame could be scored")
+        elif scored:
+            # Explain the frame that best supports the video's verdict: the most fake-looking one for a
+            # fake verdict, the most real-looking one for a real verdict.
+            key = (lambda s: s.p_fake) if rec.label == "fake" else (lambda s: -s.p_fake)
+            best = max(scored, key=key)
+            rec.face = best.crop.info() if best.crop.face is not None else None
+            for f in rec.frames:
+                f["explained"] = f["index"] == best.frame.index
+            if self.mllm is not None and o.max_new_tokens > 0:
+                self._judge([best], o.max_new_tokens)
+                rec.explanation = best.explanation
+        for s in unit.samples:
+            for k, v in s.timings.items():
+                rec.timings[k] = round(rec.timings.get(k, 0.0) + v, 6)
+        rec.timings["total"] = round(sum(v for k, v in rec.timings.items() if k != "total"), 6)
+        return rec
+
+
+def _expert_only_p(experts: dict[str, float | None]) -> float | None:
+    """Expert-only verdict: the mean p_fake of the experts that could run."""
+    values = [v for v in experts.values() if v is not None]
+    return sum(values) / len(values) if values else None
