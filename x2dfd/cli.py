@@ -19,6 +19,7 @@ from x2dfd.records import one_line
 # command -> ("module:function", one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("x2dfd.explain:main", "verdict, p_fake and explanation for images, folders and videos (JSONL)"),
+    "assess": ("feature_assessment.assess:main", "rank forgery cues by how well the MLLM's yes/no answers separate real from fake"),
     "expert": ("experts.cli:main", "train or run the external expert detectors (x2dfd expert train|score ...)"),
 }
 
