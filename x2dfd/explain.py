@@ -91,8 +91,8 @@ def build_explainer(cfg: ExplainConfig):
     from x2dfd.pipeline import Explainer
 
     device = str(resolve_device(cfg.device))
-    expert_list = load_experts(cfg.expert, cfg.no_expert, device)
     mllm = None if cfg.mllm == "none" else load_mllm(cfg)
+    expert_list = load_experts(cfg.expert, cfg.no_expert, device)
     return Explainer(mllm, expert_list, cfg)
 
 
