@@ -71,6 +71,16 @@ class PipelineOptions:
 
 
 @dataclass
+class Artifacts:
+    """Pictures behind a record (not serialised into it): the face crop the verdict is about and, when an
+    expert can localize, its heatmap (float HxW in [0, 1] at the crop's size). For videos: the explained frame."""
+
+    face: Any = None  # PIL.Image.Image
+    heatmap: Any = None  # numpy.ndarray
+    frame_index: int | None = None
+
+
+@dataclass
 class _Sample:
     """One face crop on its way through experts and the MLLM."""
 
@@ -109,6 +119,12 @@ class Explainer:
     # ------------------------------------------------------------------------------------------ public
     def run(self, paths: Iterable[str]) -> Iterator[Record]:
         """Yield one record per input (per face with ``all_faces``) as soon as its chunk is done."""
+        for record, _ in self.run_with_artifacts(paths, heatmaps=False):
+            yield record
+
+    def run_with_artifacts(self, paths: Iterable[str], heatmaps: bool = True) -> Iterator[tuple[Record, Artifacts]]:
+        """Like :meth:`run`, also yielding the face crop (and the first localizing expert's heatmap) that
+        each record's verdict is about: what the report and the demo show."""
         chunk: list[_Unit] = []
         pending = 0
         for path in paths:
@@ -116,10 +132,10 @@ class Explainer:
             chunk.append(unit)
             pending += len(unit.samples)
             if pending >= self.options.batch_size:
-                yield from self._finish_chunk(chunk)
+                yield from self._finish_chunk(chunk, heatmaps)
                 chunk, pending = [], 0
         if chunk:
-            yield from self._finish_chunk(chunk)
+            yield from self._finish_chunk(chunk, heatmaps)
 
     def question(self, experts: dict[str, float | None]) -> str:
         """The explain question with the experts' scores in X2-DFD's wording."""
@@ -224,7 +240,7 @@ class Explainer:
             for k, v in j.timings.items():
                 s.timings[k] = s.timings.get(k, 0.0) + v
 
-    def _finish_chunk(self, units: list[_Unit]) -> Iterator[Record]:
+    def _finish_chunk(self, units: list[_Unit], heatmaps: bool) -> Iterator[tuple[Record, Artifacts]]:
         samples = [s for u in units if u.record.error is None for s in u.samples]
         bs = self.options.batch_size
         for i in range(0, len(samples), bs):
@@ -245,12 +261,33 @@ class Explainer:
                     if s.p_fake is None and s.error is None:
                         s.error = "no expert could score this face"
         for unit in units:
-            yield from self._records(unit)
+            for record, sample in self._records(unit):
+                yield record, self._artifacts(sample, heatmaps)
 
-    def _records(self, unit: _Unit) -> Iterator[Record]:
+    def _artifacts(self, sample: _Sample | None, heatmaps: bool) -> Artifacts:
+        if sample is None:
+            return Artifacts()
+        heatmap = None
+        if heatmaps:
+            for expert in self.experts:
+                localize = getattr(expert, "localize", None)
+                if localize is None:
+                    continue
+                try:
+                    [heatmap] = localize([sample.crop.image])
+                except NotImplementedError:
+                    continue
+                except Exception:  # noqa: BLE001 - a missing picture must not cost the verdict
+                    heatmap = None
+                if heatmap is not None:
+                    break
+        return Artifacts(face=sample.crop.image, heatmap=heatmap,
+                         frame_index=sample.frame.index if sample.frame is not None else None)
+
+    def _records(self, unit: _Unit) -> Iterator[tuple[Record, _Sample | None]]:
         base = unit.record
         if base.error is not None:
-            yield base
+            yield base, None
             return
         if base.kind == "video":
             yield self._video_record(unit)
@@ -259,7 +296,7 @@ class Explainer:
             rec = Record(**{**base.to_dict(), "timings": dict(base.timings)})
             self._fill(rec, s)
             rec.face_index = s.face_index
-            yield rec
+            yield rec, s
 
     def _fill(self, rec: Record, s: _Sample) -> None:
         rec.p_fake = None if s.p_fake is None else round(float(s.p_fake), 6)
@@ -271,7 +308,7 @@ class Explainer:
         rec.timings.update({k: round(v, 6) for k, v in s.timings.items()})
         rec.timings["total"] = round(sum(v for k, v in rec.timings.items() if k != "total"), 6)
 
-    def _video_record(self, unit: _Unit) -> Record:
+    def _video_record(self, unit: _Unit) -> tuple[Record, _Sample | None]:
         from x2dfd.media import aggregate_frames
 
         rec = unit.record
@@ -291,6 +328,7 @@ class Explainer:
         for name in {k for s in unit.samples for k in s.experts}:
             rec.experts[name] = aggregate_frames([s.experts.get(name) for s in unit.samples], o.aggregate, k=o.topk)
         scored = [s for s in unit.samples if s.p_fake is not None]
+        best = None
         if rec.p_fake is None:
             rec.error = next((s.error for s in unit.samples if s.error), "no frame could be scored")
         elif scored:
@@ -308,7 +346,7 @@ class Explainer:
             for k, v in s.timings.items():
                 rec.timings[k] = round(rec.timings.get(k, 0.0) + v, 6)
         rec.timings["total"] = round(sum(v for k, v in rec.timings.items() if k != "total"), 6)
-        return rec
+        return rec, best
 
 
 def _expert_only_p(experts: dict[str, float | None]) -> float | None:
