@@ -1,0 +1,270 @@
+"""The blending expert ``blend``: a self-blended-image classifier with a mask head (heatmap for free).
+
+    from experts import load_expert
+    expert = load_expert("blend")                 # shipped efficientnet_lite0 weights, offline
+    expert.score(faces)                           # [ExpertScore("blend", p_fake), ...]
+    expert.localize(faces)                        # [float32 HxW heatmap in [0, 1]] at each face's size
+
+Input faces are square crops like ``x2dfd.face.crop_face(scale=1.3)`` (what explain hands over);
+the training crops follow the same convention. Weights are safetensors with a JSON beside them
+(``blend_efficientnet_lite0.safetensors`` + ``.json``: the model config and its training record).
+Train your own with ``x2dfd expert train --expert blend --real DIR --out DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experts.backbones import BACKBONES, build_backbone
+from x2dfd.errors import ModelNotFoundError, UsageError
+from x2dfd.records import ExpertScore
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "blend_efficientnet_lite0.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BlendConfig:
+    """Architecture and preprocessing of a blend model (stored as JSON beside its weights)."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 224
+    mean: tuple[float, ...] | None = None  # None: the backbone's own normalisation
+    std: tuple[float, ...] | None = None
+    dropout: float = 0.2
+    mask_channels: int = 64
+    crop_scale: float = 1.3  # faces are expected cropped at this multiple of the detector box
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise UsageError(f"Unknown backbone '{self.backbone}'. Available: {', '.join(BACKBONES)}.")
+        if self.image_size < 32:
+            raise UsageError(f"blend: image_size must be >= 32, got {self.image_size}")
+        cls = BACKBONES[self.backbone]
+        self.mean = tuple(float(v) for v in (self.mean or cls.mean))
+        self.std = tuple(float(v) for v in (self.std or cls.std))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BlendConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+
+class BlendNet(nn.Module):
+    """Backbone -> (fake logit from pooled features, blend-mask logits from the feature map)."""
+
+    def __init__(self, config: BlendConfig):
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, **config.backbone_kwargs)
+        self.cls_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.backbone.pooled_dim, 1))
+        c = config.mask_channels
+        self.mask_head = nn.Sequential(
+            nn.Conv2d(self.backbone.fmap_dim, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, 1, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, fmap = self.backbone(x)
+        return self.cls_head(pooled).squeeze(-1), self.mask_head(fmap)
+
+
+def resize_face(image: np.ndarray, size: int) -> np.ndarray:
+    """The one resize used in training and inference: area when shrinking, bicubic when enlarging."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    interp = cv2.INTER_AREA if min(h, w) >= size else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def to_tensor(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HxWx3 RGB arrays (same size) -> normalised float32 NCHW batch."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _as_rgb_array(face: Any) -> np.ndarray:
+    if isinstance(face, np.ndarray):
+        arr = face
+    elif hasattr(face, "convert"):  # PIL
+        arr = np.asarray(face.convert("RGB"))
+    elif hasattr(face, "image"):  # FaceCrop
+        return _as_rgb_array(face.image)
+    else:
+        raise TypeError(f"blend expert: expected PIL images or RGB arrays, got {type(face).__name__}")
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise TypeError(f"blend expert: expected uint8 HxWx3 RGB, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A .safetensors file, or a directory holding exactly one ``blend_*.safetensors``; None: the shipped one."""
+    if weights is None:
+        path = DEFAULT_WEIGHTS
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"the shipped blend weights are missing ({path}); reinstall x2dfd or train your own: "
+                "x2dfd expert train --expert blend --real DIR --out DIR, then pass weights=DIR"
+            )
+        return path
+    path = Path(weights)
+    if path.is_dir():
+        found = sorted(path.glob("blend_*.safetensors"))
+        if len(found) != 1:
+            raise ModelNotFoundError(
+                f"blend weights: expected one blend_*.safetensors in '{path}', found {len(found)}; pass the file itself"
+            )
+        path = found[0]
+    if not path.is_file():
+        raise ModelNotFoundError(f"blend weights '{path}' not found (give a .safetensors file or the training --out directory)")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"blend weights must be a .safetensors file (pickles are never loaded), got '{path.name}'")
+    return path
+
+
+class BlendExpert:
+    """Self-blended-image blending detector (see module docstring). ``localize`` is supported."""
+
+    name = "blend"
+    prompt_name = "blending"
+
+    def __init__(self, model: BlendNet, config: BlendConfig, device: str = "cpu", batch_size: int = 32):
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.weights_path: Path | None = None
+        self.weights_sha256: str | None = None
+        self.record: dict[str, Any] = {}
+
+    # -- build / load ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | BlendConfig | None = None, device: str = "cpu", **kw: Any) -> "BlendExpert":
+        """Random weights, nothing read (backbone ImageNet/CLIP init only if backbone_kwargs asks for it)."""
+        cfg = config if isinstance(config, BlendConfig) else BlendConfig.from_dict(dict(config or {}))
+        return cls(BlendNet(cfg), cfg, device=device, **kw)
+
+    def load_weights(self, path: str | Path) -> "BlendExpert":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        state = load_file(str(path), device="cpu")
+        own = self.model.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UsageError(
+                f"blend weights '{path.name}' do not match the {self.config.backbone} config: "
+                f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+            )
+        self.model.to(self.device).eval()
+        self.weights_path, self.weights_sha256 = path, sha256_file(path)
+        return self
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str = "cpu", batch_size: int = 32, **_: Any) -> "BlendExpert":
+        path = resolve_weights(weights)
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise ModelNotFoundError(f"blend weights '{path.name}' have no config beside them ({meta_path.name})")
+        meta = json.loads(meta_path.read_text())
+        cfg_dict = dict(meta.get("config", meta))
+        # the saved weights replace any pretrained init: never fetch CLIP/ImageNet weights here
+        bk = dict(cfg_dict.get("backbone_kwargs", {}))
+        bk["pretrained"] = None if cfg_dict.get("backbone") == "clip" else False
+        cfg_dict["backbone_kwargs"] = bk
+        expert = cls.from_config(cfg_dict, device=device, batch_size=batch_size).load_weights(path)
+        expert.record = dict(meta.get("training", {}))
+        return expert
+
+    def save(self, path: str | Path, training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+        """Write ``path`` (.safetensors) and its ``.json`` (config + training record)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(path), metadata={"format": "pt", "expert": self.name, "backbone": self.config.backbone})
+        cfg = self.config.to_dict()
+        cfg["backbone_kwargs"] = {k: v for k, v in cfg["backbone_kwargs"].items() if k != "pretrained"}
+        meta = {"expert": self.name, "config": cfg, "training": training or self.record or {}}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        return path
+
+    # -- inference ---------------------------------------------------------------------------
+    def _batches(self, faces: Sequence[Any]):
+        arrays = [_as_rgb_array(f) for f in faces]
+        size = self.config.image_size
+        for i in range(0, len(arrays), self.batch_size):
+            chunk = arrays[i : i + self.batch_size]
+            x = to_tensor([resize_face(a, size) for a in chunk], self.config.mean, self.config.std)
+            yield chunk, x.to(self.device)
+
+    @torch.inference_mode()
+    def predict(self, faces: Sequence[Any]) -> tuple[list[ExpertScore], list[np.ndarray]]:
+        """Scores and heatmaps from one forward pass (what ``score`` and ``localize`` each return)."""
+        scores: list[ExpertScore] = []
+        heatmaps: list[np.ndarray] = []
+        for chunk, x in self._batches(faces):
+            logits, mask_logits = self.model(x)
+            p = torch.sigmoid(logits.float()).cpu().numpy()
+            masks = torch.sigmoid(mask_logits.float())
+            scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
+            for arr, m in zip(chunk, masks):
+                h, w = arr.shape[:2]
+                up = F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+                heatmaps.append(up.clamp_(0, 1).cpu().numpy().astype(np.float32))
+        return scores, heatmaps
+
+    def score(self, faces: Sequence[Any]) -> list[ExpertScore]:
+        """p_fake per face (PIL images or uint8 RGB arrays), batched, in input order."""
+        if not faces:
+            return []
+        return self.predict(faces)[0]
+
+    def localize(self, faces: Sequence[Any]) -> list[np.ndarray]:
+        """Where the model thinks a face was blended: float32 HxW in [0, 1] at each face's size."""
+        if not faces:
+            return []
+        return self.predict(faces)[1]
+
+    def info(self) -> dict[str, Any]:
+        rec = self.record or {}
+        return {
+            "name": self.name,
+            "prompt_name": self.prompt_name,
+            "backbone": self.config.backbone,
+            "image_size": self.config.image_size,
+            "weights": str(self.weights_path) if self.weights_path else None,
+            "sha256": self.weights_sha256,
+            "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "wall_time_s") if k in rec},
+        }

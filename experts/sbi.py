@@ -1,0 +1,243 @@
+"""Self-blended images (SBI; Shiohara & Yamasaki, CVPR 2022): pseudo-fakes made from REAL faces only.
+
+    from experts.sbi import self_blend
+    sb = self_blend(face_rgb_uint8, landmarks_68x2, seed=0)
+    sb.fake, sb.real, sb.mask     # uint8 HxWx3, uint8 HxWx3, float32 HxW in [0, 1]
+
+One real face becomes two differently augmented copies (colour, frequency, sharpness, JPEG: the
+"source-target augmentation"); the source copy is shifted/rescaled a little and pasted onto the
+target through a landmark convex-hull mask that is randomly deformed and blurred, at a random blend
+ratio. ``fake = mask * source + (1 - mask) * target`` exactly (before rounding to uint8), and the real
+counterpart is the target itself, so the pair differs only where the mask is non-zero: the
+detector can only learn blending artefacts, never identity or image statistics.
+
+Every random choice comes from one ``numpy.random.Generator``: the same seed gives the same images.
+OpenCV only (no albumentations); the constants follow the paper's code (SBI ``sbi.py``/``blend.py``),
+with kernel sizes scaled to the face size instead of a fixed 380 px crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+HULL_KINDS = ("facehull", "extended", "inner", "components")
+BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # SBI's dynamic_blend: full-strength blends most often
+
+# dlib 68-point layout
+_JAW = np.arange(0, 17)
+_BROWS = np.arange(17, 27)
+_NOSE = np.arange(27, 36)
+_EYES = np.arange(36, 48)
+_MOUTH = np.arange(48, 68)
+
+
+@dataclass(frozen=True)
+class SelfBlend:
+    fake: np.ndarray  # uint8 HxWx3: the pseudo-fake, round(mask * source + (1 - mask) * target)
+    real: np.ndarray  # uint8 HxWx3: the real counterpart (= target)
+    mask: np.ndarray  # float32 HxW in [0, 1]: weight of the source at each pixel (blend ratio included)
+    source: np.ndarray  # uint8 HxWx3: the augmented, shifted copy blended in
+    target: np.ndarray  # uint8 HxWx3: the copy it was blended onto
+    hull: str  # which landmark hull made the mask
+    ratio: float  # blend ratio (the mask's maximum)
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _fill_hull(points: np.ndarray, shape: tuple[int, int], into: np.ndarray | None = None) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8) if into is None else into
+    hull = cv2.convexHull(np.round(points).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask
+
+
+def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "facehull") -> np.ndarray:
+    """Binary float32 mask (HxW) from 68 landmarks: ``facehull`` (all points), ``extended`` (the
+    hull raised over the forehead), ``inner`` (brows, eyes, nose, mouth: no jaw line) or
+    ``components`` (union of the eye-brow, nose and mouth-jaw regions)."""
+    lm = np.asarray(landmarks, np.float32).reshape(68, 2)
+    if kind == "facehull":
+        mask = _fill_hull(lm, shape)
+    elif kind == "extended":
+        # brows mirrored upward by the brow-to-nose-tip distance / 2, as face-swap masks cover the forehead
+        brows = lm[_BROWS].copy()
+        lift = (lm[33, 1] - brows[:, 1].mean()) * 0.5
+        brows[:, 1] -= lift
+        mask = _fill_hull(np.concatenate([lm, brows]), shape)
+    elif kind == "inner":
+        mask = _fill_hull(lm[17:], shape)
+    elif kind == "components":
+        mask = _fill_hull(np.concatenate([lm[_BROWS], lm[_EYES]]), shape)
+        _fill_hull(lm[_NOSE], shape, mask)
+        _fill_hull(np.concatenate([lm[_JAW[3:14]], lm[_MOUTH]]), shape, mask)
+    else:
+        raise ValueError(f"hull kind must be one of {HULL_KINDS}, got {kind!r}")
+    return mask.astype(np.float32)
+
+
+def deform_mask(mask: np.ndarray, rng: np.random.Generator, strength: float = 0.04) -> np.ndarray:
+    """Random smooth deformation: a coarse 4x4 displacement field (up to ``strength`` x face size)
+    plus a fine elastic wiggle, so the blend boundary does not follow the hull exactly."""
+    h, w = mask.shape
+    size = float(max(h, w))
+    coarse = rng.uniform(-1, 1, (2, 4, 4)).astype(np.float32) * strength * size
+    dx = cv2.resize(coarse[0], (w, h), interpolation=cv2.INTER_CUBIC)
+    dy = cv2.resize(coarse[1], (w, h), interpolation=cv2.INTER_CUBIC)
+    fine = rng.uniform(-1, 1, (2, h, w)).astype(np.float32)
+    for d, f in ((dx, fine[0]), (dy, fine[1])):
+        f = cv2.GaussianBlur(f, (0, 0), 0.02 * size)
+        d += f / max(float(f.std()), 1e-6) * (0.006 * size)  # ~0.6% of the face size, rms
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(mask, gx + dx, gy + dy, cv2.INTER_LINEAR, borderValue=0)
+
+
+def _odd(x: float) -> int:
+    k = max(3, int(round(x)))
+    return k if k % 2 else k + 1
+
+
+def blur_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """SBI's get_blend_mask: blur, keep the saturated core (an erosion), blur again with a random
+    kernel and sigma, renormalise to max 1. Kernel sizes are SBI's (5..25 at ~256 px) scaled to the face."""
+    h, w = mask.shape
+    scale = max(h, w) / 256.0
+    k1 = _odd(rng.choice(np.arange(5, 26, 2)) * scale)
+    k2 = _odd(rng.choice(np.arange(5, 26, 2)) * scale)
+    sigma2 = float(rng.integers(5, 46)) * scale
+    m = cv2.GaussianBlur(mask, (k1, k1), 0)
+    if m.max() <= 0:
+        return m
+    m = m / m.max()
+    m[m < 1] = 0
+    if m.max() <= 0:  # a very thin hull vanished under the erosion: keep the un-eroded one
+        m = mask.copy()
+    m = cv2.GaussianBlur(m, (k2, k2), sigma2)
+    m = m / max(float(m.max()), 1e-6)
+    return np.clip(m, 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- augmentations (uint8 RGB in and out)
+
+
+def _colour(img: np.ndarray, rng: np.random.Generator, p_shift: float = 0.3, p_hsv: float = 1.0, p_bc: float = 1.0) -> np.ndarray:
+    out = img.astype(np.float32)
+    if rng.random() < p_shift:  # RGBShift(+-20)
+        out += rng.uniform(-20, 20, 3).astype(np.float32)
+    if rng.random() < p_hsv:  # HueSaturationValue, small
+        hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-5, 5)) % 180
+        hsv[..., 1] *= rng.uniform(0.85, 1.15)
+        hsv[..., 2] *= rng.uniform(0.9, 1.1)
+        out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if rng.random() < p_bc:  # RandomBrightnessContrast(+-0.1)
+        alpha = 1.0 + rng.uniform(-0.1, 0.1)
+        beta = rng.uniform(-0.1, 0.1) * 255.0
+        out = (out - 127.5) * alpha + 127.5 + beta
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def downscale(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Frequency change: nearest-neighbour downscale by 2-4x, bilinear upscale (SBI's RandomDownScale)."""
+    h, w = img.shape[:2]
+    r = rng.uniform(2.0, 4.0)
+    small = cv2.resize(img, (max(1, int(w / r)), max(1, int(h / r))), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def sharpen(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """albumentations Sharpen(alpha 0.2-0.5, lightness 0.5-1.0)."""
+    alpha, lightness = rng.uniform(0.2, 0.5), rng.uniform(0.5, 1.0)
+    k_sharp = np.array([[-1, -1, -1], [-1, 8 + lightness, -1], [-1, -1, -1]], np.float32)
+    k_id = np.zeros((3, 3), np.float32)
+    k_id[1, 1] = 1
+    kernel = (1 - alpha) * k_id + alpha * k_sharp
+    return np.clip(cv2.filter2D(img.astype(np.float32), -1, kernel), 0, 255).astype(np.uint8)
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def augment_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Source-target augmentation of one copy: colour, then one of frequency (downscale, blur),
+    sharpness or JPEG, so that source and target statistics differ as in a real face swap."""
+    out = _colour(img, rng)
+    choice = rng.integers(4)
+    if choice == 0:
+        out = downscale(out, rng)
+    elif choice == 1:
+        out = sharpen(out, rng)
+    elif choice == 2:
+        out = jpeg(out, int(rng.integers(30, 80)))
+    else:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.6, 1.6))
+    return out
+
+
+def random_shift(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SBI's randaffine for the source and its mask: translate +-3% (x) / +-1.5% (y), scale 0.95-1.05."""
+    h, w = mask.shape
+    s = rng.uniform(0.95, 1 / 0.95)
+    tx, ty = rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.015, 0.015) * h
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, s)
+    m[:, 2] += (tx, ty)
+    img2 = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mask2 = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    return img2, mask2
+
+
+def blend(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask * source + (1 - mask) * target`` as float32 (mask HxW in [0, 1])."""
+    m = mask[..., None].astype(np.float32)
+    return m * source.astype(np.float32) + (1.0 - m) * target.astype(np.float32)
+
+
+def self_blend(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    rng: np.random.Generator | int | None = None,
+    hull: str | None = None,
+) -> SelfBlend:
+    """One self-blended pseudo-fake of a real face (uint8 HxWx3 RGB, 68 landmarks in its pixel coords)."""
+    rng = _rng(rng)
+    img = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = img.shape[:2]
+    kind = hull or HULL_KINDS[int(rng.integers(len(HULL_KINDS)))]
+    mask = hull_mask(landmarks, (h, w), kind)
+
+    # Source-target augmentation: one copy (chosen at random) is augmented, the other kept.
+    source, target = img.copy(), img.copy()
+    if rng.random() < 0.5:
+        source = augment_copy(source, rng)
+    else:
+        target = augment_copy(target, rng)
+    source, mask = random_shift(source, mask, rng)
+    mask = deform_mask(mask, rng)
+    mask = blur_mask(mask, rng)
+    ratio = float(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
+    mask = (mask * ratio).astype(np.float32)
+    fake = np.clip(np.round(blend(source, target, mask)), 0, 255).astype(np.uint8)
+    return SelfBlend(fake=fake, real=target, mask=mask, source=source, target=target, hull=kind, ratio=ratio)
+
+
+def augment_pair(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The same colour jitter and JPEG quality applied to a real face and its pseudo-fake (SBI's shared
+    train transforms): nuisance variation the detector must ignore, since both classes get it."""
+    rng = _rng(rng)
+    out = []
+    quality = int(rng.integers(40, 101)) if rng.random() < 0.5 else None
+    seed = int(rng.integers(2**31))
+    for img in (real, fake):
+        sub = np.random.default_rng(seed)  # identical draws for both images
+        x = _colour(img, sub, p_shift=0.3, p_hsv=0.3, p_bc=0.3)
+        if quality is not None:
+            x = jpeg(x, quality)
+        out.append(x)
+    return out[0], out[1]
