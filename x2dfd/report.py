@@ -263,6 +263,40 @@ def load_records(jsonl: str | os.PathLike) -> tuple[list[Record], list[dict[str,
     return [r for r, _ in pairs], [raw for _, raw in pairs]
 
 
+_NUM = (int, float)
+
+
+def _problem(r: Record) -> str | None:
+    """Why a record (from a hand-edited or foreign JSONL) cannot be shown as it is, or None."""
+    def num(v: Any) -> bool:
+        return isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = [
+        ("path", isinstance(r.path, str)),
+        ("p_fake", r.p_fake is None or (num(r.p_fake) and 0.0 <= r.p_fake <= 1.0)),
+        ("kind", r.kind in ("image", "video")),
+        ("explanation", r.explanation is None or isinstance(r.explanation, str)),
+        ("error", r.error is None or isinstance(r.error, str)),
+        ("experts", isinstance(r.experts, dict) and all(v is None or num(v) for v in r.experts.values())),
+        ("cues", isinstance(r.cues, list) and all(isinstance(c, dict) for c in r.cues)),
+        ("frames", r.frames is None or (isinstance(r.frames, list) and all(
+            isinstance(f, dict) and (f.get("p_fake") is None or num(f["p_fake"])) for f in r.frames))),
+        ("face", r.face is None or isinstance(r.face, dict)),
+        ("face_index", r.face_index is None or (isinstance(r.face_index, int) and not isinstance(r.face_index, bool))),
+    ]
+    bad = [name for name, ok in checks if not ok]
+    return f"the record's field(s) {', '.join(bad)} have values x2dfd never writes" if bad else None
+
+
+def sanitize(record: Record) -> Record:
+    """The record itself, or an ``undetermined`` error record saying which fields are malformed."""
+    problem = _problem(record)
+    if problem is None:
+        return record
+    return Record.failed(str(record.path), f"cannot show this record: {problem}",
+                         sha256=record.sha256 if isinstance(record.sha256, str) else None)
+
+
 def read_labels_csv(path: str | os.PathLike) -> dict[str, int]:
     """``path,label`` rows (label 0/1 or real/fake; a header row is allowed) -> {path: 0|1}."""
     out: dict[str, int] = {}
@@ -521,7 +555,7 @@ def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.P
     if isinstance(records, (str, os.PathLike)):
         source = Path(records)
         records, raws = load_records(source)
-    records = list(records)
+    records = [sanitize(r) for r in records]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_true = true_labels(records, raws, labels, folders=folder_labels)
