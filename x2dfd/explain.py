@@ -12,6 +12,7 @@ errors); 2 for usage errors (bad flags, a model that cannot be found).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class ExplainConfig(PipelineOptions, ModelArgs):
     """External expert to run (default: the shipped blending expert)."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """Run no external expert (the prompt then carries no expert scores)."""
+    report: str | None = None
+    """Also write a self-contained HTML report (thumbnails, face crops, heatmaps, explanations) into this directory."""
     quiet: bool = field(default=False, metadata={"store_true": True})
     """No progress bar and no summary table."""
 
@@ -96,11 +99,34 @@ def build_explainer(cfg: ExplainConfig):
     return Explainer(mllm, expert_list, cfg)
 
 
+def record_key(record: Record) -> tuple:
+    """What makes a record "done" for resuming: the same file content at the same path, by the same model."""
+    return (record.path, record.sha256, record.model, record.adapter)
+
+
+def read_records(path: Path) -> list[Record]:
+    """Records of a JSONL file; a torn last line (a run killed mid-write) is dropped from the file."""
+    if not path.is_file():
+        return []
+    records, good_bytes = [], 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                records.append(Record.from_dict(json.loads(raw)))
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
+                break
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as fh:
+            fh.truncate(good_bytes)
+    return records
+
+
 class RecordWriter:
     """Appends records as JSON lines and flushes each one, so an interrupted run keeps what finished."""
 
-    def __init__(self, out: str | None):
-        self.path = Path(out) if out else None
+    def __init__(self, out: Path | None):
+        self.path = out
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[str] = self.path.open("a", encoding="utf-8")
@@ -110,10 +136,77 @@ class RecordWriter:
     def write(self, record: Record) -> None:
         self._fh.write(record.to_json() + "\n")
         self._fh.flush()
+        if self.path is not None:
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if self.path is not None:
             self._fh.close()
+
+
+class Shards:
+    """Scale-out through accelerate (``accelerate launch -m x2dfd explain ...``): process r of n explains
+    inputs r, r+n, ... into ``OUT.shard-r-of-n.jsonl``; the main process merges the shards into OUT once
+    every process is done. A single process (plain ``x2dfd explain``) writes OUT directly."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState()
+        self.rank = self.state.process_index if self.state else 0
+        self.world = self.state.num_processes if self.state else 1
+        if self.world > 1 and out is None:
+            raise UsageError("several processes need --out FILE.jsonl to merge their records into")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard_path(self, rank: int) -> Path:
+        assert self.out is not None
+        return self.out.with_name(f"{self.out.stem}.shard-{rank}-of-{self.world}{self.out.suffix}")
+
+    def my_out(self) -> Path | None:
+        return self.shard_path(self.rank) if self.world > 1 else self.out
+
+    def done(self) -> list[Record]:
+        """Records finished by earlier runs: the merged file and any shard files left by a killed run."""
+        if self.out is None:
+            return []
+        records = read_records(self.out)
+        for shard in sorted(self.out.parent.glob(f"{self.out.stem}.shard-*{self.out.suffix}")):
+            records += read_records(shard)
+        return records
+
+    def take(self, paths: list[str]) -> list[str]:
+        return paths[self.rank :: self.world]
+
+    def device(self, requested: str) -> str:
+        return str(self.state.device) if self.state is not None and requested == "auto" else requested
+
+    def merge(self, order: list[str]) -> list[Record]:
+        """Wait for every process; the main one folds all shards into OUT (one record per key, input order)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+        if self.out is None or not self.is_main:
+            return []
+        shards = sorted(self.out.parent.glob(f"{self.out.stem}.shard-*{self.out.suffix}"))
+        records = read_records(self.out) + [r for sh in shards for r in read_records(sh)]
+        rank_of = {p: i for i, p in enumerate(order)}
+        unique: dict[tuple, Record] = {}
+        for r in records:
+            unique.setdefault(record_key(r) + (r.face_index,), r)
+        merged = sorted(unique.values(), key=lambda r: (rank_of.get(r.path, len(rank_of)), r.face_index or 0))
+        if shards:
+            tmp = self.out.with_suffix(self.out.suffix + ".tmp")
+            tmp.write_text("".join(r.to_json() + "\n" for r in merged), encoding="utf-8")
+            tmp.replace(self.out)
+            for sh in shards:
+                sh.unlink()
+        return merged
 
 
 def summary_table(records: list[Record], limit: int = 40) -> str:
@@ -142,37 +235,74 @@ def summary_table(records: list[Record], limit: int = 40) -> str:
 
 
 def run_explain(cfg: ExplainConfig) -> list[Record]:
-    """Everything ``x2dfd explain`` does, callable from Python; returns the records written."""
+    """Everything ``x2dfd explain`` does, callable from Python; returns this run's records (all of them,
+    earlier runs' included, when --out is given)."""
     from tqdm.auto import tqdm
 
+    from x2dfd.media import file_sha256
+
     paths = expand_inputs(cfg.inputs)
+    out = Path(cfg.out) if cfg.out else None
+    shards = Shards(out)
+    cfg.device = shards.device(cfg.device)
     explainer = build_explainer(cfg)
-    writer = RecordWriter(cfg.out)
-    if writer.path is not None:
+    model = explainer.model_name
+    done = {(r.path, r.sha256) for r in shards.done() if (r.model, r.adapter) == (model, explainer.adapter)}
+    todo = [p for p in shards.take(paths) if (p, _sha256_or_none(file_sha256, p)) not in done]
+    if out is not None and shards.is_main:
         resolved = {"command": "explain", "x2dfd_version": __version__, "config": to_jsonable(cfg),
-                    "template_version": explainer.template_version,
+                    "processes": shards.world, "template_version": explainer.template_version,
                     "mllm": explainer.mllm.describe() if explainer.mllm else None,
                     "experts": [e.info() for e in explainer.experts]}
-        writer.path.with_suffix(".config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+    if not cfg.quiet and len(todo) < len(shards.take(paths)):
+        print(f"resuming: {len(shards.take(paths)) - len(todo)} inputs already in {out}, {len(todo)} to go",
+              file=sys.stderr)
+    writer = RecordWriter(shards.my_out())
+    assets = None
+    if cfg.report:
+        from x2dfd.report import ReportAssets
+
+        assets = ReportAssets(Path(cfg.report))
     records: list[Record] = []
-    bar = tqdm(total=len(paths), unit="file", desc="explain", disable=cfg.quiet or len(paths) < 2, file=sys.stderr)
-    done_paths: set[str] = set()
+    bar = tqdm(total=len(todo), unit="file", desc=f"explain[{shards.rank}]" if shards.world > 1 else "explain",
+               disable=cfg.quiet or len(todo) < 2, file=sys.stderr, position=shards.rank)
+    seen: set[str] = set()
     try:
-        for record in explainer.run(paths):
+        for record, artifacts in explainer.run_with_artifacts(todo, heatmaps=assets is not None):
             writer.write(record)
             records.append(record)
-            if record.path not in done_paths:
-                done_paths.add(record.path)
+            if assets is not None:
+                assets.save(record, artifacts)
+            if record.path not in seen:
+                seen.add(record.path)
                 bar.update(1)
     finally:
         bar.close()
         writer.close()
-    return records
+    if out is None:
+        return records
+    merged = shards.merge(paths)
+    if cfg.report and shards.is_main:
+        from x2dfd.report import render_report
+
+        index = render_report(merged, Path(cfg.report))
+        if not cfg.quiet:
+            print(f"report: {index}", file=sys.stderr)
+    return merged if shards.is_main else records
+
+
+def _sha256_or_none(file_sha256, path: str) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExplainConfig, argv, prog="x2dfd explain")
     records = run_explain(cfg)
-    if not cfg.quiet:
+    if not cfg.quiet and records and int(os.environ.get("RANK", "0")) == 0:
         print(summary_table(records), file=sys.stderr)
     return 0
