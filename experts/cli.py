@@ -1,0 +1,145 @@
+"""``x2dfd expert``: train the blending expert, or score inputs with the experts (no MLLM).
+
+    x2dfd expert train --expert blend --real DIR [--real DIR2] --out DIR [--epochs 8 --seed 0 --resume]
+    x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]
+    x2dfd expert list
+
+This module does not import torch (``--help`` stays fast); the training code is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from x2dfd.cliargs import parse_config, to_jsonable
+from x2dfd.errors import UsageError
+
+TRAINABLE = ("blend",)
+BACKBONE_CHOICES = ["efficientnet_lite0", "clip"]
+
+
+@dataclass
+class TrainConfig:
+    """Train the blend expert on self-blended images of real faces (SBI, CVPR 2022). Writes
+    OUT/blend_<backbone>.safetensors + .json (config and training record), OUT/split.json,
+    OUT/train_config.json and a per-epoch checkpoint for --resume."""
+
+    real: list[str] = field(default_factory=list, metadata={"metavar": "DIR"})
+    """Directory of REAL face photos (searched recursively); give --real again for more directories."""
+    out: Path | None = field(default=None, metadata={"metavar": "DIR"})
+    """Output directory for weights, training record, split and checkpoints."""
+    expert: str = field(default="blend", metadata={"choices": list(TRAINABLE)})
+    """Expert to train (only blend is trainable)."""
+    backbone: str = field(default="efficientnet_lite0", metadata={"choices": BACKBONE_CHOICES})
+    """Backbone: efficientnet_lite0 (ImageNet init shipped on PyPI, offline) or clip (open_clip, LayerNorm-only tuning)."""
+    image_size: int = 224
+    """Model input size in pixels (face crops are resized to it)."""
+    epochs: int = 8
+    """Training epochs (one self-blend per training image per epoch)."""
+    batch_size: int = 16
+    """Real/fake pairs per step (the model sees twice as many images)."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate (linear warmup, cosine decay)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    mask_weight: float = 1.0
+    """Weight of the blend-mask loss next to the real/fake loss."""
+    seed: int = 0
+    """Seed of the split, the self-blends, the augmentation and the initialisation of the heads."""
+    val_fraction: float = 0.1
+    """Fraction of unique images used for validation AUC on held-out self-blends each epoch."""
+    holdout_fraction: float = 0.0
+    """Fraction of unique images kept out of training AND validation (listed in split.json) for an external evaluation."""
+    max_images: int | None = None
+    """Use only this many unique images (after shuffling with --seed); for quick runs."""
+    max_steps: int | None = None
+    """Cap on steps per epoch; for smoke tests."""
+    resume: bool = False
+    """Continue from OUT/checkpoint (same data and settings; a larger --epochs extends the run)."""
+    workers: int = 1
+    """Data-loading worker processes (0: in the training process)."""
+    threads: int = 2
+    """Torch CPU threads for the training process."""
+    cache_dir: Path | None = None
+    """Where face crops + landmarks are cached (default OUT/cache); detection runs once per image."""
+    pretrained: bool = True
+    """Start from ImageNet (efficientnet_lite0) or CLIP weights; --no-pretrained for random init."""
+    clip_arch: str = "ViT-L-14"
+    """open_clip architecture for --backbone clip."""
+    clip_pretrained: str = "openai"
+    """open_clip pretrained tag for --backbone clip (downloads on first use)."""
+    save_dtype: str = field(default="float32", metadata={"choices": ["float32", "float16"]})
+    """Precision of the saved weights (float16 halves the file; the model runs in float32)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self):
+        if not self.real:
+            raise UsageError("--real DIR is required: a directory of real face photos (repeat --real for more)")
+        if self.out is None:
+            raise UsageError("--out DIR is required: where the weights and training record go")
+        for name in ("image_size", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 32:
+            raise UsageError(f"--image-size must be >= 32, got {self.image_size}")
+        if not (0.0 <= self.val_fraction < 1.0 and 0.0 <= self.holdout_fraction < 1.0 and self.val_fraction + self.holdout_fraction < 1.0):
+            raise UsageError("--val-fraction and --holdout-fraction must be in [0, 1) and sum to less than 1")
+        if self.val_fraction <= 0:
+            raise UsageError("--val-fraction must be > 0: validation AUC is computed every epoch")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        self.out = Path(self.out)
+
+
+def train_main(argv: list[str]) -> int:
+    cfg = parse_config(TrainConfig, argv, prog="x2dfd expert train")
+    from experts.train import TrainSettings, command_line, train
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "train_config.json").write_text(json.dumps(to_jsonable(cfg), indent=1) + "\n")
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    settings = TrainSettings(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in known}, command=command_line(argv))
+    record = train(settings)
+    weights = cfg.out / f"blend_{cfg.backbone}.safetensors"
+    print(f"wrote {weights} (val AUC {record['val_auc']:.4f} after {record['epochs']} epochs, "
+          f"{record['train_images']} training faces, {record['train_seconds']:.0f} s training)")
+    print(f"load it: experts.load_expert(\"blend\", weights=\"{cfg.out}\")")
+    return 0
+
+
+def score_main(argv: list[str]) -> int:
+    """``x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]``.
+
+    LEAD: fill in as a thin wrapper over explain's expert-only mode (``x2dfd explain --mllm none``)."""
+    raise NotImplementedError("x2dfd expert score: to be wired to explain's expert-only mode (x2dfd explain --mllm none)")
+
+
+def list_main(argv: list[str]) -> int:
+    from experts import DEFAULT_EXPERTS, available_experts
+
+    for name in available_experts():
+        print(f"{name}{'  (default)' if name in DEFAULT_EXPERTS else ''}")
+    return 0
+
+
+SUBCOMMANDS = {"train": train_main, "score": score_main, "list": list_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: x2dfd expert {train,score,list} [options]\n\n"
+              "  train  train the blend expert on self-blended real faces\n"
+              "  score  p_fake (and heatmaps) from the experts alone, no MLLM\n"
+              "  list   registered experts (built-ins and x2dfd.experts plugins)\n\n"
+              "Run 'x2dfd expert <subcommand> --help' for its options.")
+        return 0 if argv else 2
+    sub, rest = argv[0], argv[1:]
+    if sub not in SUBCOMMANDS:
+        raise UsageError(f"unknown subcommand 'x2dfd expert {sub}'. Available: {', '.join(SUBCOMMANDS)}.")
+    return SUBCOMMANDS[sub](rest)

