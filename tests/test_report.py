@@ -153,10 +153,13 @@ def test_missing_pictures_are_regenerated_or_placeholders(tmp_path):
     arr[20:80, 120:180] = (250, 10, 10)  # the "face" region
     Image.fromarray(arr).save(src)
     ok = Record(path=str(src), sha256=_sha("face"), p_fake=0.8, label="fake", face={"crop_box": [120, 20, 180, 80]})
+    src2 = tmp_path / "in" / "face2.png"
+    Image.fromarray(arr).save(src2)
+    boxed = Record(path=str(src2), sha256=_sha("face2"), p_fake=0.7, label="fake", face={"box": [130, 30, 170, 70]})
     gone = Record(path=str(tmp_path / "moved" / "old.jpg"), sha256=_sha("old"), p_fake=0.1, label="real",
                   face={"crop_box": [0, 0, 10, 10]})
     jsonl = tmp_path / "results.jsonl"
-    lines = [ok.to_json(), gone.to_json(),
+    lines = [ok.to_json(), boxed.to_json(), gone.to_json(),
              json.dumps({"path": "odd.jpg", "p_fake": "not a number", "label": "real", "frames": 3, "kind": "video"}),
              '{"path": "cut.jpg", "p_fa']  # an interrupted writer's last line
     jsonl.write_text("\n".join(lines) + "\n")
@@ -167,9 +170,11 @@ def test_missing_pictures_are_regenerated_or_placeholders(tmp_path):
     assert regenerated["thumb"] and regenerated["face"] and regenerated["heat"] is None
     crop = np.asarray(Image.open(out / regenerated["face"]).convert("RGB"), np.int32)
     assert crop.shape[:2] == (60, 60) and crop[..., 0].mean() > 200 and crop[..., 1].mean() < 40
+    # no crop_box: explain's default square crop (1.3 x the detector box) around the box centre
+    assert Image.open(out / rows[str(src2)]["face"]).size == (52, 52)
     assert rows[str(gone.path)]["thumb"] is None and rows[str(gone.path)]["face"] is None
     assert rows["odd.jpg"]["error"]  # shown as an error row instead of stopping the report
-    assert any(p.startswith("results.jsonl:4") for p in rows) and "line 4" in rows["results.jsonl:4"]["error"]
+    assert "line 5" in rows["results.jsonl:5"]["error"]
 
 
 def test_metrics_and_roc_when_labels_are_known(tmp_path):

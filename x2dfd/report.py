@@ -134,11 +134,19 @@ def _read_video_frame(path: str, index: int):
         cap.release()
 
 
-def _crop(image, face: dict[str, Any] | None):
-    """Re-crop the face from the source with the record's ``face['crop_box']`` (x0, y0, x1, y1)."""
-    box = (face or {}).get("crop_box")
+def _crop(image, face: dict[str, Any] | None, scale: float = 1.3):
+    """Re-crop the face from the source: the record's ``face['crop_box']`` (x0, y0, x1, y1); without one, a
+    square of ``scale`` x the detector ``box`` around its centre (explain's default crop); no face info:
+    the whole image (inputs explained with --no-face-crop)."""
+    if face is None:
+        return image
+    box = face.get("crop_box")
+    if not box and face.get("box"):
+        x0, y0, x1, y1 = (float(v) for v in face["box"][:4])
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * scale / 2
+        box = (cx - half, cy - half, cx + half, cy + half)
     if not box:
-        return image if face is None else None
+        return None
     x0, y0, x1, y1 = (int(round(float(v))) for v in box[:4])
     return image.crop((x0, y0, x1, y1))  # PIL pads outside the image with black, like a border crop
 
