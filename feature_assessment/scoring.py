@@ -204,6 +204,7 @@ class CueScorer:
         return out
 
     # ------------------------------------------------------------------------------------------ cached path
+    @torch.inference_mode()
     def _prefill(self, image) -> _Prefix:
         """Encode the image with the first cue's prompt, cut it at the shared prefix, run that once."""
         model = self.mllm.model
@@ -231,6 +232,7 @@ class CueScorer:
         rope_delta = getattr(inner, "rope_deltas", None)
         return _Prefix(cache=cache, length=expanded_len, rope_delta=rope_delta)
 
+    @torch.inference_mode()
     def _score_suffixes(self, prefix: _Prefix, indices: Sequence[int]) -> np.ndarray:
         model = self.mllm.model
         device = self.mllm.device
@@ -267,7 +269,7 @@ class CueScorer:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _p_yes(self, logits: torch.Tensor) -> np.ndarray:
-        pair = torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=-1).double()
+        pair = torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=-1).detach().double()
         return torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
 
     def _tolerance(self) -> float:
