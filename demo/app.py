@@ -67,6 +67,8 @@ class DemoConfig(ExplainConfig):
     """Offer example inputs, generated at start by the project's own code (--no-examples: none)."""
     examples_dir: str = str(DEFAULT_EXAMPLES_DIR)
     """Folder the example inputs are generated into (reused when already there)."""
+    examples_from: str | None = None
+    """Folder of real face photos the examples are made from (default: ../shared/data/faces-real-photos/real beside the checkout, when present)."""
 
     def __post_init__(self):
         ModelArgs.__post_init__(self)
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         from demo.examples import make_examples
 
         try:
-            examples = make_examples(cfg.examples_dir)
+            examples = make_examples(cfg.examples_dir, cfg.examples_from)
         except Exception as err:  # noqa: BLE001 - examples are a convenience; the demo works without them
             log.warning("demo: no examples: %s", one_line(f"{type(err).__name__}: {err}"))
     app = build_app(explainer, max_file_mb=cfg.max_file_mb, examples=examples,
