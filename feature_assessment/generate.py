@@ -39,7 +39,9 @@ _REGION_ALIASES = {
 _STOPWORDS = frozenset(
     "a an the is are was were be do does did of in on at to for from with without by or and any either than that "
     "this these those there it its look looks looking appear appears seem seems face image photo person "
-    "their his her as into onto over under around between".split()
+    "their his her them they as into onto over under around between while compared compare like "
+    # generic comparison words: without them "two nostrils differ in shape" would match "two ears differ in shape"
+    "two both each one other clearly very much too different differ differs unnatural unnaturally natural".split()
 )
 
 
@@ -48,9 +50,13 @@ def normalize(text: str) -> str:
 
 
 def _stem(word: str) -> str:
-    for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+    """A crude suffix stripper, applied alike to both sides ("blurred", "blurry", "blurs" -> "blur")."""
+    for suffix in ("ies", "ing", "ed", "es", "s", "y"):
         if len(word) > len(suffix) + 2 and word.endswith(suffix) and not word.endswith("ss"):
-            return word[: -len(suffix)] + repl
+            word = word[: -len(suffix)]
+            break
+    if len(word) > 3 and word[-1] == word[-2]:
+        word = word[:-1]
     return word
 
 
