@@ -140,8 +140,12 @@ def analyze(explainer, path: str | os.PathLike | None, score_cues: bool = False,
         record, artifacts = next(iter(explainer.run_with_artifacts([path])))
     except Exception as err:  # noqa: BLE001 - the page boundary: log the cause, show one line
         log.exception("demo: analysing %s failed", path)
-        return DemoResult(False, f"'{name}' could not be analysed: {one_line(f'{type(err).__name__}: {err}', 300)}")
-    record.path = name  # the server's temp path means nothing to the visitor
+        cause = one_line(f"{type(err).__name__}: {err}", 300).replace(path, name)
+        return DemoResult(False, f"'{name}' could not be analysed: {cause}")
+    # the server's temp path means nothing to the visitor (and is none of their business)
+    record.path = name
+    if record.error:
+        record.error = record.error.replace(path, name)
 
     result = DemoResult(ok=record.p_fake is not None, message="", record=record)
     result.experts = [[k, "N/A" if v is None else round(float(v), 4)] for k, v in record.experts.items()]
