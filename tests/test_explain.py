@@ -120,7 +120,8 @@ def test_rerun_resumes_and_scores_nothing_twice(selfcontained_llava, tmp_path, c
 def test_accelerate_launch_shards_and_merges(selfcontained_llava, tmp_path):
     images = _noise_images(tmp_path / "in", 5)
     out = tmp_path / "merged.jsonl"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # accelerate's multi-process launcher (torchrun underneath); on a CPU-only machine x2dfd forms a gloo group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "x2dfd", "explain", str(tmp_path / "in"),
            "--model", str(selfcontained_llava), "--out", str(out), "--no-expert", "--no-face-crop",
            "--max-new-tokens", "0", "--quiet"]

@@ -153,9 +153,11 @@ class Shards:
         self.out = out
         self.state = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
             from accelerate import PartialState
 
-            self.state = PartialState()
+            # cpu=True: without CUDA, still form a (gloo) process group so the processes can meet to merge.
+            self.state = PartialState(cpu=not torch.cuda.is_available())
         self.rank = self.state.process_index if self.state else 0
         self.world = self.state.num_processes if self.state else 1
         if self.world > 1 and out is None:
@@ -185,7 +187,9 @@ class Shards:
         return paths[self.rank :: self.world]
 
     def device(self, requested: str) -> str:
-        return str(self.state.device) if self.state is not None and requested == "auto" else requested
+        if self.state is None or requested != "auto":
+            return requested
+        return "cpu" if self.state.device.type == "cpu" else str(self.state.device)
 
     def merge(self, order: list[str]) -> list[Record]:
         """Wait for every process; the main one folds all shards into OUT (one record per key, input order)."""
@@ -242,6 +246,11 @@ def run_explain(cfg: ExplainConfig) -> list[Record]:
     from x2dfd.media import file_sha256
 
     paths = expand_inputs(cfg.inputs)
+    if cfg.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     out = Path(cfg.out) if cfg.out else None
     shards = Shards(out)
     cfg.device = shards.device(cfg.device)
