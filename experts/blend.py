@@ -178,7 +178,11 @@ class BlendExpert:
         state = load_file(str(path), device="cpu")
         own = self.model.state_dict()
         state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # same names, other shapes
+            raise UsageError(f"blend weights '{path.name}' do not match the {self.config.backbone} config "
+                             f"in {path.with_suffix('.json').name}: {str(err).splitlines()[-1].strip()}") from err
         if missing or unexpected:
             raise UsageError(
                 f"blend weights '{path.name}' do not match the {self.config.backbone} config: "

@@ -43,7 +43,7 @@ from x2dfd.inputs import IMAGE_EXTS
 from x2dfd.metrics import roc_auc
 
 CACHE_SCALE = 1.8  # cached crop side / detector box side: room for the random crop scale below
-CACHE_SIZE = 320
+CACHE_MAX = 400  # cached crops keep their native resolution up to this side (as explain's crops do)
 CROP_SCALE = 1.3  # what x2dfd's pipeline feeds the expert (DeepfakeBench's 1.3x box)
 CROP_JITTER = (1.15, 1.5)  # training crop scales, around CROP_SCALE
 VAL_SEED_OFFSET = 7_777_777
@@ -100,7 +100,7 @@ def split_files(files: Sequence[Path], seed: int = 0, val_fraction: float = 0.1,
 class CachedFace:
     path: str  # source image
     sha256: str
-    crop_path: str  # PNG, CACHE_SIZE square, crop_face(scale=CACHE_SCALE)
+    crop_path: str  # PNG square, crop_face(scale=CACHE_SCALE) at native resolution up to CACHE_MAX
     landmarks: np.ndarray  # (68, 2) float32 in crop pixels
 
 
@@ -109,13 +109,20 @@ def cache_faces(items: Sequence[tuple[Path, str]], cache_dir: Path, desc: str = 
     from tqdm import tqdm
 
     from x2dfd.face import crop_face, get_detector
-    from x2dfd.media import load_image
+
+    try:
+        from x2dfd.media import load_image
+    except ImportError:  # TEMP until x2dfd.media lands
+        from PIL import Image
+
+        def load_image(p):
+            return Image.open(p).convert("RGB")
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     detector = None
     out: list[CachedFace] = []
     skipped: list[str] = []
-    tag = f"s{CACHE_SCALE}_{CACHE_SIZE}"
+    tag = f"s{CACHE_SCALE}_{CACHE_MAX}"
     for path, digest in tqdm(items, desc=f"caching {desc}", unit="img", mininterval=5, disable=len(items) < 20):
         png = cache_dir / f"{digest[:24]}_{tag}.png"
         meta = png.with_suffix(".json")
@@ -134,7 +141,9 @@ def cache_faces(items: Sequence[tuple[Path, str]], cache_dir: Path, desc: str = 
                 raise LookupError("no face detected")
             if faces[0].landmarks is None:
                 raise LookupError("no 68-point landmarks for the face")
-            crop = crop_face(image, faces[0], scale=CACHE_SCALE, size=CACHE_SIZE)
+            crop = crop_face(image, faces[0], scale=CACHE_SCALE)
+            if crop.image.width > CACHE_MAX:
+                crop = crop_face(image, faces[0], scale=CACHE_SCALE, size=CACHE_MAX)
         except Exception as err:  # noqa: BLE001 - per-item loop: record the image and the cause, go on
             meta.write_text(json.dumps({"path": str(path), "landmarks": None, "skip": f"{type(err).__name__}: {err}"}))
             skipped.append(f"{path}: {type(err).__name__}: {err}")
@@ -401,7 +410,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
             loss.backward()
             opt.step()
             step += 1
-            sums += (float(loss), float(cls), float(seg))
+            sums += (loss.item(), cls.item(), seg.item())
             count += 1
             bar.set_postfix(loss=f"{sums[0] / count:.3f}", cls=f"{sums[1] / count:.3f}", lr=f"{lr:.1e}")
         bar.close()
