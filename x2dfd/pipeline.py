@@ -106,7 +106,8 @@ class _Unit:
 class Explainer:
     """Runs the pipeline with a loaded MLLM (or None: expert-only verdicts) and loaded experts."""
 
-    def __init__(self, mllm, experts: list, options: PipelineOptions):
+    def __init__(self, mllm, experts: list, options: PipelineOptions, transform=None):
+        self.transform = transform  # Callable[[PIL.Image], PIL.Image] | None: applied to each decoded image / frame
         if mllm is None and not experts:
             raise UsageError("no MLLM (--mllm none) and no expert (--no-expert): nothing could give a verdict")
         self.mllm = mllm
@@ -177,6 +178,7 @@ class Explainer:
         from x2dfd.media import load_image
 
         image = load_image(unit.record.path, limits)
+        image = self.transform(image) if self.transform is not None else image
         unit.record.media = {"width": image.width, "height": image.height}
         crops = extract_faces(image, **self._face_kwargs())
         many = self.options.all_faces and self.options.face_crop
@@ -192,7 +194,8 @@ class Explainer:
         kwargs = self._face_kwargs() | {"all_faces": False}
         for frame in frames:
             try:
-                [crop] = extract_faces(frame.image, **kwargs)
+                [crop] = extract_faces(self.transform(frame.image) if self.transform is not None else frame.image,
+                                       **kwargs)
             except NoFaceError as err:
                 unit.frame_errors.append({"index": frame.index, "time_s": frame.time_s, "p_fake": None,
                                           "label": "undetermined", "face": None, "error": one_line(str(err))})
