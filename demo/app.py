@@ -37,7 +37,7 @@ log = logging.getLogger("x2dfd.demo")
 DEFAULT_EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "x2dfd" / "demo-examples"
 CSS = """
 #verdict h2 { margin: 0; }
-#message { color: #b36b00; font-weight: 600; }
+#message, #message * { color: #a35f00 !important; font-weight: 600; }
 """
 
 

@@ -1,0 +1,235 @@
+"""The demo's page function, called directly (no server): verdicts, pictures, cues, videos, and bad files as messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo.app import DemoConfig, analyze, build_app, build_cue_scorer
+from x2dfd.records import ExpertScore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def explainer(selfcontained_llava):
+    from x2dfd.explain import build_explainer
+
+    cfg = DemoConfig(model=str(selfcontained_llava), no_expert=True, face_crop=False, max_new_tokens=6, device="cpu")
+    return build_explainer(cfg)
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    path = tmp_path / "upload.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (72, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+class StubExpert:
+    """A localizing expert with known outputs: a left-to-right ramp heatmap and p_fake 0.75."""
+
+    name = "stub"
+    prompt_name = "blending"
+
+    def score(self, faces):
+        return [ExpertScore(self.name, 0.75) for _ in faces]
+
+    def localize(self, faces):
+        return [np.tile(np.linspace(0, 1, f.width, dtype=np.float32), (f.height, 1)) for f in faces]
+
+    def info(self):
+        return {"name": self.name}
+
+
+class StubCues:
+    """The CueScorer surface the demo uses: ``cues`` and ``score_image``."""
+
+    def __init__(self, n=12):
+        from types import SimpleNamespace
+
+        self.cues = [SimpleNamespace(id=f"region.cue{i}", present=f"evidence <{i}>", question=f"q{i}?") for i in range(n)]
+
+    def score_image(self, face):
+        assert face is not None
+        return np.linspace(0.05, 0.95, len(self.cues))
+
+
+def test_image_gets_verdict_explanation_and_face(explainer, image):
+    res = analyze(explainer, image)
+    assert res.ok, res.message
+    assert res.verdict in ("real", "fake") and 0.0 <= res.p_fake <= 1.0
+    assert res.verdict == ("fake" if res.p_fake >= 0.5 else "real")
+    assert res.explanation.startswith("This image is")
+    assert res.message == f"This image looks {res.verdict.upper()}: p_fake = {res.p_fake:.3f}"
+    assert isinstance(res.face, Image.Image) and res.face.size == (64, 72)  # --no-face-crop: the whole upload
+    assert res.heatmap is None and res.experts == [] and res.cues is None and res.timeline is None
+    assert res.record.path == "upload.png"  # the server's temp folder is not shown
+
+
+def test_bad_files_are_one_line_messages(explainer, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    res = analyze(explainer, text)
+    assert not res.ok and "'notes.txt' is not a file type the demo reads" in res.message and ".jpg" in res.message
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole JPEG")
+    res = analyze(explainer, broken)
+    assert not res.ok and res.message.startswith("No verdict for 'broken.jpg': ")
+    assert "\n" not in res.message and "Traceback" not in res.message
+    assert res.record.label == "undetermined" and res.record.error
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 300_000)
+    res = analyze(explainer, big, max_file_mb=0.1)
+    assert not res.ok and res.message == "'big.png' is 0.3 MB; the demo accepts files up to 0.1 MB."
+
+    assert analyze(explainer, None).message == "Upload a face image or a video to see its verdict."
+    assert "could not be read" in analyze(explainer, tmp_path / "gone.png").message
+
+
+def test_failure_inside_the_pipeline_is_a_message(image):
+    class Exploding:
+        def run_with_artifacts(self, paths):
+            raise RuntimeError("CUDA out of memory\nwith a second line")
+
+    res = analyze(Exploding(), image)
+    assert not res.ok and res.message == "'upload.png' could not be analysed: RuntimeError: CUDA out of memory with a second line"
+
+
+def test_expert_scores_heatmap_and_cues(explainer, image):
+    from x2dfd.pipeline import Explainer
+
+    with_expert = Explainer(explainer.mllm, [StubExpert()], explainer.options)
+    res = analyze(with_expert, image, score_cues=True, cue_scorer=StubCues(), cue_top=3)
+    assert res.ok
+    assert res.experts == [["stub", 0.75]]
+    assert isinstance(res.heatmap, Image.Image) and res.heatmap.size == res.face.size
+    heat = np.asarray(res.heatmap, np.int32)
+    assert heat[:, -1, 0].mean() > heat[:, 0, 0].mean() + 20  # the hot (right) side is redder
+    assert res.cues == [["region.cue11", "evidence <11>", 0.95], ["region.cue10", "evidence <10>", 0.868],
+                        ["region.cue9", "evidence <9>", 0.786]]
+    assert res.record.cues[0] == {"id": "region.cue11", "phrase": "evidence <11>", "p_yes": 0.95}
+    assert analyze(with_expert, image, score_cues=False, cue_scorer=StubCues()).cues is None
+    res = analyze(with_expert, image, score_cues=True, cue_scorer=None)
+    assert res.ok and res.cues == [] and "not available" in res.cue_note
+
+
+def test_real_cue_scorer_when_available(tiny_llava, image):
+    from x2dfd.explain import build_explainer
+
+    pytest.importorskip("feature_assessment.scoring")
+    cfg = DemoConfig(model=str(tiny_llava), no_expert=True, face_crop=False, max_new_tokens=2, device="cpu")
+    explainer = build_explainer(cfg)
+    scorer = build_cue_scorer(explainer)
+    assert scorer is not None
+    res = analyze(explainer, image, score_cues=True, cue_scorer=scorer, cue_top=5)
+    assert res.ok and len(res.cues) == 5 and res.cue_note is None
+    ps = [c[2] for c in res.cues]
+    assert ps == sorted(ps, reverse=True) and all(0.0 <= p <= 1.0 for p in ps)
+    ids = {c.id for c in scorer.cues}
+    assert all(c[0] in ids for c in res.cues)
+
+
+def test_video_gets_a_frame_timeline(explainer, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        writer.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    writer.release()
+    res = analyze(explainer, path)
+    assert res.ok, res.message
+    assert res.message.startswith("This video looks ")
+    assert res.timeline and len(res.timeline) == explainer.options.frames
+    assert all(0.0 <= f["p_fake"] <= 1.0 for f in res.timeline)
+    from demo.app import timeline_figure
+
+    fig = timeline_figure(res.timeline)
+    assert fig.axes[0].get_ylim() == (0.0, 1.0) and len(fig.axes[0].lines[0].get_xdata()) == len(res.timeline)
+
+
+def test_build_app_wires_the_handler_without_launching(explainer, image, tmp_path):
+    import gradio as gr
+
+    app = build_app(explainer, max_file_mb=5, examples=[image])
+    assert isinstance(app, gr.Blocks)
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"upload", "verdict", "explanation", "face", "heatmap", "experts", "cues", "timeline"} <= ids
+    assert "score-cues" in ids and "cues-off" in ids  # no scorer: the control is hidden, with a note
+    verdict, message, label, explanation, face, heat, experts, cues, cue_note, timeline = app.x2dfd_run(str(image), False)
+    assert verdict["value"].startswith("## ") and "p_fake" in verdict["value"]
+    assert message["value"] == "" and set(label) == {"fake", "real"} and abs(sum(label.values()) - 1) < 1e-9
+    assert explanation.startswith("This image is") and face is not None and heat is None
+    assert timeline["visible"] is False and cues["visible"] is False
+
+    text = tmp_path / "x.txt"
+    text.write_text("x")
+    verdict, message, *_ = app.x2dfd_run(str(text), False)
+    assert verdict["value"] == "" and "not a file type" in message["value"]
+
+
+def test_demo_flags_reuse_explain_options():
+    res = subprocess.run([sys.executable, "-m", "x2dfd", "demo", "--help"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    for flag in ("--model", "--adapter", "--no-expert", "--expert", "--mllm", "--load-in-4bit", "--no-face-crop",
+                 "--frames", "--host", "--port", "--concurrency", "--queue-size", "--max-file-mb", "--no-examples"):
+        assert flag in text, flag
+    for batch_only in ("INPUTS", "--out ", "--report", "--all-faces", "--quiet"):
+        assert batch_only not in text, batch_only
+    assert "default: 127.0.0.1" in text and "default: 7860" in text
+
+
+def test_bad_demo_flags_are_one_line_usage_errors(capsys):
+    from x2dfd.cliargs import parse_config
+
+    for argv, expected in ((["--port", "70000"], "--port must be in 0..65535"),
+                           (["--concurrency", "0"], "--concurrency must be >= 1"),
+                           (["--no-expert", "--expert", "blend"], "--no-expert and --expert exclude each other")):
+        with pytest.raises(SystemExit) as exc:
+            parse_config(DemoConfig, argv, prog="x2dfd demo")
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and expected in err and "Traceback" not in err
+
+
+def test_examples_are_made_by_project_code(tmp_path):
+    from demo.examples import make_examples
+    from tests.conftest import shared_path
+
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    assert [f.name for f in make_examples(tmp_path / "plain", source_dir=empty)] == ["no-face.png"]
+
+    photos = shared_path("data", "faces-real-photos", "real")
+    files = make_examples(tmp_path / "ex", source_dir=photos)
+    assert [f.name for f in files] == ["real-face.jpg", "self-blended-fake.jpg", "real-then-blended.mp4", "no-face.png"]
+    real = np.asarray(Image.open(files[0]).convert("RGB"), np.int32)
+    fake = np.asarray(Image.open(files[1]).convert("RGB"), np.int32)
+    assert real.shape == fake.shape
+    changed = np.abs(real - fake).max(-1) > 24  # beyond JPEG noise: only the blended face region differs
+    assert 0.01 < changed.mean() < 0.5
+    ys, xs = np.nonzero(changed)
+    h, w = changed.shape
+    assert 0.15 * w < xs.mean() < 0.85 * w and 0.1 * h < ys.mean() < 0.9 * h
+
+    import cv2
+
+    cap = cv2.VideoCapture(str(files[2]))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 24
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert make_examples(tmp_path / "ex", source_dir=photos) == files  # made once, reused at the next start
+    assert [f.stat().st_mtime_ns for f in files] == stamps
