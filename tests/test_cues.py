@@ -161,6 +161,16 @@ def test_write_cue_file_refuses_non_appendable(tmp_path):
         write_cue_file(path, [], [])
 
 
+@pytest.fixture
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny_causal_lm(tmp_path: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -175,7 +185,7 @@ def _tiny_causal_lm(tmp_path: Path) -> Path:
     return out
 
 
-def test_generate_cues_cli_with_tiny_causal_lm(tmp_path, capsys):
+def test_generate_cues_cli_with_tiny_causal_lm(tmp_path, capsys, _one_thread):
     from x2dfd.cli import main
 
     lm = _tiny_causal_lm(tmp_path)
