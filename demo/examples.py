@@ -3,15 +3,16 @@
     make_examples("~/.cache/x2dfd/demo-examples")                       # photos from ../shared when present
     make_examples("~/.cache/x2dfd/demo-examples", source_dir="my_real_photos/")
 
-From the first real face photo of ``source_dir`` (default: ``../shared/data/faces-real-photos/real``
-next to the project checkout, MIT-licensed) in which a face and its landmarks are found:
+From the first two portraits (one confident, centred face with landmarks) of ``source_dir``
+(default: ``../shared/data/faces-real-photos/real`` beside the project checkout, MIT-licensed):
 
-* ``real-face.jpg``: that photo (as SBI's real counterpart: possibly colour-jittered, never blended);
-* ``self-blended-fake.jpg``: the same photo turned into a pseudo-fake by the blending expert's own
-  generator (``experts.sbi.self_blend``: the face pasted back onto itself through a landmark mask
-  after a colour/frequency change), the artefact the blending expert localizes;
-* ``real-then-blended.mp4``: a 3 s clip, a slow zoom over the real photo whose second half shows the
-  self-blended face, so the per-frame p_fake timeline has something to show.
+* ``real-face.jpg``: the first portrait, re-encoded;
+* ``face-swap.jpg``: the second portrait's face swapped onto the first (``x2dfd.faceswap``: landmark
+  warp, colour transfer, Poisson blending; the FaceForensics++ FaceSwap family);
+* ``self-blended-fake.jpg``: the first portrait blended onto itself by the blending expert's own
+  generator (``experts.sbi.self_blend``), the artefact that expert localizes;
+* ``real-then-swapped.mp4``: a 3 s H.264 clip, a slow zoom over the real portrait that turns into the
+  face swap halfway, so the per-frame p_fake timeline has something to show.
 
 Always, also ``no-face.png`` (a smooth gradient): what an input without a face gives (an
 ``undetermined`` verdict with the reason). Without a photo folder that is the only example.
@@ -27,10 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-VERSION = 1
+VERSION = 2
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-real-photos" / "real"
 VIDEO_FRAMES = 24
 VIDEO_FPS = 8
+FACE_EXAMPLES = ("real-face.jpg", "face-swap.jpg", "self-blended-fake.jpg", "real-then-swapped.mp4")
 
 
 def default_source_dir() -> Path | None:
@@ -69,16 +71,17 @@ def _no_face_example(out: Path) -> Path:
     return path
 
 
-def _pick_face(source: Path, tries: int = 60):
-    """(photo, face with landmarks) from the first portrait of ``source`` (one confident, centred face whose box
-    spans at least 40% of the shorter side), largest files first: deterministic for a given folder."""
+def _portraits(source: Path, n: int = 2, tries: int = 80) -> list[tuple[Image.Image, object]]:
+    """Up to ``n`` (photo, face) pairs: one confident (score >= 0.95), centred face with landmarks whose box
+    spans >= 40% of the shorter side; largest files first (deterministic), near-duplicates skipped."""
     from x2dfd.errors import NoFaceError
     from x2dfd.face import extract_faces
     from x2dfd.inputs import IMAGE_EXTS
 
     files = [p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
-    candidates = sorted(files, key=lambda p: (-p.stat().st_size, p.name))[:tries]
-    for path in candidates:
+    found: list[tuple[Image.Image, object]] = []
+    signatures: list[np.ndarray] = []
+    for path in sorted(files, key=lambda p: (-p.stat().st_size, p.name))[:tries]:
         try:
             with Image.open(path) as im:
                 photo = im.convert("RGB")
@@ -86,6 +89,9 @@ def _pick_face(source: Path, tries: int = 60):
             continue
         if min(photo.size) < 200:
             continue
+        sig = np.asarray(photo.convert("L").resize((16, 16)), np.float32)
+        if any(np.abs(sig - s).mean() < 12 for s in signatures):
+            continue  # the folder holds copies and augmented copies of the same photo
         try:
             [crop] = extract_faces(photo, crop=True, all_faces=False)
         except NoFaceError:
@@ -97,42 +103,52 @@ def _pick_face(source: Path, tries: int = 60):
         cx, cy = (x0 + x1) / 2 / photo.width, (y0 + y1) / 2 / photo.height
         inside = x0 >= 0 and y0 >= 0 and x1 <= photo.width and y1 <= photo.height
         if max(x1 - x0, y1 - y0) >= 0.4 * min(photo.size) and inside and 0.3 < cx < 0.7 and 0.3 < cy < 0.65:
-            return photo, face
-    return None, None
+            found.append((photo, face))
+            signatures.append(sig)
+            if len(found) == n:
+                break
+    return found
 
 
 def _face_examples(source: Path, out: Path, seed: int) -> list[Path]:
     from experts.sbi import self_blend
+    from x2dfd.faceswap import make_face_swap
 
-    photo, face = _pick_face(source)
-    if photo is None:
+    portraits = _portraits(source)
+    if not portraits:
         return []
+    photo, face = portraits[0]
+    files = []
+    real = out / FACE_EXAMPLES[0]
+    photo.save(real, quality=92)
+    files.append(real)
+    swap_img = None
+    if len(portraits) > 1:
+        swap_img, _ = make_face_swap(portraits[1][0], photo, seed=seed)
+        swap = out / FACE_EXAMPLES[1]
+        swap_img.save(swap, quality=92)
+        files.append(swap)
     blended = self_blend(np.asarray(photo), np.asarray(face.landmarks, np.float32), rng=seed, hull="facehull")
-    # SBI's pair: the fake differs from its real counterpart (the target copy) only inside the blend mask
-    real_img, fake_img = Image.fromarray(blended.real), Image.fromarray(blended.fake)
-    real = out / "real-face.jpg"
-    real_img.save(real, quality=92)
-    fake = out / "self-blended-fake.jpg"
-    fake_img.save(fake, quality=92)
-    return [real, fake, _video(real_img, fake_img, out / "real-then-blended.mp4")]
+    sbi = out / FACE_EXAMPLES[2]
+    Image.fromarray(blended.fake).save(sbi, quality=92)
+    files.append(sbi)
+    second = swap_img if swap_img is not None else Image.fromarray(blended.fake)
+    files.append(_video(photo, second, out / FACE_EXAMPLES[3]))
+    return files
 
 
 def _video(real: Image.Image, fake: Image.Image, path: Path) -> Path:
-    """A slow zoom (100% -> 90% of the frame) over the real photo, switching to the blended one halfway."""
-    import cv2
+    """A slow zoom (100% -> 90% of the frame) over the real photo, switching to the fake one halfway."""
+    from x2dfd.faceswap import write_video
 
     w, h = real.size
     scale = 320 / max(w, h)
-    size = (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2)  # even sides for every codec
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, size)
-    try:
-        for i in range(VIDEO_FRAMES):
-            src = real if i < VIDEO_FRAMES // 2 else fake
-            z = 1.0 - 0.1 * i / (VIDEO_FRAMES - 1)
-            cw, ch = w * z, h * z
-            box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-            frame = src.resize(size, Image.BILINEAR, box=box)
-            writer.write(cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return path
+    size = (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2)  # even sides for yuv420p
+    frames = []
+    for i in range(VIDEO_FRAMES):
+        src = real if i < VIDEO_FRAMES // 2 else fake
+        z = 1.0 - 0.1 * i / (VIDEO_FRAMES - 1)
+        cw, ch = w * z, h * z
+        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+        frames.append(np.asarray(src.resize(size, Image.BILINEAR, box=box)))
+    return write_video(frames, path, fps=VIDEO_FPS)

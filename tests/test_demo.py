@@ -212,24 +212,22 @@ def test_examples_are_made_by_project_code(tmp_path):
 
     photos = shared_path("data", "faces-real-photos", "real")
     files = make_examples(tmp_path / "ex", source_dir=photos)
-    assert [f.name for f in files] == ["real-face.jpg", "self-blended-fake.jpg", "real-then-blended.mp4", "no-face.png"]
+    assert [f.name for f in files] == ["real-face.jpg", "face-swap.jpg", "self-blended-fake.jpg", "real-then-swapped.mp4",
+                                       "no-face.png"]
     real = np.asarray(Image.open(files[0]).convert("RGB"), np.int32)
-    fake = np.asarray(Image.open(files[1]).convert("RGB"), np.int32)
-    assert real.shape == fake.shape
-    changed = np.abs(real - fake).max(-1) > 24  # beyond JPEG noise: only the blended face region differs
-    assert 0.01 < changed.mean() < 0.5
+    h, w = real.shape[:2]
+    swap = np.asarray(Image.open(files[1]).convert("RGB"), np.int32)
+    changed = np.abs(real - swap).max(-1) > 24  # beyond JPEG noise: only the face region was replaced
+    assert swap.shape == real.shape and 0.01 < changed.mean() < 0.5
     ys, xs = np.nonzero(changed)
-    h, w = changed.shape
-    assert 0.15 * w < xs.mean() < 0.85 * w and 0.1 * h < ys.mean() < 0.9 * h
+    assert 0.2 * w < xs.mean() < 0.8 * w and 0.2 * h < ys.mean() < 0.8 * h
+    sbi = np.asarray(Image.open(files[2]).convert("RGB"), np.int32)  # SBI may colour-jitter the whole target copy
+    assert sbi.shape == real.shape and (np.abs(real - sbi).max(-1) > 24).mean() > 0.01
 
-    import cv2
+    from x2dfd.media import sample_video
 
-    cap = cv2.VideoCapture(str(files[2]))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    assert n == 24
+    frames, info = sample_video(files[3], 24)
+    assert len(frames) == 24
     stamps = [f.stat().st_mtime_ns for f in files]
     assert make_examples(tmp_path / "ex", source_dir=photos) == files  # made once, reused at the next start
     assert [f.stat().st_mtime_ns for f in files] == stamps
