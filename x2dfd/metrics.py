@@ -19,7 +19,8 @@ import numpy as np
 
 from x2dfd.errors import UsageError
 
-__all__ = ["roc_auc", "average_precision", "roc_curve", "eer", "tpr_at_fpr", "bootstrap_ci"]
+__all__ = ["roc_auc", "average_precision", "roc_curve", "eer", "tpr_at_fpr", "accuracy", "detection_metrics",
+           "bootstrap_ci", "bootstrap_metrics"]
 
 
 def _check(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +98,10 @@ def average_precision(y_true: Sequence, scores: Sequence) -> float:
 def eer(y_true: Sequence, scores: Sequence) -> float:
     """Equal error rate: where FPR = FNR on the ROC curve, linearly interpolated between its points."""
     fpr, tpr, _ = roc_curve(y_true, scores)
+    return _eer_from_curve(fpr, tpr)
+
+
+def _eer_from_curve(fpr: np.ndarray, tpr: np.ndarray) -> float:
     fnr = 1.0 - tpr
     diff = fpr - fnr  # increases from -1 to +1 along the curve
     i = int(np.flatnonzero(diff >= 0)[0])
@@ -141,3 +146,88 @@ def bootstrap_ci(
         values[b] = metric_fn(y_arr[idx], s_arr[idx])
     lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
     return point, float(lo), float(hi)
+
+
+def accuracy(y_true: Sequence, scores: Sequence, threshold: float = 0.5) -> float:
+    """Fraction of items whose verdict (fake when score >= ``threshold``) matches the label."""
+    y, s = _check(y_true, scores)
+    return float(np.mean((s >= threshold) == (y == 1)))
+
+
+def _metric_names(fprs: Sequence[float]) -> list[str]:
+    return ["auc", "ap", "eer", "acc"] + [f"tpr@fpr{f:g}" for f in fprs]
+
+
+def _all_metrics(y: np.ndarray, s: np.ndarray, threshold: float, fprs: Sequence[float]) -> list[float]:
+    """Every metric of :func:`detection_metrics` from ONE sort of the scores (checked inputs)."""
+    _, tps, fps = _counts(y, s)
+    tpr = np.concatenate(([0.0], tps / tps[-1]))
+    fpr = np.concatenate(([0.0], fps / fps[-1]))
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))  # trapezoids = Mann-Whitney, ties count 1/2
+    precision = tps / (tps + fps)
+    ap = float(np.sum(np.diff(tpr) * precision))
+    acc = float(np.mean((s >= threshold) == (y == 1)))
+    return [auc, ap, _eer_from_curve(fpr, tpr), acc] + [float(tpr[fpr <= f + 1e-12].max()) for f in fprs]
+
+
+def detection_metrics(y_true: Sequence, scores: Sequence, threshold: float = 0.5,
+                      fprs: Sequence[float] = (0.01, 0.05)) -> dict[str, float]:
+    """``{"auc", "ap", "eer", "acc", "tpr@fpr0.01", "tpr@fpr0.05"}`` in one pass; each value equals the
+    function of the same name (``acc`` = :func:`accuracy` at ``threshold``)."""
+    y, s = _check(y_true, scores)
+    return dict(zip(_metric_names(fprs), _all_metrics(y, s, threshold, fprs)))
+
+
+def bootstrap_metrics(
+    y_true: Sequence,
+    scores: Sequence,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: Sequence | None = None,
+    threshold: float = 0.5,
+    fprs: Sequence[float] = (0.01, 0.05),
+) -> dict[str, tuple[float, float | None, float | None]]:
+    """``{metric: (point, lower, upper)}`` for every metric of :func:`detection_metrics`, all from the same
+    ``n`` stratified percentile-bootstrap replicates (``n = 0``: points only, bounds None).
+
+    ``groups`` (one id per item, e.g. the video of each frame): a cluster bootstrap. Whole groups are
+    resampled within each class, so frames of one video never count as independent evidence (frame-level
+    intervals of video datasets would otherwise be too narrow)."""
+    if n < 0:
+        raise UsageError(f"bootstrap: n must be >= 0, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"bootstrap: alpha must be in (0, 1), got {alpha}")
+    y, s = _check(y_true, scores)
+    names = _metric_names(fprs)
+    point = _all_metrics(y, s, threshold, fprs)
+    if n == 0:
+        return {k: (v, None, None) for k, v in zip(names, point)}
+    rng = np.random.default_rng(seed)
+    per_class: list[list[np.ndarray]] = []
+    for label in (1, 0):
+        idx = np.flatnonzero(y == label)
+        if groups is None:
+            per_class.append([idx])
+            continue
+        g = np.asarray(groups, dtype=object)
+        if len(g) != len(y):
+            raise UsageError(f"bootstrap: {len(g)} group ids for {len(y)} items")
+        clusters: dict = {}
+        for i in idx:
+            clusters.setdefault(g[i], []).append(i)
+        per_class.append([np.asarray(v) for v in clusters.values()])
+    values = np.empty((n, len(names)), dtype=np.float64)
+    for b in range(n):
+        parts = []
+        for clusters in per_class:
+            if len(clusters) == 1 and groups is None:  # plain stratified bootstrap over items
+                parts.append(rng.choice(clusters[0], len(clusters[0])))
+            else:
+                chosen = rng.integers(0, len(clusters), len(clusters))
+                parts.extend(clusters[c] for c in chosen)
+        idx = np.concatenate(parts)
+        values[b] = _all_metrics(y[idx], s[idx], threshold, fprs)
+    lo = np.quantile(values, alpha / 2.0, axis=0)
+    hi = np.quantile(values, 1.0 - alpha / 2.0, axis=0)
+    return {k: (v, float(a), float(c)) for k, v, a, c in zip(names, point, lo, hi)}

@@ -545,6 +545,17 @@ def _environment():
     return env
 
 
+def environment():
+    """The report renderer's jinja2 environment (autoescape, StrictUndefined, ``pct``/``num`` filters) over
+    ``x2dfd/templates``: other pages (``x2dfd evaluate``'s evaluate.html) render through it too."""
+    return _environment()
+
+
+def static_text(name: str):
+    """Public name of :func:`_static`: a project-owned file from ``x2dfd/templates`` to inline (CSS, scripts)."""
+    return _static(name)
+
+
 def _static(name: str):
     """A project-owned file inlined verbatim into the page (CSS, the table script): trusted, not data."""
     from markupsafe import Markup

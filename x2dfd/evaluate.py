@@ -1,0 +1,1012 @@
+"""``x2dfd evaluate``: the field's detection metrics at frame and video level, systems side by side,
+robustness sweeps and explanation checks, on labelled data.
+
+    x2dfd evaluate data/ --out eval/                                     # MLLM + shipped blend expert
+    x2dfd evaluate ff.json --split test --fit-split train --out eval/    # DeepfakeBench JSON, fusion fitted on train
+    x2dfd evaluate manifest.csv --mllm none --expert blend --perturb jpeg:90,70,50,30 blur:1,2 resize:0.5,0.25 noise:0.02
+    x2dfd evaluate data/ --model ./llava --adapter ./x2dfd-lora --fit-split 0.3 --no-cue-check
+
+DATA is what ``x2dfd assess`` reads (``x2dfd.dataset.load_labelled``): a folder with real/ and fake/,
+a CSV/JSONL/JSON manifest (path,label[,video_id,source]; images or video files) or a DeepfakeBench
+dataset JSON. Every item goes through THE pipeline (``x2dfd.pipeline.Explainer``: decode -> face crop
+-> experts -> MLLM), once per condition (clean, then each ``--perturb`` strength); one run gives the
+MLLM's p_fake and every expert's p_fake at once.
+
+Protocol (stated in every output, because numbers are only comparable when it is):
+
+* levels: ``frame`` = one score per image, and per sampled frame of a video file; ``video`` = frames
+  grouped by ``video_id`` (DeepfakeBench frame folders, manifests) or by video file, their p_fake
+  aggregated with ``--aggregate`` (mean by default, DeepfakeBench's video-level metric). A lone image
+  without a ``video_id`` is its own group; the video level is reported only when some group has more
+  than one frame.
+* systems: ``mllm`` (the MLLM's P(fake)), ``expert:NAME`` (each expert alone), ``fusion:mean`` (mean of
+  the available p_fakes) and ``fusion:logistic`` (L2-regularised logistic regression on their logits,
+  fitted at frame level on the clean run of ``--fit-split`` items, then applied unchanged to every
+  condition and level). Fusions appear when there are at least two components.
+* ``--fit-split``: ``F`` in (0, 1) takes a seeded, class-stratified fraction F of DATA's videos (or
+  images) to fit on, and then EVERY system is reported on the remaining items only (one report set
+  for the whole table); ``source:A,B`` fits on DATA items whose source is A or B and reports the rest;
+  a split name (DeepfakeBench JSON: ``train``, ``val``) or another DATA path fits on those items (run
+  clean through the same pipeline) and reports all of DATA (files also in DATA are dropped from the
+  fit set); ``all`` fits on the reported items themselves (in-sample, marked optimistic everywhere).
+  Without ``--fit-split`` there is no logistic fusion.
+* metrics: AUC, AP, EER, accuracy at ``--threshold`` (0.5), TPR at FPR 1% and 5%, each with a
+  percentile bootstrap interval (``--bootstrap`` resamples, stratified by class; at frame level whole
+  videos are resampled, so frames of one video are not counted as independent). Label 1 = fake =
+  positive. Items without a score (no face found, undecodable) are excluded by default and counted per
+  class in ``coverage`` (``--undetermined as-0.5`` etc. scores them instead): a detector that misses
+  real faces more often than fakes biases every metric, so read the coverage with the numbers.
+* subsets: one row per ``source`` (the first folder under real/ or fake/, or the manifest column); a
+  source holding only fakes is scored against all real items of the report set (FaceForensics++
+  per-manipulation convention), one holding only reals against all fakes.
+* perturbations are applied to the decoded image or video frame before face detection (full frame,
+  as re-compressing the distributed file would); see ``x2dfd.perturb``.
+* explanation checks (MLLM with explanations): the verdict the text states first ("This image is
+  real/fake") against the label from p_fake, and with ``--cue-check`` (clean run only) cue grounding:
+  the cues whose present/absent phrase (``prompts/cues.yaml``) the explanation mentions against the
+  ``--cue-top-k`` cues with the highest P(yes) on that face (``feature_assessment`` scoring).
+
+Outputs in ``--out``: ``metrics.json`` (everything, with model/adapter/expert ids and the data
+fingerprint), ``table_frame.md/.csv`` and ``table_video.md/.csv`` (a paper's table), ``roc_frame.png``
+/ ``roc_video.png``, ``robustness_<level>.png``, ``evaluate.html`` (the report renderer's jinja
+environment), ``evaluate.config.json`` and ``records/<condition>.<settings-hash>.jsonl`` (per-item
+records; a rerun computes only what is missing).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from x2dfd import __version__
+from x2dfd.cliargs import parse_config, to_jsonable
+from x2dfd.errors import UsageError
+from x2dfd.explain import ModelArgs
+from x2dfd.pipeline import PipelineOptions
+from x2dfd.records import Record
+
+LEVELS = ("frame", "video")
+UNDETERMINED = {"exclude": None, "as-0.5": 0.5, "as-real": 0.0, "as-fake": 1.0}
+FPRS = (0.01, 0.05)
+METRIC_LABELS = {"auc": "AUC", "ap": "AP", "eer": "EER", "acc": "ACC@thr", "tpr@fpr0.01": "TPR@1%FPR",
+                 "tpr@fpr0.05": "TPR@5%FPR"}
+VERDICT = re.compile(r"\bthis\s+image\s+is\s+\W{0,3}(real|fake)\b", re.IGNORECASE)
+
+
+@dataclass
+class EvaluateConfig(PipelineOptions, ModelArgs):
+    """Evaluate an MLLM, adapter or expert on labelled data: metrics at frame and video level, side by side,
+    under perturbations, with explanation checks."""
+
+    data: str = field(default="", metadata={"positional": True})
+    """Labelled data: a folder with real/ and fake/, a CSV/JSONL/JSON manifest (path,label[,video_id,source]; images or videos) or a DeepfakeBench dataset JSON."""
+    out: str | None = None
+    """Output folder (metrics.json, tables, ROC PNGs, evaluate.html, records/); default: evaluate-<DATA name>."""
+    mllm: str = field(default="auto", metadata={"choices": ["auto", "none"]})
+    """none: evaluate the experts alone (no MLLM is loaded)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
+    """Expert to evaluate (default: the shipped blending expert)."""
+    no_expert: bool = field(default=False, metadata={"store_true": True})
+    """Run no expert (the MLLM alone, without expert scores in its prompt)."""
+    perturb: list[str] = field(default_factory=list, metadata={"metavar": "KIND:V[,V...]"})
+    """Robustness sweep, e.g. --perturb jpeg:90,70,50,30 blur:1,2 resize:0.5,0.25 noise:0.02 (kinds: jpeg quality, blur sigma px, resize factor, noise std in [0,1]); applied to the full decoded frame before face detection."""
+    fit_split: str | None = None
+    """Items the logistic fusion is fitted on: a fraction (0.3: that share of DATA's videos, the rest reported), source:A,B (those sources fit, the rest reported), a DeepfakeBench split name or another DATA path (fit there, all of DATA reported), or all (in-sample, optimistic). Default: no logistic fusion."""
+    fusion_l2: float = 1.0
+    """L2 penalty of the logistic fusion's weights (on logit features)."""
+    undetermined: str = field(default="exclude", metadata={"choices": list(UNDETERMINED)})
+    """Items without a score (no face, undecodable): exclude them (counted per class in the coverage), or score them 0.5, 0 (real) or 1 (fake)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the confidence intervals (0: no intervals)."""
+    ci: float = 0.95
+    """Confidence level of the bootstrap intervals."""
+    seed: int = 0
+    """Seed of the bootstrap, the --fit-split fraction, --per-class sampling and the noise perturbation."""
+    per_class: int | None = None
+    """Evaluate a seeded sample of this many items per class (default: all items)."""
+    split: str = "test"
+    """DeepfakeBench JSON only: the split to evaluate (train, val, test)."""
+    compression: str = "c23"
+    """DeepfakeBench JSON only: FaceForensics++ compression level (raw, c23, c40)."""
+    data_root: str | None = None
+    """DeepfakeBench JSON only: folder the frame paths are relative to (default: the JSON's folder)."""
+    cue_check: bool = True
+    """Cue grounding of the explanations (clean run, needs the MLLM): score every cue on each face (costs about one prefill plus a few short forwards per face)."""
+    cue_top_k: int = 5
+    """Cues with the highest P(yes) per face that the explanation's mentioned cues are compared with."""
+    cues: list[str] = field(default_factory=list, metadata={"metavar": "FILE"})
+    """Cue bank YAML file(s) for the cue check (default: the shipped prompts/cues.yaml)."""
+    cue_batch_size: int = 16
+    """Cues scored per forward pass against one face's cached prefix."""
+    title: str | None = None
+    """Title of evaluate.html (default: from DATA)."""
+    quiet: bool = field(default=False, metadata={"store_true": True})
+    """No progress bars and no summary on stderr."""
+    all_faces: bool = field(default=False, metadata={"cli": False})
+    """Always False: one verdict (the largest face) per labelled item."""
+
+    def __post_init__(self):
+        ModelArgs.__post_init__(self)
+        PipelineOptions.__post_init__(self)
+        if not self.data:
+            raise UsageError("give DATA: a folder with real/ and fake/, a CSV/JSONL manifest or a DeepfakeBench JSON")
+        if self.all_faces:
+            raise UsageError("evaluate scores one face per labelled item; --all-faces is not supported")
+        if self.no_expert and self.expert:
+            raise UsageError("--no-expert and --expert exclude each other")
+        if self.mllm == "none" and self.no_expert:
+            raise UsageError("--mllm none and --no-expert leave nothing to evaluate; name an --expert")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+        if not 0.5 <= self.ci < 1.0:
+            raise UsageError(f"--ci must be in [0.5, 1), got {self.ci}")
+        if self.cue_top_k < 1:
+            raise UsageError(f"--cue-top-k must be >= 1, got {self.cue_top_k}")
+        if self.fusion_l2 < 0:
+            raise UsageError(f"--fusion-l2 must be >= 0, got {self.fusion_l2}")
+        from x2dfd.perturb import parse_perturbations
+
+        parse_perturbations(self.perturb, self.seed)  # fail on a bad spec before any model loads
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(f"evaluate-{Path(self.data).stem or 'data'}")
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: int  # 0 real, 1 fake
+    video_id: str | None = None
+    source: str | None = None
+
+
+def items_from_dataset(ds) -> list[Item]:
+    return [Item(r["path"], int(r["label"]), r.get("video_id"), r.get("source")) for r in ds]
+
+
+def load_items(data: str, split: str = "test", compression: str = "c23", data_root: str | None = None,
+               per_class: int | None = None, seed: int = 0, require_both: bool = True) -> list[Item]:
+    """DATA as items (one per labelled file, duplicates of a path dropped); both classes required."""
+    from x2dfd.dataset import balanced_sample, load_labelled
+
+    ds = load_labelled(data, split=split, compression=compression, root=data_root)
+    if per_class is not None:
+        ds = balanced_sample(ds, per_class=per_class, seed=seed)
+    items, seen = [], {}
+    for item in items_from_dataset(ds):
+        if item.path in seen:
+            if seen[item.path] != item.label:
+                raise UsageError(f"DATA '{data}': '{item.path}' is listed as both real and fake")
+            continue
+        seen[item.path] = item.label
+        items.append(item)
+    check_groups(items, data)
+    if require_both:
+        n_fake = sum(i.label for i in items)
+        if n_fake in (0, len(items)):
+            raise UsageError(f"DATA '{data}' has only {'fake' if n_fake else 'real'} items ({len(items)}); the metrics "
+                             "need both real and fake items (add the other class or another manifest)")
+    return items
+
+
+def check_groups(items: list[Item], where: str) -> None:
+    labels: dict[str, set[int]] = defaultdict(set)
+    for i in items:
+        if i.video_id is not None:
+            labels[i.video_id].add(i.label)
+    mixed = sorted(v for v, ls in labels.items() if len(ls) > 1)
+    if mixed:
+        raise UsageError(f"DATA '{where}': video_id '{mixed[0]}' has both real and fake frames "
+                         f"({len(mixed)} such videos); one video has one label")
+
+
+def group_key(item: Item) -> str:
+    """The video an item belongs to: its video_id, else the video file itself, else the image alone."""
+    if item.video_id is not None:
+        return f"video_id:{item.video_id}"
+    return f"file:{item.path}"
+
+
+# ------------------------------------------------------------------------------------------ conditions
+@dataclass
+class Condition:
+    name: str  # "clean" | "jpeg:90" ...
+    slug: str  # file-name-safe
+    perturbation: Any = None  # x2dfd.perturb.Perturbation | None
+
+    def describe(self) -> dict[str, Any] | None:
+        return self.perturbation.describe() if self.perturbation is not None else None
+
+
+def conditions_for(cfg: EvaluateConfig) -> list[Condition]:
+    from x2dfd.perturb import parse_perturbations
+
+    return [Condition("clean", "clean")] + [Condition(p.name, p.slug, p) for p in
+                                            parse_perturbations(cfg.perturb, cfg.seed)]
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_settings(cfg: EvaluateConfig, explainer, condition: Condition) -> dict[str, Any]:
+    """Everything a cached record depends on (a change starts a new cache file instead of mixing)."""
+    return {
+        "model": explainer.model_name, "adapter": explainer.adapter,
+        "revision": cfg.revision if explainer.mllm is not None else None,
+        "dtype": cfg.dtype if explainer.mllm is not None else None,
+        "quantization": (cfg.load_in_4bit, cfg.load_in_8bit) if explainer.mllm is not None else None,
+        "template_version": explainer.template_version,
+        "experts": [[e.name, (e.info() or {}).get("sha256") or (e.info() or {}).get("weights")] for e in explainer.experts],
+        "face_crop": cfg.face_crop, "align": cfg.align, "face_scale": cfg.face_scale,
+        "min_face_score": cfg.min_face_score, "frames": cfg.frames, "max_new_tokens": cfg.max_new_tokens,
+        "threshold": cfg.threshold, "aggregate": cfg.aggregate, "topk": cfg.topk,
+        "perturbation": condition.describe(),
+    }
+
+
+def _sha(path: str) -> str | None:
+    from x2dfd.media import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def run_condition(explainer, paths: list[str], condition: Condition, cache_path: Path, hashes: dict[str, str | None],
+                  cue_scorer=None, quiet: bool = False) -> dict[str, Record]:
+    """Records of ``paths`` under ``condition``: those in ``cache_path`` are reused, the rest computed through
+    the pipeline (with ``condition``'s perturbation as its transform) and appended, one flushed line each."""
+    from tqdm.auto import tqdm
+
+    from x2dfd.explain import RecordWriter, read_records
+
+    expert_names = {e.name for e in explainer.experts}
+    wanted = set(paths)
+
+    def done(r: Record) -> bool:
+        if r.path not in wanted or r.sha256 != hashes.get(r.path):
+            return False
+        if r.p_fake is not None and not expert_names <= set(r.experts):
+            return False
+        return cue_scorer is None or r.p_fake is None or bool(r.cues) or not r.explanation
+
+    have = {r.path: r for r in read_records(cache_path) if done(r)}
+    todo = [p for p in paths if p not in have]
+    if todo and not quiet and have:
+        print(f"evaluate[{condition.name}]: {len(have)} items cached in {cache_path}, {len(todo)} to go", file=sys.stderr)
+    if not todo:
+        return have
+    explainer.transform = condition.perturbation
+    writer = RecordWriter(cache_path)
+    bar = tqdm(total=len(todo), unit="item", desc=f"evaluate[{condition.name}]", disable=quiet or len(todo) < 2,
+               file=sys.stderr)
+    try:
+        for record, artifacts in explainer.run_with_artifacts(todo, heatmaps=False):
+            if cue_scorer is not None and record.p_fake is not None and artifacts.face is not None \
+                    and record.explanation:
+                record.cues = score_cues(cue_scorer, artifacts.face)
+            writer.write(record)
+            have[record.path] = record
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+        explainer.transform = None
+    return have
+
+
+def score_cues(cue_scorer, face) -> list[dict[str, Any]]:
+    """Every cue's P(yes) on ``face``, highest first (what the grounding check compares mentions with)."""
+    p_yes = cue_scorer.score_image(face)
+    cues = cue_scorer.cues
+    order = sorted(range(len(cues)), key=lambda i: -float(p_yes[i]))
+    return [{"id": cues[i].id, "phrase": cues[i].present, "p_yes": round(float(p_yes[i]), 5)} for i in order]
+
+
+# ------------------------------------------------------------------------------------------ score table
+@dataclass
+class Unit:
+    """One scored unit at one level: a frame (image or video frame) or a video (group of frames)."""
+
+    key: str
+    label: int
+    source: str | None
+    group: str
+    item_paths: tuple[str, ...]
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+
+def components(explainer_mllm: bool, expert_names: list[str]) -> list[str]:
+    return (["mllm"] if explainer_mllm else []) + [f"expert:{n}" for n in expert_names]
+
+
+def frame_units(items: list[Item], records: dict[str, Record], comps: list[str]) -> list[Unit]:
+    """Frame level: one unit per image item, one per sampled frame of a video file (no face: no scores)."""
+    units = []
+    for item in items:
+        r = records.get(item.path)
+        g = group_key(item)
+        if r is not None and r.kind == "video" and r.frames:
+            for f in r.frames:
+                units.append(Unit(f"{item.path}#{f.get('index')}", item.label, item.source, g, (item.path,),
+                                  _component_scores(comps, f.get("p_fake"), f.get("experts") or {})))
+            continue
+        if r is None or r.p_fake is None:
+            scores = {c: None for c in comps}
+        else:
+            scores = _component_scores(comps, r.p_fake, r.experts)
+        units.append(Unit(item.path, item.label, item.source, g, (item.path,), scores))
+    return units
+
+
+def _component_scores(comps: list[str], p_fake, experts: dict) -> dict[str, float | None]:
+    out = {}
+    for c in comps:
+        v = p_fake if c == "mllm" else experts.get(c.split(":", 1)[1])
+        out[c] = None if v is None or not math.isfinite(float(v)) else float(v)
+    return out
+
+
+def add_fusions(units: list[Unit], comps: list[str], logistic=None) -> None:
+    from x2dfd.fusion import mean_fusion
+
+    if len(comps) < 2:
+        return
+    rows = [[u.scores.get(c) for c in comps] for u in units]
+    for u, p in zip(units, mean_fusion(rows)):
+        u.scores["fusion:mean"] = p
+    if logistic is not None:
+        for u, p in zip(units, logistic.predict(rows)):
+            u.scores["fusion:logistic"] = p
+
+
+def video_units(frames: list[Unit], method: str, k: int) -> list[Unit]:
+    """Video level: frames grouped by video, each system's frame p_fake aggregated (None frames ignored)."""
+    from x2dfd.media import aggregate_frames
+
+    groups: dict[str, list[Unit]] = {}
+    for u in frames:
+        groups.setdefault(u.group, []).append(u)
+    out = []
+    for g, us in groups.items():
+        systems = list(us[0].scores)
+        scores = {s: aggregate_frames([u.scores.get(s) for u in us], method, k=k) for s in systems}
+        paths = tuple(dict.fromkeys(p for u in us for p in u.item_paths))
+        out.append(Unit(g, us[0].label, us[0].source, g, paths, scores))
+    return out
+
+
+def has_video_level(frames: list[Unit]) -> bool:
+    return len({u.group for u in frames}) < len(frames)
+
+
+# -------------------------------------------------------------------------------------------- fit split
+@dataclass
+class FitPlan:
+    mode: str  # "none" | "fraction" | "source" | "external" | "all"
+    description: str
+    fit_paths: set[str] = field(default_factory=set)
+    extra_items: list[Item] = field(default_factory=list)  # fit items that are not in DATA
+    report_paths: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def in_sample(self) -> bool:
+        return self.mode == "all"
+
+
+def plan_fit(cfg: EvaluateConfig, items: list[Item]) -> FitPlan:
+    """Which items fit the logistic fusion and which are reported; see the module docstring."""
+    import numpy as np
+
+    spec = cfg.fit_split
+    everything = {i.path for i in items}
+    if spec is None:
+        return FitPlan("none", "no logistic fusion (no --fit-split)", report_paths=everything)
+    if spec == "all":
+        return FitPlan("all", f"all {len(items)} reported items (in-sample: optimistic, as asked by --fit-split all)",
+                       fit_paths=set(everything), report_paths=everything,
+                       notes=["fusion:logistic is fitted on the items it is reported on (--fit-split all): optimistic"])
+    try:
+        fraction = float(spec)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        if not 0.0 < fraction < 1.0:
+            raise UsageError(f"--fit-split {spec}: a fraction must be in (0, 1)")
+        rng = np.random.default_rng(cfg.seed)
+        fit = set()
+        for label in (0, 1):
+            groups = sorted({group_key(i) for i in items if i.label == label})
+            n = int(round(fraction * len(groups)))
+            chosen = set(rng.permutation(len(groups))[:n].tolist())
+            fit |= {groups[j] for j in chosen}
+        fit_paths = {i.path for i in items if group_key(i) in fit}
+        return FitPlan("fraction", f"a seeded class-stratified {fraction:g} of DATA's videos/images "
+                       f"({len(fit_paths)} items, seed {cfg.seed}); every system is reported on the other "
+                       f"{len(everything) - len(fit_paths)}", fit_paths=fit_paths, report_paths=everything - fit_paths)
+    if spec.startswith(("source:", "source=")):
+        names = {s.strip() for s in spec.split(spec[6], 1)[1].split(",") if s.strip()}
+        sources = sorted({i.source for i in items if i.source is not None})
+        unknown = sorted(names - set(sources))
+        if unknown or not names:
+            raise UsageError(f"--fit-split {spec}: unknown source(s) {', '.join(unknown) or '(none given)'}. "
+                             f"Available: {', '.join(sources) or '(DATA has no source column)'}.")
+        fit_paths = {i.path for i in items if i.source in names}
+        return FitPlan("source", f"DATA items of source {', '.join(sorted(names))} ({len(fit_paths)} items); every "
+                       f"system is reported on the other {len(everything) - len(fit_paths)}", fit_paths=fit_paths,
+                       report_paths=everything - fit_paths)
+    # a split of the same DeepfakeBench JSON, or another DATA
+    is_json = Path(cfg.data).suffix.lower() == ".json" and Path(cfg.data).is_file()
+    if Path(spec).exists():
+        source, extra = spec, load_items(spec, per_class=None, require_both=False)
+        what = f"the labelled data '{spec}'"
+    elif is_json and not any(c in spec for c in "/\\."):
+        source, extra = spec, load_items(cfg.data, split=spec, compression=cfg.compression, data_root=cfg.data_root,
+                                         require_both=False)
+        what = f"split '{spec}' of '{cfg.data}'"
+    else:
+        raise UsageError(f"--fit-split '{spec}' is neither a fraction in (0, 1), source:NAME[,NAME], all, an existing "
+                         "DATA path, nor a split name of a DeepfakeBench JSON DATA")
+    overlap = [i for i in extra if i.path in everything]
+    extra = [i for i in extra if i.path not in everything]
+    plan = FitPlan("external", f"{what} ({len(extra)} items); all of DATA is reported", fit_paths={i.path for i in extra},
+                   extra_items=extra, report_paths=everything)
+    if overlap:
+        plan.notes.append(f"{len(overlap)} file(s) of the fit set {source!r} are also in DATA and were left out of the fit")
+    return plan
+
+
+def fit_fusion(cfg: EvaluateConfig, plan: FitPlan, frames: list[Unit], comps: list[str]):
+    """The logistic fusion fitted at frame level on the plan's fit units (clean condition), or None."""
+    from x2dfd.fusion import fit_logistic
+
+    if plan.mode == "none" or len(comps) < 2:
+        return None
+    fit_units = [u for u in frames if u.item_paths[0] in plan.fit_paths]
+    model = fit_logistic([[u.scores.get(c) for c in comps] for u in fit_units], [u.label for u in fit_units],
+                         names=comps, l2=cfg.fusion_l2)
+    model.fit_on = plan.description
+    model.extra = {"mode": plan.mode, "in_sample": plan.in_sample, "level": "frame", "condition": "clean"}
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def metric_block(units: list[Unit], system: str, cfg: EvaluateConfig, groups: bool) -> dict[str, Any]:
+    """Counts and the metrics (value and interval) of one system on ``units``; an ``error`` when undefined."""
+    from x2dfd.metrics import bootstrap_metrics
+
+    fill = UNDETERMINED[cfg.undetermined]
+    ys, ss, gs = [], [], []
+    excluded = Counter()
+    for u in units:
+        s = u.scores.get(system)
+        if s is None:
+            if fill is None:
+                excluded[u.label] += 1
+                continue
+            s = fill
+        ys.append(u.label)
+        ss.append(s)
+        gs.append(u.group)
+    block: dict[str, Any] = {"n_real": ys.count(0), "n_fake": ys.count(1), "n_excluded_real": excluded[0],
+                             "n_excluded_fake": excluded[1]}
+    if 0 not in ys or 1 not in ys:
+        block["error"] = (f"only {'fake' if ys else 'no'} items" if 0 not in ys else "only real items") + " scored"
+        return block
+    try:
+        res = bootstrap_metrics(ys, ss, n=cfg.bootstrap, seed=cfg.seed, alpha=1.0 - cfg.ci,
+                                groups=gs if groups else None, threshold=cfg.threshold, fprs=FPRS)
+    except UsageError as err:
+        block["error"] = str(err)
+        return block
+    for name, (v, lo, hi) in res.items():
+        block[name] = {"value": round(v, 6), "ci": None if lo is None else [round(lo, 6), round(hi, 6)]}
+    return block
+
+
+def subsets(units: list[Unit]) -> dict[str, tuple[str, list[Unit]]]:
+    """Per-source subsets: name -> (how it is scored, units); only when DATA has two or more sources."""
+    sources = sorted({u.source for u in units if u.source is not None})
+    if len(sources) < 2:
+        return {}
+    out = {}
+    for s in sources:
+        mine = [u for u in units if u.source == s]
+        labels = {u.label for u in mine}
+        if labels == {1}:
+            out[s] = ("fakes of this source vs all real items", mine + [u for u in units if u.label == 0])
+        elif labels == {0}:
+            out[s] = ("reals of this source vs all fake items", mine + [u for u in units if u.label == 1])
+        else:
+            out[s] = ("this source's real and fake items", mine)
+    return out
+
+
+def coverage(units: list[Unit], systems: list[str]) -> dict[str, Any]:
+    """Per class: units and units with a score from at least one system (no face / undecodable otherwise)."""
+    out = {}
+    for label, name in ((0, "real"), (1, "fake")):
+        mine = [u for u in units if u.label == label]
+        scored = sum(any(u.scores.get(s) is not None for s in systems) for u in mine)
+        out[name] = {"n": len(mine), "scored": scored, "rate": round(scored / len(mine), 4) if mine else None}
+    return out
+
+
+def evaluate_level(units: list[Unit], systems: list[str], cfg: EvaluateConfig, groups: bool) -> dict[str, Any]:
+    subs = subsets(units)
+    result = {"coverage": coverage(units, systems), "systems": {}}
+    for system in systems:
+        entry = {"all": metric_block(units, system, cfg, groups)}
+        if subs:
+            entry["by_source"] = {name: {"scored_as": how, **metric_block(us, system, cfg, groups)}
+                                  for name, (how, us) in subs.items()}
+        result["systems"][system] = entry
+    return result
+
+
+# ---------------------------------------------------------------------------------------- explanations
+def stated_verdict(text: str | None) -> str | None:
+    """The verdict an explanation states first ("This image is real/fake"), or None."""
+    if not text:
+        return None
+    m = VERDICT.search(text)
+    return m.group(1).lower() if m else None
+
+
+def _norm(text: str) -> str:
+    return " " + " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split()) + " "
+
+
+def mentioned_cues(text: str | None, bank) -> tuple[list[str], list[str]]:
+    """(ids whose ``present`` phrase the text contains, ids whose ``absent`` phrase it contains); case,
+    punctuation and spacing ignored. A cue whose both phrases match counts for the longer one."""
+    if not text:
+        return [], []
+    t = _norm(text)
+    present, absent = [], []
+    for cue in bank:
+        p, a = _norm(cue.present), _norm(cue.absent)
+        hit_p, hit_a = p in t, a in t
+        if hit_p and hit_a:
+            hit_p, hit_a = len(p) >= len(a), len(a) > len(p)
+        if hit_p:
+            present.append(cue.id)
+        elif hit_a:
+            absent.append(cue.id)
+    return present, absent
+
+
+def explanation_checks(items: list[Item], records: dict[str, Record], bank, top_k: int) -> dict[str, Any] | None:
+    """Verdict agreement (stated verdict vs p_fake's label, and vs the truth) and, where the records carry
+    cue scores, cue grounding (mentioned cues vs the top-k cues by P(yes) on the face)."""
+    explained = [(i, records[i.path]) for i in items if i.path in records and records[i.path].explanation
+                 and records[i.path].p_fake is not None]
+    if not explained:
+        return None
+    stated = [(i, r, stated_verdict(r.explanation)) for i, r in explained]
+    with_verdict = [(i, r, v) for i, r, v in stated if v is not None]
+    agree = [r.label == v for _, r, v in with_verdict]
+    truth = [(v == "fake") == (i.label == 1) for i, _, v in with_verdict]
+    out: dict[str, Any] = {
+        "n_explained": len(explained),
+        "verdict_stated": len(with_verdict),
+        "no_verdict_rate": round(1 - len(with_verdict) / len(explained), 4),
+        "agree_with_p_fake_rate": round(sum(agree) / len(agree), 4) if agree else None,
+        "verdict_correct_rate": round(sum(truth) / len(truth), 4) if truth else None,
+        "disagreements": [r.path for (_, r, v), ok in zip(with_verdict, agree) if not ok][:20],
+        "no_verdict_examples": [r.path for _, r, v in stated if v is None][:5],
+    }
+    if bank is None:
+        return out
+    scored = [(i, r) for i, r in explained if r.cues]
+    if not scored:
+        return out
+    n_cues = len(scored[0][1].cues)
+    k = min(top_k, n_cues)
+    hits = mentions = absent_total = absent_consistent = absent_in_top = items_with_mention = 0
+    rank_pcts: list[float] = []
+    for _, r in scored:
+        order = [c["id"] for c in r.cues]
+        p_yes = {c["id"]: float(c["p_yes"]) for c in r.cues}
+        top = set(order[:k])
+        rank = {cid: n for n, cid in enumerate(order)}
+        present, absent = mentioned_cues(r.explanation, bank)
+        present = [c for c in present if c in rank]
+        absent = [c for c in absent if c in rank]
+        items_with_mention += bool(present or absent)
+        mentions += len(present)
+        hits += len(set(present) & top)
+        rank_pcts += [1.0 - rank[c] / max(1, len(order) - 1) for c in present]
+        absent_total += len(absent)
+        absent_consistent += sum(p_yes[c] < 0.5 for c in absent)
+        absent_in_top += sum(c in top for c in absent)
+    out["cue_grounding"] = {
+        "n_items": len(scored), "n_cues": n_cues, "top_k": k,
+        "items_mentioning_a_cue_rate": round(items_with_mention / len(scored), 4),
+        "present_mentions": mentions,
+        "precision_at_k": round(hits / mentions, 4) if mentions else None,
+        "recall_at_k": round(hits / (k * len(scored)), 4),
+        "chance_precision": round(k / n_cues, 4),
+        "mean_rank_percentile_of_mentioned": round(sum(rank_pcts) / len(rank_pcts), 4) if rank_pcts else None,
+        "absent_mentions": absent_total,
+        "absent_consistent_rate": round(absent_consistent / absent_total, 4) if absent_total else None,
+        "absent_in_top_k_rate": round(absent_in_top / absent_total, 4) if absent_total else None,
+        "definition": ("present_mentions: cues whose 'present' phrase the explanation contains; precision_at_k: share "
+                       "of them among the face's top-k cues by P(yes); recall_at_k: share of the top-k cues the "
+                       "explanation mentions; chance_precision: k / n_cues; absent_consistent_rate: share of "
+                       "'absent' phrases whose cue has P(yes) < 0.5"),
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def data_fingerprint(items: list[Item], hashes: dict[str, str | None]) -> str:
+    lines = sorted(f"{hashes.get(i.path) or 'unreadable:' + i.path}\t{i.label}" for i in items)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _system_order(comps: list[str], has_logistic: bool) -> list[str]:
+    systems = list(comps)
+    if len(comps) >= 2:
+        systems.append("fusion:mean")
+        if has_logistic:
+            systems.append("fusion:logistic")
+    return systems
+
+
+def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
+    """Everything ``x2dfd evaluate`` does, callable from Python; returns the metrics.json content.
+    ``explainer``: an already loaded pipeline (tests, notebooks); default: built from ``cfg``."""
+    out = cfg.out_dir()
+    items = load_items(cfg.data, cfg.split, cfg.compression, cfg.data_root, cfg.per_class, cfg.seed)
+    plan = plan_fit(cfg, items)
+    conditions = conditions_for(cfg)
+    if cfg.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    if explainer is None:
+        from x2dfd.explain import build_explainer
+
+        explainer = build_explainer(cfg)
+    comps = components(explainer.mllm is not None, [e.name for e in explainer.experts])
+    bank = cue_scorer = None
+    notes = list(plan.notes)
+    if cfg.cue_check and explainer.mllm is not None and cfg.max_new_tokens > 0:
+        from feature_assessment.cues import load_cues
+        from feature_assessment.scoring import CueScorer
+
+        bank = load_cues(cfg.cues or None).cues
+        cue_scorer = CueScorer(explainer.mllm, bank, batch_size=cfg.cue_batch_size)
+    elif cfg.cue_check and explainer.mllm is not None:
+        notes.append("no cue grounding: --max-new-tokens 0 generates no explanations")
+
+    all_items = items + plan.extra_items
+    hashes = {i.path: _sha(i.path) for i in all_items}
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    per_condition: dict[str, dict[str, Record]] = {}
+    cache_files: dict[str, str] = {}
+    for cond in conditions:
+        h = settings_hash(run_settings(cfg, explainer, cond))
+        cache = out / "records" / f"{cond.slug}.{h}.jsonl"
+        paths = [i.path for i in (all_items if cond.name == "clean" else items)]
+        per_condition[cond.name] = run_condition(explainer, paths, cond, cache, hashes,
+                                                 cue_scorer if cond.name == "clean" else None, cfg.quiet)
+        cache_files[cond.name] = str(cache.relative_to(out))
+
+    clean = per_condition["clean"]
+    fit_frames = frame_units(all_items, clean, comps)
+    logistic = fit_fusion(cfg, plan, fit_frames, comps)
+    systems = _system_order(comps, logistic is not None)
+    report_items = [i for i in items if i.path in plan.report_paths]
+    video = has_video_level(frame_units(report_items, clean, comps))
+    levels = ["frame", "video"] if video else ["frame"]
+    if not video:
+        notes.append("no video level: every item is a single image without a video_id")
+
+    results = []
+    for cond in conditions:
+        recs = per_condition[cond.name]
+        frames = frame_units(report_items, recs, comps)
+        add_fusions(frames, comps, logistic)
+        by_level = {"frame": frames}
+        if video:
+            by_level["video"] = video_units(frames, cfg.aggregate, cfg.topk)
+        entry = {"name": cond.name, "perturbation": cond.describe(), "records": cache_files[cond.name],
+                 "levels": {lv: evaluate_level(us, systems, cfg, groups=(lv == "frame" and video))
+                            for lv, us in by_level.items()}}
+        checks = explanation_checks(items, recs, bank if cond.name == "clean" else None, cfg.cue_top_k)
+        if checks is not None:
+            entry["explanations"] = checks
+        results.append(entry)
+
+    robustness = {lv: {s: {c["name"]: _value(c["levels"][lv]["systems"][s]["all"], "auc") for c in results}
+                       for s in systems} for lv in levels}
+    n_fake = sum(i.label for i in items)
+    metrics = {
+        "command": "evaluate",
+        "x2dfd_version": __version__,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "data": {"path": str(cfg.data), "split": cfg.split if Path(cfg.data).suffix.lower() == ".json" else None,
+                 "n_items": len(items), "n_real": len(items) - n_fake, "n_fake": n_fake,
+                 "n_reported": len(report_items), "per_class_sample": cfg.per_class,
+                 "sources": dict(Counter(i.source or "(none)" for i in items)),
+                 "kinds": dict(Counter(clean[i.path].kind for i in items if i.path in clean)),
+                 "fingerprint": data_fingerprint(items, hashes),
+                 "fingerprint_method": "sha256 over the sorted lines '<file sha256>\\t<label>' of DATA's items"},
+        "models": {"mllm": explainer.mllm.describe() if explainer.mllm is not None else None,
+                   "adapter": explainer.adapter, "template_version": explainer.template_version,
+                   "experts": [e.info() for e in explainer.experts]},
+        "protocol": {
+            "levels": levels, "face_crop": cfg.face_crop, "face_scale": cfg.face_scale, "align": cfg.align,
+            "min_face_score": cfg.min_face_score, "frames_per_video_file": cfg.frames,
+            "video_aggregate": cfg.aggregate if cfg.aggregate != "topk" else f"topk:{cfg.topk}",
+            "video_grouping": "video_id, else the video file; a lone image is its own group",
+            "threshold": cfg.threshold, "undetermined": cfg.undetermined, "bootstrap": cfg.bootstrap,
+            "ci": cfg.ci, "bootstrap_kind": "percentile, stratified by class; frame level resamples whole videos"
+            if video else "percentile, stratified by class", "seed": cfg.seed,
+            "positive_class": "fake (label 1)", "perturbations_applied_to": "decoded full frame, before face detection",
+            "max_new_tokens": cfg.max_new_tokens,
+        },
+        "systems": systems,
+        "fusion": {"mean": "mean of the available p_fake of " + ", ".join(comps) if len(comps) >= 2 else None,
+                   "logistic": logistic.to_dict() if logistic is not None else None,
+                   "fit_split": cfg.fit_split, "fit_plan": plan.description},
+        "conditions": results,
+        "robustness_auc": robustness,
+        "notes": notes,
+    }
+    write_outputs(cfg, metrics, per_condition, report_items, comps, logistic, out)
+    return metrics
+
+
+def _value(block: dict[str, Any], name: str) -> float | None:
+    v = block.get(name)
+    return v["value"] if isinstance(v, dict) else None
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _fmt_metric(block: dict[str, Any], name: str, ci: bool = True) -> str:
+    v = block.get(name)
+    if not isinstance(v, dict):
+        return "–"
+    text = f"{v['value']:.4f}"
+    if ci and v.get("ci"):
+        text += f" [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]"
+    return text
+
+
+TABLE_COLUMNS = ["condition", "system", "subset", "n_real", "n_fake", "excluded_real", "excluded_fake", "auc",
+                 "auc_lo", "auc_hi", "ap", "ap_lo", "ap_hi", "eer", "eer_lo", "eer_hi", "acc", "acc_lo", "acc_hi",
+                 "tpr@fpr0.01", "tpr@fpr0.01_lo", "tpr@fpr0.01_hi", "tpr@fpr0.05", "tpr@fpr0.05_lo", "tpr@fpr0.05_hi",
+                 "note"]
+
+
+def table_rows(metrics: dict[str, Any], level: str) -> list[dict[str, Any]]:
+    rows = []
+    for cond in metrics["conditions"]:
+        lv = cond["levels"].get(level)
+        if lv is None:
+            continue
+        for system, entry in lv["systems"].items():
+            blocks = [("all", entry["all"])] + list((entry.get("by_source") or {}).items())
+            for subset, b in blocks:
+                row = {"condition": cond["name"], "system": system, "subset": subset, "n_real": b["n_real"],
+                       "n_fake": b["n_fake"], "excluded_real": b["n_excluded_real"],
+                       "excluded_fake": b["n_excluded_fake"], "note": b.get("error") or b.get("scored_as") or ""}
+                for m in METRIC_LABELS:
+                    v = b.get(m)
+                    row[m] = v["value"] if isinstance(v, dict) else None
+                    row[f"{m}_lo"], row[f"{m}_hi"] = (v["ci"] if isinstance(v, dict) and v.get("ci") else (None, None))
+                rows.append(row)
+    return rows
+
+
+def markdown_table(metrics: dict[str, Any], level: str) -> str:
+    """The paper's tables for one level: clean metrics with intervals (all + per source), then AUC per condition."""
+    pct = int(round(metrics["protocol"]["ci"] * 100))
+    thr = metrics["protocol"]["threshold"]
+    head = ["system", "subset", "N real", "N fake", f"AUC [{pct}% CI]", "AP", "EER", f"ACC@{thr:g}", "TPR@1%FPR",
+            "TPR@5%FPR"]
+    lines = [f"## {level} level, clean ({metrics['data']['path']}, {metrics['data']['n_reported']} items reported)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    clean = metrics["conditions"][0]["levels"][level]
+    for system, entry in clean["systems"].items():
+        for subset, b in [("all", entry["all"])] + list((entry.get("by_source") or {}).items()):
+            cells = [system, subset, str(b["n_real"]), str(b["n_fake"])]
+            if "error" in b:
+                cells += [b["error"]] + ["–"] * 5
+            else:
+                cells += [_fmt_metric(b, "auc")] + [_fmt_metric(b, m, ci=False) for m in
+                                                     ("ap", "eer", "acc", "tpr@fpr0.01", "tpr@fpr0.05")]
+            lines.append("| " + " | ".join(cells) + " |")
+    cov = clean["coverage"]
+    lines += ["", f"Coverage (scored / total): real {cov['real']['scored']}/{cov['real']['n']}, "
+                  f"fake {cov['fake']['scored']}/{cov['fake']['n']}; undetermined items: {metrics['protocol']['undetermined']}."]
+    if len(metrics["conditions"]) > 1:
+        names = [c["name"] for c in metrics["conditions"]]
+        lines += ["", f"### {level} level: AUC per condition", "", "| system | " + " | ".join(names) + " |",
+                  "|" + "---|" * (len(names) + 1)]
+        for system, by_cond in metrics["robustness_auc"][level].items():
+            lines.append(f"| {system} | " + " | ".join("–" if by_cond[n] is None else f"{by_cond[n]:.4f}"
+                                                       for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], per_condition: dict[str, dict[str, Record]],
+                  report_items: list[Item], comps: list[str], logistic, out: Path) -> None:
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+    resolved = {"command": "evaluate", "x2dfd_version": __version__, "config": to_jsonable(cfg)}
+    _write(out / "evaluate.config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    images = {}
+    for level in metrics["protocol"]["levels"]:
+        _write(out / f"table_{level}.md", markdown_table(metrics, level))
+        tmp = out / f"table_{level}.csv.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS)
+            w.writeheader()
+            w.writerows(table_rows(metrics, level))
+        os.replace(tmp, out / f"table_{level}.csv")
+        clean = per_condition["clean"]
+        frames = frame_units(report_items, clean, comps)
+        add_fusions(frames, comps, logistic)
+        units = frames if level == "frame" else video_units(frames, cfg.aggregate, cfg.topk)
+        images[level] = {"roc": plot_roc(units, metrics["systems"], out / f"roc_{level}.png", cfg, level)}
+        if len(metrics["conditions"]) > 1:
+            images[level]["robustness"] = plot_robustness(metrics, level, out / f"robustness_{level}.png")
+    render_html(metrics, images, out / "evaluate.html", cfg.title)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _scored(units: list[Unit], system: str, fill: float | None) -> tuple[list[int], list[float]]:
+    ys, ss = [], []
+    for u in units:
+        s = u.scores.get(system)
+        if s is None:
+            if fill is None:
+                continue
+            s = fill
+        ys.append(u.label)
+        ss.append(s)
+    return ys, ss
+
+
+def plot_roc(units: list[Unit], systems: list[str], path: Path, cfg: EvaluateConfig, level: str) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from x2dfd.metrics import roc_auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    drawn = 0
+    for system in systems:
+        ys, ss = _scored(units, system, UNDETERMINED[cfg.undetermined])
+        if 0 not in ys or 1 not in ys:
+            continue
+        fpr, tpr, _ = roc_curve(ys, ss)
+        ax.plot(fpr, tpr, lw=1.6, ls="--" if system.startswith("fusion") else "-",
+                label=f"{system} (AUC {roc_auc(ys, ss):.3f})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.plot([0, 1], [0, 1], ls="--", c="#999", lw=1)
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+           xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, {level} level, clean")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def plot_robustness(metrics: dict[str, Any], level: str, path: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["name"] for c in metrics["conditions"]]
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), 4), dpi=110)
+    for system, by_cond in metrics["robustness_auc"][level].items():
+        ax.plot(range(len(names)), [float("nan") if by_cond[n] is None else by_cond[n] for n in names], marker="o",
+                lw=1.4, ls="--" if system.startswith("fusion") else "-", label=system)
+    ax.axhline(0.5, ls="--", c="#999", lw=1)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    ax.set(ylabel="AUC", ylim=(0.0, 1.0), title=f"AUC per condition, {level} level")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def render_html(metrics: dict[str, Any], images: dict[str, dict[str, str | None]], path: Path,
+                title: str | None = None) -> Path:
+    from x2dfd.report import environment, static_text
+
+    rows = {lv: [r for r in table_rows(metrics, lv)] for lv in metrics["protocol"]["levels"]}
+    html = environment().get_template("evaluate.html.jinja").render(
+        m=metrics, rows=rows, images=images, labels=METRIC_LABELS, css=static_text("report.css"),
+        title=title or f"x2dfd evaluate: {Path(metrics['data']['path']).name}", version=__version__,
+        pct=int(round(metrics["protocol"]["ci"] * 100)))
+    _write(path, html)
+    return path
+
+
+def summary_text(metrics: dict[str, Any]) -> str:
+    """Short stderr summary: clean AUC [CI] / EER per system and level, then AUC per condition."""
+    lines = []
+    for level in metrics["protocol"]["levels"]:
+        clean = metrics["conditions"][0]["levels"][level]
+        cov = clean["coverage"]
+        lines.append(f"{level} level (clean; scored real {cov['real']['scored']}/{cov['real']['n']}, "
+                     f"fake {cov['fake']['scored']}/{cov['fake']['n']}):")
+        for system, entry in clean["systems"].items():
+            b = entry["all"]
+            lines.append(f"  {system:<18} " + (b["error"] if "error" in b else
+                                              f"AUC {_fmt_metric(b, 'auc')}  AP {_fmt_metric(b, 'ap', False)}  "
+                                              f"EER {_fmt_metric(b, 'eer', False)}"))
+        if len(metrics["conditions"]) > 1:
+            for system, by_cond in metrics["robustness_auc"][level].items():
+                lines.append(f"  AUC {system}: " + "  ".join(f"{n}={'–' if v is None else f'{v:.3f}'}"
+                                                             for n, v in by_cond.items()))
+    return "\n".join(lines)
+
+
+def expand_perturb_args(argv: list[str]) -> list[str]:
+    """Accept the issue's ``--perturb jpeg:90,70 blur:1,2`` (several specs after one flag) besides the
+    repeatable ``--perturb jpeg:90,70 --perturb blur:1,2``."""
+    from x2dfd.perturb import looks_like_spec
+
+    out: list[str] = []
+    state = None  # None | "need" (flag seen, no value yet) | "more" (further specs may follow)
+    for tok in argv:
+        if tok == "--perturb":
+            state = "need"
+        elif tok.startswith("--perturb="):
+            out += ["--perturb", tok.split("=", 1)[1]]
+            state = "more"
+        elif state == "need" or (state == "more" and looks_like_spec(tok)):
+            out += ["--perturb", tok]
+            state = "more"
+        else:
+            state = None
+            out.append(tok)
+    if state == "need":
+        out.append("--perturb")  # argparse reports the missing value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = expand_perturb_args(list(sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(EvaluateConfig, argv, prog="x2dfd evaluate")
+    metrics = run_evaluate(cfg)
+    if not cfg.quiet:
+        print(summary_text(metrics), file=sys.stderr)
+        print(f"evaluate: {cfg.out_dir() / 'metrics.json'}, {cfg.out_dir() / 'evaluate.html'}", file=sys.stderr)
+    return 0
