@@ -252,7 +252,8 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
             res.face,
             res.heatmap,
             res.experts or None,
-            gr.update(value=res.cues or None, visible=cues_visible and bool(res.cues)),
+            gr.update(value=[[c[2], c[0], c[1]] for c in res.cues] if res.cues else None,
+                      visible=cues_visible and bool(res.cues)),
             gr.update(value=res.cue_note or "", visible=bool(res.cue_note)),
             gr.update(value=timeline_figure(res.timeline), visible=bool(res.timeline)),
         )
@@ -284,8 +285,9 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                                     elem_id="heatmap")
                 experts = gr.Dataframe(headers=["expert", "p_fake"], label="Expert scores", interactive=False,
                                        elem_id="experts")
-                cues = gr.Dataframe(headers=["cue", "evidence", "P(yes)"], label="Forgery cues, highest P(yes) first",
-                                    interactive=False, visible=False, wrap=True, elem_id="cues")
+                cues = gr.Dataframe(headers=["P(yes)", "cue", "evidence"], label="Forgery cues, highest P(yes) first",
+                                    interactive=False, visible=False, wrap=True, column_widths=["12%", "30%", "58%"],
+                                    elem_id="cues")
                 cue_note = gr.Markdown(visible=False, elem_id="cue-note")
                 timeline = gr.Plot(label="p_fake per sampled frame", visible=False, elem_id="timeline")
         outputs = [verdict, message, label, explanation, face, heat, experts, cues, cue_note, timeline]
