@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import re
 import statistics
 import threading
 import warnings
@@ -143,6 +144,7 @@ def _decode(path: Path, name: str, limits: MediaLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # "Corrupt EXIF data" etc.
             with Image.open(path) as im:
                 fmt = im.format or fmt
                 w, h = im.size
@@ -161,10 +163,10 @@ def _decode(path: Path, name: str, limits: MediaLimits) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise MediaError(f"'{name}' is not an image ({_sniff(path)})") from None
-    except Image.DecompressionBombError:
-        with Image.open(path) as im:  # header only
-            w, h = im.size
-        raise MediaError(_too_many_pixels(name, w, h, limits)) from None
+    except Image.DecompressionBombError as err:  # Pillow's own guard (above 2x its limit) fired first
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = found.group(1) if found else "too many"
+        raise MediaError(f"'{name}' has {pixels} pixels, above the limit of {limits.max_pixels} (--max-pixels)") from None
     except _DECODE_ERRORS as err:
         raise MediaError(f"cannot decode '{name}': {_cause(fmt, err)}") from None
 
@@ -177,8 +179,10 @@ def _too_many_pixels(name: str, w: int, h: int, limits: MediaLimits) -> str:
 def _cause(fmt: str, err: BaseException) -> str:
     msg = " ".join(str(err).split()) or type(err).__name__
     low = msg.lower()
-    if "truncated" in low or isinstance(err, EOFError) or "broken data stream" in low:
+    if "truncated" in low or isinstance(err, EOFError):
         return f"truncated {fmt} ({msg})"
+    if "broken data stream" in low:  # Pillow says this for cut-off files and for corrupt bytes alike
+        return f"truncated or corrupt {fmt} ({msg})"
     if isinstance(err, MemoryError):
         return f"{fmt} too large to decode in memory"
     return f"corrupt {fmt} ({type(err).__name__}: {msg})"
