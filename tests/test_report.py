@@ -221,3 +221,24 @@ def test_report_command_rerenders_a_jsonl(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "missing.jsonl")])
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_explain_writes_the_report_beside_its_jsonl(selfcontained_llava, tmp_path):
+    from x2dfd.explain import main as explain_main
+
+    folder = tmp_path / "in" / "real"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / f"crop_{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    out, report = tmp_path / "res.jsonl", tmp_path / "report"
+    assert explain_main([str(tmp_path / "in"), "--model", str(selfcontained_llava), "--out", str(out), "--report",
+                         str(report), "--no-expert", "--no-face-crop", "--max-new-tokens", "3", "--quiet"]) == 0
+    rows = {Path(r["path"]).name: r for r in _data(report)["rows"]}
+    assert set(rows) == {"crop_0.png", "crop_1.png", "broken.jpg"}
+    for name in ("crop_0.png", "crop_1.png"):
+        assert (report / rows[name]["thumb"]).is_file() and (report / rows[name]["face"]).is_file()
+        assert rows[name]["heat"] is None and rows[name]["label_true"] == "real"
+    assert rows["broken.jpg"]["error"] and rows["broken.jpg"]["face"] is None
+    assert sum(1 for _ in (report / "records.csv").open(encoding="utf-8")) == 4
