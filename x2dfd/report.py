@@ -185,7 +185,9 @@ class ReportAssets:
         except Exception as err:  # noqa: BLE001 - a picture must never cost the record
             _warn(f"report: no face picture for '{record.path}': {type(err).__name__}: {err}")
         try:
-            thumb = self._thumbnail_source(record, getattr(artifacts, "frame_index", None))
+            thumb = getattr(artifacts, "frame_image", None)  # the explained video frame, where the pipeline gives it
+            if thumb is None:
+                thumb = self._thumbnail_source(record, getattr(artifacts, "frame_index", None))
             if thumb is None:
                 thumb = face
             if thumb is not None:
