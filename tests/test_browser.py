@@ -83,7 +83,10 @@ def demo_url(selfcontained_llava):
     cfg = DemoConfig(model=str(selfcontained_llava), no_expert=True, face_crop=False, max_new_tokens=8, device="cpu")
     app = build_app(build_explainer(cfg), max_file_mb=5)
     port = _free_port()
-    launch_app(app, host="127.0.0.1", port=port, max_file_mb=5, block=False, quiet=True)
+    launch_app(app, host="127.0.0.1", port=port, max_file_mb=5, concurrency=1, queue_size=8, block=False, quiet=True)
+    # one loaded model, requests queued one at a time, uploads capped by the server itself
+    assert app.max_file_size == 5 * 1024 * 1024
+    assert app._queue.default_concurrency_limit == 1 and app._queue.max_size == 8
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
