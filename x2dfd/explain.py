@@ -290,13 +290,12 @@ def run_explain(cfg: ExplainConfig) -> list[Record]:
     finally:
         bar.close()
         writer.close()
-    if out is None:
-        return records
-    merged = shards.merge(paths)
+    merged = shards.merge(paths) if out is not None else records
     if cfg.report and shards.is_main:
         from x2dfd.report import render_report
 
-        index = render_report(merged, Path(cfg.report))
+        # From the JSONL when there is one: its label_true fields reach the report's metrics.
+        index = render_report(out if out is not None else records, Path(cfg.report))
         if not cfg.quiet:
             print(f"report: {index}", file=sys.stderr)
     return merged if shards.is_main else records

@@ -78,6 +78,7 @@ class Artifacts:
     face: Any = None  # PIL.Image.Image
     heatmap: Any = None  # numpy.ndarray
     frame_index: int | None = None
+    frame_image: Any = None  # PIL.Image.Image of the explained video frame
 
 
 @dataclass
@@ -284,8 +285,9 @@ class Explainer:
                     heatmap = None
                 if heatmap is not None:
                     break
-        return Artifacts(face=sample.crop.image, heatmap=heatmap,
-                         frame_index=sample.frame.index if sample.frame is not None else None)
+        frame = sample.frame
+        return Artifacts(face=sample.crop.image, heatmap=heatmap, frame_index=frame.index if frame else None,
+                         frame_image=frame.image if frame else None)
 
     def _records(self, unit: _Unit) -> Iterator[tuple[Record, _Sample | None]]:
         base = unit.record
