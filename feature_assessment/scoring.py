@@ -110,6 +110,7 @@ class CueScorer:
         self.auto = method == "auto"  # only "auto" may fall back to the naive path
         self.verify = verify and self.auto
         self.calls = 0
+        self._per_row_keep = True
         self.fallback_reason: str | None = None
         self.max_verify_diff: float | None = None
         prompts, answer_ids = [], set()
@@ -253,7 +254,9 @@ class CueScorer:
             position_ids = (positions + delta).view(1, 1, s).expand(3, b, s)
         else:
             position_ids = positions.view(1, s).expand(b, s)
-        keep = torch.unique(last)  # logits only where some row ends
+        # The vocabulary projection only at each row's last real token: per-row positions (B, 1) where the
+        # model supports them (transformers' slice_logits_to_keep), else the union of last positions.
+        keep = last[:, None] if self._per_row_keep else torch.unique(last)
         out = model(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
@@ -263,6 +266,11 @@ class CueScorer:
             logits_to_keep=keep.to(device),
         )
         self.calls += 1
+        if self._per_row_keep:
+            if tuple(out.logits.shape[:2]) != (b, 1):  # a model that reads a 2-D logits_to_keep differently
+                self._per_row_keep = False
+                return self._score_suffixes(prefix, indices)
+            return self._p_yes(out.logits[:, 0])
         column = torch.searchsorted(keep, last)
         logits = out.logits[torch.arange(b), column.to(out.logits.device)]
         return self._p_yes(logits)
