@@ -57,7 +57,7 @@ def measure(detector: FaceDetector, files: list[Path], min_score: float) -> dict
         found += bool(faces)
         if not faces:
             misses.append(path.name)
-        rows = detector._forward(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (300, 300))
+        rows = detector._forward(rgb, (300, 300))
         strong = rows[rows[:, 4] >= min_score]
         naive += len(strong) > 0
         first += any(_plausible(*r[:4]) for r in strong)

@@ -110,6 +110,16 @@ def test_alignment_levels_the_eyes_synthetic():
         crop_face(img, Face(box=face.box, score=0.9), align=True)
 
 
+def test_overlapping_weaker_boxes_are_dropped():
+    from x2dfd.face import _suppress_overlaps
+
+    face = (np.array([30.0, 5, 485, 442]), 1.0)
+    chest = (np.array([195.0, 222, 661, 680]), 0.57)  # a larger, weaker box over the face's lower part
+    other = (np.array([600.0, 10, 700, 110]), 0.8)  # a separate face
+    kept = _suppress_overlaps([chest, face, other])
+    assert [s for _, s in kept] == [1.0, 0.8]
+
+
 def test_no_face_crop_keeps_the_whole_image():
     img = gradient_image(123, 77)
     [crop] = extract_faces(img, crop=False)
