@@ -267,6 +267,7 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     bank = load_cues(cue_paths, only=cfg.only or None)
     full_bank = load_cues(cue_paths)  # the scorer's shared prefix depends on all cues, not on --only
     ds_all = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
+    _refuse_videos(ds_all, cfg.data)
     ds = balanced_sample(ds_all, cfg.per_class, cfg.seed)
     rows = ds.to_list()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,11 +317,19 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     (out_dir / "ranking.json").write_text(json.dumps(ranking, indent=2, ensure_ascii=False) + "\n")
     write_csv(ranking["cues"], out_dir / "ranking.csv")
     _write_regions_csv(ranking["regions"], out_dir / "regions.csv")
-    level = f"{round(cfg.ci * 100)}%"
-    plot_ranking(ranking["cues"], out_dir / "ranking.png", top=cfg.top,
-                 title=f"{cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''}: cue AUC ({level} CI), "
+    plot_ranking(ranking["cues"], out_dir / "ranking.png", top=cfg.top, ci=cfg.ci,
+                 title=f"{cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''}: cue AUC, "
                        f"{ranking['data']['n_scored']['real']} real / {ranking['data']['n_scored']['fake']} fake faces")
     return AssessResult(out_dir, ranking, newly, scorer.calls if scorer else 0, "mllm" in holder, generated)
+
+
+def _refuse_videos(ds, data: str) -> None:
+    from x2dfd.inputs import media_kind
+
+    videos = [p for p in ds["path"] if media_kind(p) == "video"]
+    if videos:
+        raise UsageError(f"DATA '{data}' lists {len(videos)} video file(s) (e.g. '{videos[0]}'); `x2dfd assess` scores "
+                         "face images: extract frames first (frames in one folder per video get that folder as video_id)")
 
 
 def _count_new(store: ScoreStore, sid: str, todo: list) -> int:

@@ -121,7 +121,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
                              r["n_real"], r["n_fake"], ";".join(r["flags"]), r["question"]])
 
 
-def plot_ranking(rows: list[dict], path: str | Path, top: int = 15, title: str = "") -> None:
+def plot_ranking(rows: list[dict], path: str | Path, top: int = 15, title: str = "", ci: float = 0.95) -> None:
     """Horizontal bars of the AUC (with its CI) of the ``top`` best and ``top`` worst cues."""
     import matplotlib
 
@@ -133,7 +133,7 @@ def plot_ranking(rows: list[dict], path: str | Path, top: int = 15, title: str =
     y = np.arange(len(shown))[::-1]
     auc = np.array([r["auc"] for r in shown])
     err = np.array([[r["auc"] - r["auc_ci"][0], r["auc_ci"][1] - r["auc"]] for r in shown]).T
-    colors = ["#c0392b" if "inverted" in r["flags"] else "#95a5a6" if "uninformative" in r["flags"] else "#2471a3"
+    colors = ["#95a5a6" if "uninformative" in r["flags"] else "#c0392b" if "inverted" in r["flags"] else "#2471a3"
               for r in shown]
     ax.barh(y, auc - 0.5, left=0.5, color=colors, xerr=err, error_kw={"elinewidth": 0.8, "ecolor": "#333"})
     ax.axvline(0.5, color="black", linewidth=0.8)
@@ -141,7 +141,8 @@ def plot_ranking(rows: list[dict], path: str | Path, top: int = 15, title: str =
     if len(rows) > 2 * top:
         ax.axhline(y[top - 1] - 0.5, color="black", linestyle=":", linewidth=0.8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("AUC of P(yes) for fake vs real (bars: 95% bootstrap CI; red: inverted, grey: CI holds 0.5)")
+    ax.set_xlabel(f"AUC of P(yes), fake vs real (whiskers: {round(ci * 100)}% bootstrap CI; blue: yes = fake, "
+                  "red: yes = real, grey: CI holds 0.5)", fontsize=8)
     ax.set_title(title or f"Cue ranking: top {min(top, len(rows))} and bottom {min(top, max(0, len(rows) - top))}",
                  fontsize=9)
     fig.tight_layout()

@@ -275,6 +275,13 @@ def test_assess_with_face_crop_and_undecodable_file(tiny_llava, face_data, tmp_p
 def test_assess_usage_errors(tmp_path, capsys):
     assert _assess([str(tmp_path / "nope"), "--model", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "real" / "a.png")
+    (tmp_path / "fake" / "clip.mp4").write_bytes(b"")
+    assert _assess([str(tmp_path), "--model", str(tmp_path / "no-model")]) == 2  # refused before any model loads
+    err = capsys.readouterr().err
+    assert "lists 1 video file(s)" in err and "extract frames first" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as info:
         _assess([str(tmp_path), "--cue-batch-size", "0"])
     assert info.value.code == 2

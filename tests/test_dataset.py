@@ -33,17 +33,18 @@ def test_folder_layout_sources_and_video_ids(tmp_path):
     _img(tmp_path / "Fake" / "c.webp")
     _img(tmp_path / "real" / ".hidden" / "x.jpg")  # hidden folders are skipped
     (tmp_path / "real" / "notes.txt").write_text("not an image")
+    (tmp_path / "Fake" / "clip.mp4").write_bytes(b"")  # videos are listed too (evaluate reads them)
     ds = load_labelled(str(tmp_path))
     assert ds.column_names == ["path", "label", "video_id", "source"]
     assert ds.features["label"].names == ["real", "fake"]
     rows = {Path(r["path"]).relative_to(tmp_path).as_posix(): r for r in ds}
     assert set(rows) == {"real/a.jpg", "real/ffhq/b.png", "Fake/Deepfakes/000_003/0001.png",
-                         "Fake/Deepfakes/000_003/0002.png", "Fake/c.webp"}
+                         "Fake/Deepfakes/000_003/0002.png", "Fake/c.webp", "Fake/clip.mp4"}
     assert rows["real/a.jpg"]["label"] == 0 and rows["real/a.jpg"]["source"] is None
     assert rows["real/ffhq/b.png"]["source"] == "ffhq" and rows["real/ffhq/b.png"]["video_id"] is None
     frame = rows["Fake/Deepfakes/000_003/0001.png"]
     assert (frame["label"], frame["source"], frame["video_id"]) == (1, "Deepfakes", "Deepfakes/000_003")
-    assert class_counts(ds) == {"real": 2, "fake": 3}
+    assert class_counts(ds) == {"real": 2, "fake": 4}
     assert all(Path(p).is_absolute() for p in ds["path"])
 
 
@@ -51,7 +52,7 @@ def test_folder_errors(tmp_path):
     _img(tmp_path / "real" / "a.jpg")
     _usage_error(load_labelled, str(tmp_path), match=r"no fake/ sub-folder")
     (tmp_path / "fake").mkdir()
-    _usage_error(load_labelled, str(tmp_path), match=r"holds no images")
+    _usage_error(load_labelled, str(tmp_path), match=r"holds no images or videos")
     _usage_error(load_labelled, str(tmp_path / "nope"), match="does not exist")
 
 

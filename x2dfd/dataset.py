@@ -12,7 +12,7 @@ The result is a ``datasets.Dataset`` with columns ``path`` (absolute), ``label``
 Layouts:
 
 * folder: ``real/`` and ``fake/`` sub-folders (names case-insensitive), searched recursively for
-  images. The first folder level below them is the ``source`` (``fake/Deepfakes/...`` ->
+  images and videos (``x2dfd.inputs.MEDIA_EXTS``; hidden files skipped). The first folder level below them is the ``source`` (``fake/Deepfakes/...`` ->
   ``Deepfakes``); a file two or more levels down gets its parent folder as ``video_id``
   (``fake/Deepfakes/000_003/0001.png`` -> ``Deepfakes/000_003``), the usual layout of extracted frames.
 * CSV / JSONL manifest (``.csv``, ``.jsonl``, or ``.json`` holding a list of objects): ``path`` and
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from x2dfd.errors import UsageError
-from x2dfd.inputs import IMAGE_EXTS
+from x2dfd.inputs import MEDIA_EXTS
 
 LABEL_NAMES = ("real", "fake")
 _LABEL_VALUES = {"0": 0, "1": 1, "real": 0, "fake": 1}
@@ -95,10 +95,10 @@ def _load_folder(folder: Path):
     rows = []
     for name in LABEL_NAMES:
         root = classes[name]
-        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_EXTS
                        and not any(part.startswith(".") for part in f.relative_to(root).parts))
         if not files:
-            raise UsageError(f"DATA folder '{root}' holds no images (extensions: {', '.join(sorted(IMAGE_EXTS))})")
+            raise UsageError(f"DATA folder '{root}' holds no images or videos (extensions: {', '.join(sorted(MEDIA_EXTS))})")
         for f in files:
             parts = f.relative_to(root).parts
             rows.append({"path": str(f.resolve()), "label": LABEL_NAMES.index(name),
