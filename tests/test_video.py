@@ -77,7 +77,7 @@ def test_rotation_flag_is_applied(tmp_path):
     path = write_video([code_frame(i) for i in range(4)], tmp_path / "phone.mp4", fps=FPS, rotation=90)
     frames, info = sample_video(path, 2)
     a = np.asarray(frames[0].image)
-    assert a.shape == (W, H, 3) and info["rotation"] == 90
+    assert a.shape == (W, H, 3) and info["rotation"] == 90 and (info["width"], info["height"]) == (H, W)
     red = np.argwhere((a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] < 60)).mean(0)
     # The stored frame's red block (bottom-left) is shown bottom-right after the 90-degree display
     # rotation (what players and OpenCV's auto-orientation show).
@@ -106,6 +106,41 @@ def test_bad_videos_are_media_errors(tmp_path, coded_videos):
     assert info["total_frames"] == 1 and np.asarray(frames[0].image)[0, 0].tolist() == [255, 0, 0]
     with pytest.raises(UsageError, match="--frames"):
         sample_video(coded_videos[".mp4"], 0)
+
+
+def _write_av(path: Path, video: bool, audio: bool) -> Path:
+    """A file with a video stream (coded frames) and/or an audio stream (a second of a 440 Hz tone)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=10) if video else None
+        aus = c.add_stream("aac", rate=16000) if audio else None
+        if vs is not None:
+            vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+            for i in range(12):
+                for p in vs.encode(av.VideoFrame.from_ndarray(code_frame(i), format="rgb24")):
+                    c.mux(p)
+            for p in vs.encode():
+                c.mux(p)
+        if aus is not None:
+            tone = (np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000) * 0.3).astype(np.float32)
+            for start in range(0, 16000, 1024):
+                chunk = tone[start : start + 1024][None, :]
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, start
+                for p in aus.encode(frame):
+                    c.mux(p)
+            for p in aus.encode():
+                c.mux(p)
+    return path
+
+
+def test_audio_streams(tmp_path):
+    frames, info = sample_video(_write_av(tmp_path / "talk.mp4", video=True, audio=True), 4)
+    assert [read_code(f.image) for f in frames] == [f.index for f in frames] == uniform_indices(12, 4)
+    assert info["total_frames"] == 12  # audio packets are not counted as frames
+    with pytest.raises(MediaError, match="has no video stream"):
+        sample_video(_write_av(tmp_path / "song.mkv", video=False, audio=True))
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".avi", ".mkv"])

@@ -146,7 +146,7 @@ class FaceDetector:
         try:
             self._net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
         except cv2.error as err:
-            raise ModelNotFoundError(f"cannot load the res10 SSD from '{model}' ({one_line_cv(err)}); "
+            raise ModelNotFoundError(f"cannot load the res10 SSD from '{model}' ({_one_line_cv(err)}); "
                                      "it needs opencv-python-headless 4.x (OpenCV 5 has no Caffe importer)") from err
         self._predictor_path = Path(predictor) if predictor else None
         self._predictor = None
@@ -258,7 +258,7 @@ def _as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def one_line_cv(err: Exception) -> str:
+def _one_line_cv(err: Exception) -> str:
     return " ".join(str(err).split())[-200:]
 
 

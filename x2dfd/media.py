@@ -295,8 +295,9 @@ def sample_video(path: str | Path, n_frames: int = DEFAULT_FRAMES,
         cause = f"; last error: {scan.last_error}" if scan.last_error else ""
         raise MediaError(f"cannot decode video '{name}': no frame could be decoded ({scan.total} packets, "
                          f"{scan.corrupt} failed{cause})")
+    width, height = (scan.height, scan.width) if scan.rotation in (90, 270) else (scan.width, scan.height)
     info = {
-        "fps": round(scan.fps, 4), "total_frames": scan.total, "width": scan.width, "height": scan.height,
+        "fps": round(scan.fps, 4), "total_frames": scan.total, "width": width, "height": height,
         "duration_s": round(scan.duration_s, 4), "decoder": f"{VIDEO_DECODER} {av.__version__} ({scan.codec})",
         "container": scan.container, "rotation": scan.rotation, "method": "seek" if use_seek else "sequential",
         "corrupt_packets": scan.corrupt,
@@ -348,11 +349,13 @@ def _open(path: Path, name: str):
         container = av.open(str(path), mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as err:
         raise MediaError(f"'{name}' is not a readable video ({' '.join(str(err).split())}; {_sniff(path)})") from None
-    if not container.streams.video:
+    # Skip cover art (an "attached picture" stream that mp4/mkv files may carry besides the video).
+    attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
+    streams = [s for s in container.streams.video if not (int(s.disposition or 0) & int(attached))]
+    if not streams:
         container.close()
         raise MediaError(f"'{name}' has no video stream")
-    stream = container.streams.video[0]
-    return container, stream
+    return container, streams[0]
 
 
 def _scan(path: Path, name: str, limits: MediaLimits) -> _Scan:
