@@ -53,16 +53,28 @@ def test_gif_first_frame(tmp_path):
     assert np.abs(a.astype(int) - RED).max() <= 8
 
 
-@pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "RGBX"])
-def test_modes_convert_to_rgb(mode):
+@pytest.mark.parametrize("mode", ["P", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"])
+def test_colour_modes_convert_to_rgb(mode):
     src = Image.fromarray(halves())
-    im = src.convert(mode) if mode not in ("LAB", "HSV", "I", "F") else None
-    if mode in ("I", "F"):
-        im = src.convert("L").convert(mode)
-    if mode in ("LAB", "HSV"):
-        im = Image.new(mode, (64, 48))
-    out = to_rgb(im)
-    assert out.mode == "RGB" and out.size == (64, 48)
+    im = src.convert(mode) if mode not in ("LAB", "HSV") else src.convert("RGB").convert(mode) if mode == "HSV" else None
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        im = ImageCms.applyTransform(src, ImageCms.buildTransform(
+            ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"))
+    assert im.mode == mode
+    assert_halves(to_rgb(im), tol=60)
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I", "F"])
+def test_gray_modes_convert_to_rgb(mode):
+    ramp = Image.fromarray(np.linspace(0, 255, 64, dtype=np.uint8)[None, :].repeat(8, 0))
+    im = ramp.convert(mode)
+    out = np.asarray(to_rgb(im)).astype(int)
+    assert out.shape == (8, 64, 3) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255
+    if mode != "1":
+        assert np.all(np.diff(out[0, :, 0]) >= 0) and len(np.unique(out)) > 30  # a ramp, not clipped
 
 
 def test_cmyk_jpeg_and_tiff(tmp_path):

@@ -188,8 +188,10 @@ def _cause(fmt: str, err: BaseException) -> str:
     return f"corrupt {fmt} ({type(err).__name__}: {msg})"
 
 
-def _scale_to_u8(arr: np.ndarray) -> np.ndarray:
-    """16-bit (or wider) samples to 8 bit by scaling their range, never by clipping."""
+def _scale_to_u8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
+    """16-bit (or wider) samples to 8 bit by scaling their range, never by clipping. ``sixteen_bit``:
+    the mode says 16 bit (I;16*); plain 32-bit ``I`` data is read as 8-bit when it stays within 0-255,
+    else as 16-bit when within 0-65535, else stretched from its min to its max."""
     arr = np.asarray(arr)
     if arr.dtype == np.uint8:
         return arr
@@ -201,7 +203,9 @@ def _scale_to_u8(arr: np.ndarray) -> np.ndarray:
         return np.round((a - lo) * (255.0 / (hi - lo or 1.0))).astype(np.uint8)
     a = arr.astype(np.int64)
     lo, hi = int(a.min(initial=0)), int(a.max(initial=0))
-    if lo >= 0 and hi <= 65535:  # 16-bit data (mode I;16*, and 16-bit PNGs opened as mode I)
+    if not sixteen_bit and lo >= 0 and hi <= 255:
+        return a.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:
         return ((a * 255 + 32767) // 65535).astype(np.uint8)
     return np.round((a - lo) * (255.0 / (hi - lo or 1))).astype(np.uint8)
 
@@ -223,7 +227,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
             im = im.convert("LA")
         return _on_white(im.convert("RGBA"))
     if mode.startswith("I") or mode == "F":
-        gray = _scale_to_u8(np.asarray(im))
+        gray = _scale_to_u8(np.asarray(im), sixteen_bit=mode.startswith("I;16"))
         if gray.ndim == 3:
             gray = gray[..., 0]
         return Image.fromarray(np.ascontiguousarray(gray)).convert("RGB")
