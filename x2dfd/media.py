@@ -163,6 +163,8 @@ def _decode(path: Path, name: str, limits: MediaLimits) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise MediaError(f"'{name}' is not an image ({_sniff(path)})") from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as err:
+        raise MediaError(f"cannot read '{name}': {err.strerror or err}") from None
     except Image.DecompressionBombError as err:  # Pillow's own guard (above 2x its limit) fired first
         found = re.search(r"\((\d+) pixels\)", str(err))
         pixels = found.group(1) if found else "too many"
