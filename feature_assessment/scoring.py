@@ -21,10 +21,11 @@ batch-expanded view of that KV cache, right-padded, with explicit positions (1-D
 its last real token. The full sequence the model sees for a cue is token for token the naive
 one-prompt-per-cue input, so the scores agree to float precision (tests: < 1e-4 in fp32).
 
-Where an architecture cannot take that path (the processor's tokens do not split as expected, the
-cache is not a DynamicCache, the forward raises, or the first image's cached scores disagree with
-the full-prompt forward), the scorer falls back to the exact naive path (one full forward per cue)
-with a one-time warning.
+With ``method="auto"`` (the default), the first face decides: where an architecture cannot take that
+path (the processor's tokens do not split as expected, the cache is not a DynamicCache, the forward
+raises, or the cached scores of two cues disagree with the full-prompt forward beyond float noise),
+the scorer falls back to the exact naive path (one full forward per cue) with a one-time warning.
+Once the cached path has scored a face, later errors are raised, not taken for an unsupported model.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class CueScorer:
         self.verify = verify and self.auto
         self.calls = 0
         self._per_row_keep = True
+        self._proven = False  # the cached path has scored a face: later errors are real errors, not unsupported models
         self.fallback_reason: str | None = None
         self.max_verify_diff: float | None = None
         prompts, answer_ids = [], set()
@@ -187,6 +189,7 @@ class CueScorer:
             self._fall_back(err)
             yield from self.iter_scores(image, indices)
             return
+        self._proven = True
         yield first, p_first
         for start in range(self.batch_size, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
@@ -285,7 +288,7 @@ class CueScorer:
         return 1e-3 if self.mllm.dtype == torch.float32 and not self.mllm.options.load_in_4bit else 5e-2
 
     def _can_fall_back(self) -> bool:
-        return self.auto and self.fallback_reason is None and self.method == "cached"
+        return self.auto and not self._proven and self.fallback_reason is None and self.method == "cached"
 
     def _fall_back(self, err: Exception) -> None:
         self.method = "naive"
