@@ -114,7 +114,13 @@ def test_fusions_sources_and_coverage():
     frames = frame_units(items, records, ["mllm", "expert:e"])
     add_fusions(frames, ["mllm", "expert:e"])
     assert all(u.scores["fusion:mean"] == pytest.approx(0.5) for u in frames if u.scores["mllm"] is not None)
-    res = evaluate_level(frames, ["mllm", "expert:e", "fusion:mean"], _cfg(), groups=True)
+    res = evaluate_level(frames, ["mllm", "expert:e", "fusion:mean"], _cfg(bootstrap=50), groups=True, paired=True)
+    paired = res["paired_auc"]
+    assert paired["reference"] == "mllm" and set(paired["deltas"]) == {"expert:e", "fusion:mean"}
+    d = paired["deltas"]["expert:e"]  # expert:e = 1 - mllm: AUC(e) - AUC(mllm) = 1 - 2 AUC(mllm)
+    mllm_auc = res["systems"]["mllm"]["all"]["auc"]["value"]
+    assert d["delta_auc"] == pytest.approx(1 - 2 * mllm_auc, abs=1e-6) and d["n"] == 12
+    assert d["ci"][0] <= d["delta_auc"] <= d["ci"][1]
     assert res["coverage"] == {"real": {"n": 7, "scored": 6, "rate": 0.8571}, "fake": {"n": 7, "scored": 6, "rate": 0.8571}}
     assert res["systems"]["expert:e"]["all"]["auc"]["value"] == pytest.approx(1 - res["systems"]["mllm"]["all"]["auc"]["value"])
     assert "error" in res["systems"]["fusion:mean"]["all"] or res["systems"]["fusion:mean"]["all"]["auc"]["value"] == 0.5
@@ -298,6 +304,8 @@ def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(
     assert set(clean["systems"]["expert:bright"]["by_source"]) == {"gan", "swap"}
     assert set(met["robustness_auc"]["frame"]["fusion:mean"]) == {"clean", "jpeg:30", "resize:0.5"}
     assert "explanations" not in met["conditions"][0]
+    assert set(clean["paired_auc"]["deltas"]) == {"expert:green", "fusion:mean", "fusion:logistic"}
+    assert "paired_auc" not in met["conditions"][1]["levels"]["frame"]
     rows = list(csv.DictReader((out / "table_frame.csv").open()))
     assert len(rows) == 3 * 4 * 3 and {"auc", "auc_lo", "auc_hi", "n_real", "tpr@fpr0.01"} <= set(rows[0])
     md = (out / "table_frame.md").read_text()

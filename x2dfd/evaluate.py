@@ -77,7 +77,7 @@ from x2dfd.records import Record
 LEVELS = ("frame", "video")
 UNDETERMINED = {"exclude": None, "as-0.5": 0.5, "as-real": 0.0, "as-fake": 1.0}
 FPRS = (0.01, 0.05)
-METRIC_LABELS = {"auc": "AUC", "ap": "AP", "eer": "EER", "acc": "ACC@thr", "tpr@fpr0.01": "TPR@1%FPR",
+METRIC_LABELS = {"auc": "AUC", "ap": "AP", "eer": "EER", "acc": "ACC", "tpr@fpr0.01": "TPR@1%FPR",
                  "tpr@fpr0.05": "TPR@5%FPR"}
 VERDICT = re.compile(r"\bthis\s+image\s+is\s+\W{0,3}(real|fake)\b", re.IGNORECASE)
 
@@ -93,8 +93,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Output folder (metrics.json, tables, ROC PNGs, evaluate.html, records/); default: evaluate-<DATA name>."""
     mllm: str = field(default="auto", metadata={"choices": ["auto", "none"]})
     """none: evaluate the experts alone (no MLLM is loaded)."""
-    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
-    """Expert to evaluate (default: the shipped blending expert)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME[=WEIGHTS]"})
+    """Expert to evaluate (default: the shipped blending expert); NAME=WEIGHTS evaluates your own weights (e.g. blend=runs/blend, the --out of x2dfd expert train)."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """Run no expert (the MLLM alone, without expert scores in its prompt)."""
     perturb: list[str] = field(default_factory=list, metadata={"metavar": "KIND:V[,V...]"})
@@ -237,6 +237,28 @@ def conditions_for(cfg: EvaluateConfig) -> list[Condition]:
 
 def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def build_explainer(cfg: EvaluateConfig):
+    """The pipeline ``cfg`` asks for: the MLLM (unless --mllm none) and the experts, ``NAME=WEIGHTS`` loading
+    those weights instead of the expert's default."""
+    import experts as experts_pkg
+
+    from x2dfd.mllm import load_mllm, resolve_device
+    from x2dfd.pipeline import Explainer
+
+    device = str(resolve_device(cfg.device))
+    specs = [] if cfg.no_expert else (cfg.expert or list(experts_pkg.DEFAULT_EXPERTS))
+    loaded = []
+    for spec in specs:
+        name, _, weights = spec.partition("=")
+        loaded.append(experts_pkg.load_expert(name.strip(), device=device, weights=weights.strip() or None))
+    names = [e.name for e in loaded]
+    if len(set(names)) < len(names):
+        raise UsageError(f"--expert: each expert name once per run (got {', '.join(names)}); compare two weights of "
+                         "one expert in two runs")
+    mllm = None if cfg.mllm == "none" else load_mllm(cfg)
+    return Explainer(mllm, loaded, cfg)
 
 
 def run_settings(cfg: EvaluateConfig, explainer, condition: Condition) -> dict[str, Any]:
@@ -545,7 +567,8 @@ def coverage(units: list[Unit], systems: list[str]) -> dict[str, Any]:
     return out
 
 
-def evaluate_level(units: list[Unit], systems: list[str], cfg: EvaluateConfig, groups: bool) -> dict[str, Any]:
+def evaluate_level(units: list[Unit], systems: list[str], cfg: EvaluateConfig, groups: bool,
+                   paired: bool = False) -> dict[str, Any]:
     subs = subsets(units)
     result = {"coverage": coverage(units, systems), "systems": {}}
     for system in systems:
@@ -554,7 +577,50 @@ def evaluate_level(units: list[Unit], systems: list[str], cfg: EvaluateConfig, g
             entry["by_source"] = {name: {"scored_as": how, **metric_block(us, system, cfg, groups)}
                                   for name, (how, us) in subs.items()}
         result["systems"][system] = entry
+    if paired and len(systems) > 1:
+        result["paired_auc"] = paired_auc(units, systems, cfg, groups)
     return result
+
+
+def paired_auc(units: list[Unit], systems: list[str], cfg: EvaluateConfig, groups: bool) -> dict[str, Any]:
+    """AUC of every system minus the first one's (the MLLM, or the first expert), on the units both scored,
+    with a paired bootstrap interval (the same resamples for both): is a stage's gain more than noise?"""
+    import numpy as np
+
+    from x2dfd.metrics import roc_auc
+
+    ref = systems[0]
+    out: dict[str, Any] = {"reference": ref, "deltas": {}}
+    rng_seed = cfg.seed
+    for system in systems[1:]:
+        both = [u for u in units if u.scores.get(ref) is not None and u.scores.get(system) is not None]
+        y = np.array([u.label for u in both])
+        if len(set(y.tolist())) < 2:
+            out["deltas"][system] = {"error": "the two systems share no scored items of both classes"}
+            continue
+        a = np.array([u.scores[ref] for u in both])
+        b = np.array([u.scores[system] for u in both])
+        delta = roc_auc(y, b) - roc_auc(y, a)
+        entry: dict[str, Any] = {"delta_auc": round(delta, 6), "n": len(both), "ci": None}
+        if cfg.bootstrap:
+            rng = np.random.default_rng(rng_seed)
+            keys = [u.group for u in both] if groups else list(range(len(both)))
+            clusters: list[list[np.ndarray]] = []
+            for label in (1, 0):
+                members: dict = {}
+                for i, (k, yy) in enumerate(zip(keys, y)):
+                    if yy == label:
+                        members.setdefault(k, []).append(i)
+                clusters.append([np.asarray(v) for v in members.values()])
+            values = np.empty(cfg.bootstrap)
+            for r in range(cfg.bootstrap):
+                idx = np.concatenate([c[j] for c in clusters for j in rng.integers(0, len(c), len(c))])
+                values[r] = roc_auc(y[idx], b[idx]) - roc_auc(y[idx], a[idx])
+            alpha = 1.0 - cfg.ci
+            lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+            entry["ci"] = [round(float(lo), 6), round(float(hi), 6)]
+        out["deltas"][system] = entry
+    return out
 
 
 # ---------------------------------------------------------------------------------------- explanations
@@ -680,8 +746,6 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
     if explainer is None:
-        from x2dfd.explain import build_explainer
-
         explainer = build_explainer(cfg)
     comps = components(explainer.mllm is not None, [e.name for e in explainer.experts])
     bank = cue_scorer = None
@@ -727,13 +791,19 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
         if video:
             by_level["video"] = video_units(frames, cfg.aggregate, cfg.topk)
         entry = {"name": cond.name, "perturbation": cond.describe(), "records": cache_files[cond.name],
-                 "levels": {lv: evaluate_level(us, systems, cfg, groups=(lv == "frame" and video))
-                            for lv, us in by_level.items()}}
+                 "levels": {lv: evaluate_level(us, systems, cfg, groups=(lv == "frame" and video),
+                                               paired=cond.name == "clean") for lv, us in by_level.items()}}
         checks = explanation_checks(items, recs, bank if cond.name == "clean" else None, cfg.cue_top_k)
         if checks is not None:
             entry["explanations"] = checks
         results.append(entry)
 
+    for lv in levels:
+        cov = results[0]["levels"][lv]["coverage"]
+        rates = [cov[c]["rate"] for c in ("real", "fake")]
+        if None not in rates and abs(rates[0] - rates[1]) > 0.02:
+            notes.append(f"{lv} level, clean: scored {rates[0]:.1%} of real and {rates[1]:.1%} of fake items "
+                         f"(no face / undecodable); with --undetermined {cfg.undetermined} this biases the metrics")
     robustness = {lv: {s: {c["name"]: _value(c["levels"][lv]["systems"][s]["all"], "auc") for c in results}
                        for s in systems} for lv in levels}
     n_fake = sum(i.label for i in items)
@@ -834,6 +904,12 @@ def markdown_table(metrics: dict[str, Any], level: str) -> str:
                 cells += [_fmt_metric(b, "auc")] + [_fmt_metric(b, m, ci=False) for m in
                                                      ("ap", "eer", "acc", "tpr@fpr0.01", "tpr@fpr0.05")]
             lines.append("| " + " | ".join(cells) + " |")
+    paired = clean.get("paired_auc")
+    if paired:
+        lines += ["", f"AUC minus {paired['reference']}'s on items both scored ({pct}% paired bootstrap interval): " +
+                  "; ".join(f"{s}: " + (d["error"] if "error" in d else f"{d['delta_auc']:+.4f}" + (
+                      f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]" if d.get("ci") else "") + f" (n={d['n']})")
+                            for s, d in paired["deltas"].items())]
     cov = clean["coverage"]
     lines += ["", f"Coverage (scored / total): real {cov['real']['scored']}/{cov['real']['n']}, "
                   f"fake {cov['fake']['scored']}/{cov['fake']['n']}; undetermined items: {metrics['protocol']['undetermined']}."]
