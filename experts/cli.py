@@ -68,6 +68,8 @@ class TrainConfig:
     """Where face crops + landmarks are cached (default OUT/cache); detection runs once per image."""
     pretrained: bool = True
     """Start from ImageNet (efficientnet_lite0) or CLIP weights; --no-pretrained for random init."""
+    freeze_blocks: int = 0
+    """efficientnet_lite0 only: keep the stem and the first N of its 16 blocks at their ImageNet weights (N=3 saves about a third of the CPU time per step)."""
     clip_arch: str = "ViT-L-14"
     """open_clip architecture for --backbone clip."""
     clip_pretrained: str = "openai"
@@ -91,6 +93,8 @@ class TrainConfig:
             raise UsageError("--val-fraction and --holdout-fraction must be in [0, 1) and sum to less than 1")
         if self.val_fraction <= 0:
             raise UsageError("--val-fraction must be > 0: validation AUC is computed every epoch")
+        if not 0 <= self.freeze_blocks <= 16:
+            raise UsageError(f"--freeze-blocks must be in [0, 16], got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         self.out = Path(self.out)

