@@ -167,6 +167,27 @@ def test_fit_split_fraction_source_all_and_external(tmp_path):
     assert len(mixed.extra_items) == 8 and "also in DATA" in mixed.notes[0]
 
 
+def test_fit_split_names_a_deepfakebench_split(tmp_path):
+    paths = {}
+    for split in ("train", "test"):
+        for v in range(2):
+            for lab in ("FF-real", "FF-DF"):
+                p = tmp_path / split / lab / f"{v}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8)).save(p)
+                paths.setdefault((lab, split), {})[f"{lab}_{v}"] = {"label": lab, "frames": [str(p.relative_to(tmp_path))]}
+    spec = {"FF": {lab: {split: {"c23": paths[(lab, split)]} for split in ("train", "test")} for lab in ("FF-real", "FF-DF")}}
+    data = tmp_path / "FF.json"
+    data.write_text(json.dumps(spec))
+    items = load_items(str(data))
+    assert len(items) == 4 and all("/test/" in i.path for i in items) and {i.video_id for i in items} >= {"FF/FF-DF_0"}
+    plan = plan_fit(EvaluateConfig(data=str(data), fit_split="train"), items)
+    assert plan.mode == "external" and len(plan.extra_items) == 4 and all("/train/" in i.path for i in plan.extra_items)
+    assert plan.report_paths == {i.path for i in items} and "split 'train'" in plan.description
+    with pytest.raises(UsageError, match="no split 'val'"):
+        plan_fit(EvaluateConfig(data=str(data), fit_split="val"), items)
+
+
 # ---------------------------------------------------------------------------------------- explanations
 class _Cue:
     def __init__(self, id, present, absent):
@@ -280,6 +301,7 @@ def stub_experts():
 
 def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(tmp_path, stub_experts, capsys):
     data = _folder(tmp_path / "data", 4)
+    (data / "real" / "clip.mp4").write_bytes(b"not read: the folder layout loads images")
     out = tmp_path / "eval"
     args = ["evaluate", str(data), "--mllm", "none", "--expert", "bright", "--expert", "green", "--no-face-crop",
             "--out", str(out), "--perturb", "jpeg:30", "resize:0.5", "--fit-split", "0.5", "--bootstrap", "50",
@@ -304,6 +326,7 @@ def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(
     assert set(clean["systems"]["expert:bright"]["by_source"]) == {"gan", "swap"}
     assert set(met["robustness_auc"]["frame"]["fusion:mean"]) == {"clean", "jpeg:30", "resize:0.5"}
     assert "explanations" not in met["conditions"][0]
+    assert any("1 video file(s)" in n and "manifest" in n for n in met["notes"])
     assert set(clean["paired_auc"]["deltas"]) == {"expert:green", "fusion:mean", "fusion:logistic"}
     assert "paired_auc" not in met["conditions"][1]["levels"]["frame"]
     rows = list(csv.DictReader((out / "table_frame.csv").open()))

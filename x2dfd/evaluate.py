@@ -199,6 +199,17 @@ def load_items(data: str, split: str = "test", compression: str = "c23", data_ro
     return items
 
 
+def unloaded_videos(data: str) -> int:
+    """Video files under a DATA folder's real/ and fake/ (the folder layout reads images only)."""
+    from x2dfd.inputs import VIDEO_EXTS
+
+    root = Path(data)
+    if not root.is_dir():
+        return 0
+    return sum(1 for d in root.iterdir() if d.is_dir() and d.name.lower() in ("real", "fake")
+               for f in d.rglob("*") if f.suffix.lower() in VIDEO_EXTS)
+
+
 def check_groups(items: list[Item], where: str) -> None:
     labels: dict[str, set[int]] = defaultdict(set)
     for i in items:
@@ -740,6 +751,13 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     items = load_items(cfg.data, cfg.split, cfg.compression, cfg.data_root, cfg.per_class, cfg.seed)
     plan = plan_fit(cfg, items)
     conditions = conditions_for(cfg)
+    notes = list(plan.notes)
+    n_videos = unloaded_videos(cfg.data)
+    if n_videos:
+        notes.append(f"{n_videos} video file(s) under '{cfg.data}' were not evaluated: the folder layout reads images; "
+                     "list videos in a CSV/JSONL manifest (path,label[,video_id,source])")
+        if not cfg.quiet:
+            print(f"evaluate: warning: {notes[-1]}", file=sys.stderr)
     if cfg.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -749,7 +767,6 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
         explainer = build_explainer(cfg)
     comps = components(explainer.mllm is not None, [e.name for e in explainer.experts])
     bank = cue_scorer = None
-    notes = list(plan.notes)
     if cfg.cue_check and explainer.mllm is not None and cfg.max_new_tokens > 0:
         from feature_assessment.cues import load_cues
         from feature_assessment.scoring import CueScorer
