@@ -301,7 +301,6 @@ def stub_experts():
 
 def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(tmp_path, stub_experts, capsys):
     data = _folder(tmp_path / "data", 4)
-    (data / "real" / "clip.mp4").write_bytes(b"not read: the folder layout loads images")
     out = tmp_path / "eval"
     args = ["evaluate", str(data), "--mllm", "none", "--expert", "bright", "--expert", "green", "--no-face-crop",
             "--out", str(out), "--perturb", "jpeg:30", "resize:0.5", "--fit-split", "0.5", "--bootstrap", "50",
@@ -326,7 +325,6 @@ def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(
     assert set(clean["systems"]["expert:bright"]["by_source"]) == {"gan", "swap"}
     assert set(met["robustness_auc"]["frame"]["fusion:mean"]) == {"clean", "jpeg:30", "resize:0.5"}
     assert "explanations" not in met["conditions"][0]
-    assert any("1 video file(s)" in n and "manifest" in n for n in met["notes"])
     assert set(clean["paired_auc"]["deltas"]) == {"expert:green", "fusion:mean", "fusion:logistic"}
     assert "paired_auc" not in met["conditions"][1]["levels"]["frame"]
     rows = list(csv.DictReader((out / "table_frame.csv").open()))
@@ -353,6 +351,12 @@ def test_evaluate_video_level_from_manifest_and_escaping(tmp_path, stub_experts)
             p = tmp_path / f"v{v}_{k}.png"
             Image.fromarray(np.clip(rng.normal(100 + 40 * label + 10 * k, 30, (32, 32, 3)), 0, 255).astype(np.uint8)).save(p)
             lines.append(f"{p.name},{label},vid{v},<b>src{label}</b>")
+    from x2dfd.faceswap import write_video
+
+    for label in (0, 1):  # one video file per class: its 5 frames are frame units, the file one video unit
+        frames = [np.clip(rng.normal(100 + 40 * label, 30, (48, 48, 3)), 0, 255).astype(np.uint8) for _ in range(5)]
+        write_video(frames, tmp_path / f"clip{label}.mp4")
+        lines.append(f"clip{label}.mp4,{label},,<b>src{label}</b>")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "eval"
     assert cli_main(["evaluate", str(tmp_path / "m.csv"), "--mllm", "none", "--expert", "bright", "--no-face-crop",
@@ -361,7 +365,8 @@ def test_evaluate_video_level_from_manifest_and_escaping(tmp_path, stub_experts)
     assert met["protocol"]["levels"] == ["frame", "video"] and met["systems"] == ["expert:bright"]
     video = met["conditions"][0]["levels"]["video"]["systems"]["expert:bright"]["all"]
     frame = met["conditions"][0]["levels"]["frame"]["systems"]["expert:bright"]["all"]
-    assert (video["n_real"], video["n_fake"], frame["n_real"], frame["n_fake"]) == (3, 3, 9, 9)
+    assert (video["n_real"], video["n_fake"], frame["n_real"], frame["n_fake"]) == (4, 4, 14, 14)
+    assert met["data"]["kinds"] == {"image": 18, "video": 2}
     assert (out / "table_video.md").is_file() and (out / "roc_video.png").is_file()
     html = (out / "evaluate.html").read_text()
     assert "&lt;b&gt;src1&lt;/b&gt;" in html and "<b>src1</b>" not in html

@@ -199,17 +199,6 @@ def load_items(data: str, split: str = "test", compression: str = "c23", data_ro
     return items
 
 
-def unloaded_videos(data: str) -> int:
-    """Video files under a DATA folder's real/ and fake/ (the folder layout reads images only)."""
-    from x2dfd.inputs import VIDEO_EXTS
-
-    root = Path(data)
-    if not root.is_dir():
-        return 0
-    return sum(1 for d in root.iterdir() if d.is_dir() and d.name.lower() in ("real", "fake")
-               for f in d.rglob("*") if f.suffix.lower() in VIDEO_EXTS)
-
-
 def check_groups(items: list[Item], where: str) -> None:
     labels: dict[str, set[int]] = defaultdict(set)
     for i in items:
@@ -752,12 +741,6 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     plan = plan_fit(cfg, items)
     conditions = conditions_for(cfg)
     notes = list(plan.notes)
-    n_videos = unloaded_videos(cfg.data)
-    if n_videos:
-        notes.append(f"{n_videos} video file(s) under '{cfg.data}' were not evaluated: the folder layout reads images; "
-                     "list videos in a CSV/JSONL manifest (path,label[,video_id,source])")
-        if not cfg.quiet:
-            print(f"evaluate: warning: {notes[-1]}", file=sys.stderr)
     if cfg.quiet:
         from transformers.utils import logging as hf_logging
 
