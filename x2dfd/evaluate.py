@@ -318,7 +318,11 @@ def run_condition(explainer, paths: list[str], condition: Condition, cache_path:
         for record, artifacts in explainer.run_with_artifacts(todo, heatmaps=False):
             if cue_scorer is not None and record.p_fake is not None and artifacts.face is not None \
                     and record.explanation:
-                record.cues = score_cues(cue_scorer, artifacts.face)
+                try:
+                    record.cues = score_cues(cue_scorer, artifacts.face)
+                except Exception as err:  # noqa: BLE001 - per-item boundary: the verdict stands, the cue check skips it
+                    print(f"evaluate: cue scoring failed on '{record.path}': {type(err).__name__}: {err}",
+                          file=sys.stderr)
             writer.write(record)
             have[record.path] = record
             bar.update(1)
