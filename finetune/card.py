@@ -1,0 +1,133 @@
+"""The fine-tuned adapter's model card (``README.md`` in Hugging Face's format) and its loss curve.
+
+    write_model_card(out_dir, resolved_config, metrics)   # YAML front matter + what/how/data/metrics
+    plot_loss(loss_rows, eval_rows, out_dir / "loss.png")
+
+The front matter carries what the Hub reads: ``base_model``, ``library_name: peft``, ``pipeline_tag``,
+``tags`` and a ``model-index`` with the held-out AUC and accuracy. The body says how it was trained
+(cues, experts, data balance, LoRA targets, schedule) and how to use it (``x2dfd explain --adapter``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CITATION = ("Chen et al., *X2-DFD: A framework for eXplainable and eXtendable Deepfake Detection*, "
+            "NeurIPS 2025.")
+
+
+def _front_matter(resolved: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    cfg = resolved["config"]
+    tags = ["x2dfd", "deepfake-detection", "explainable-ai", "lora", "peft"]
+    if resolved.get("quantization"):
+        tags.append("qlora")
+    meta: dict[str, Any] = {"base_model": cfg["model"], "library_name": "peft", "pipeline_tag": "image-text-to-text",
+                            "tags": tags}
+    final = metrics.get("final") or {}
+    values = [(k, name, final.get(k)) for k, name in (("auc", "AUC"), ("accuracy", "Accuracy")) if final.get(k) is not None]
+    if values:
+        meta["metrics"] = ["roc_auc", "accuracy"]
+        meta["model-index"] = [{
+            "name": Path(cfg["out"]).name or "x2dfd-adapter",
+            "results": [{
+                "task": {"type": "image-classification", "name": "Deepfake detection (p_fake of the verdict token)"},
+                "dataset": {"type": "custom", "name": f"held-out split of {cfg.get('data') or resolved['data']['dir']}"},
+                "metrics": [{"type": "roc_auc" if k == "auc" else k, "value": v, "name": f"held-out {name}"}
+                            for k, name, v in values],
+            }],
+        }]
+    return meta
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
+    cfg = resolved["config"]
+    data = resolved["data"]
+    lora = resolved["lora"]
+    meta = yaml.safe_dump(_front_matter(resolved, metrics), sort_keys=False, allow_unicode=True).strip()
+    experts = "none (`--no-expert`)" if cfg.get("no_expert") else ", ".join(cfg.get("expert") or []) or "blend (default)"
+    balance = data.get("balance") or {}
+    train_b, eval_b = balance.get("train") or {}, balance.get("eval") or {}
+    cue_lines = [f"| {c.get('rank', '-')} | `{c['id']}` | {_fmt(c.get('auc'))} | {c['present']} |" for c in data.get("cues") or []]
+    before = metrics.get("eval_before") or {}
+    eval_lines = [f"| before training | {_fmt(before.get('auc'))} | {_fmt(before.get('accuracy'))} |"] if before else []
+    eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {_fmt(e.get('auc'))} | {_fmt(e.get('accuracy'))} |"
+                   for e in metrics.get("epochs") or []]
+    train = metrics.get("train") or {}
+    q = " --load-in-4bit" if resolved.get("quantization") == "4bit" else ""
+    no_expert = " --no-expert" if cfg.get("no_expert") else ""
+    lines = [
+        "---", meta, "---", "",
+        f"# {Path(cfg['out']).name or 'x2dfd adapter'}: explainable deepfake detection LoRA for `{cfg['model']}`", "",
+        "A LoRA adapter (plus the fully trained vision-language projector) made with `x2dfd finetune`, following "
+        "X2-DFD (Chen et al., NeurIPS 2025): the model is trained to answer the question of `x2dfd explain` with "
+        "\"This image is real.\" / \"This image is fake.\" and an explanation grounded in the forgery cues it already "
+        "perceives best (Strong Feature Strengthening) and in an external expert's score written into the question "
+        "(Weak Feature Supplementing). P(fake) is the softmax of the \" real\"/\" fake\" logits after \"This image is\".",
+        "", "## Use", "", "```bash",
+        f"x2dfd explain faces/ --model {cfg['model']} --adapter ADAPTER_DIR{q}{no_expert} --out results.jsonl",
+        f"x2dfd assess data/ --model {cfg['model']} --adapter ADAPTER_DIR --out assess-tuned/   # which cues got stronger",
+        "```", "",
+        "## Training data", "",
+        f"- source: `{cfg.get('data') or data['dir']}`; {data['train']} training and {data['held_out']} held-out samples "
+        f"(data fingerprint `{data['fingerprint'][:16]}`)",
+        f"- class balance (train): {train_b.get('real', '-')} real, {train_b.get('fake', '-')} fake "
+        f"(`--balance {cfg.get('balance')}`); held-out: {eval_b.get('real', '-')} real, {eval_b.get('fake', '-')} fake",
+        f"- expert(s) in the question: {experts}",
+        f"- cues (top {cfg.get('top_k')} of the ranking, {cfg.get('cues_per_answer')} per answer, ordered per image by the "
+        f"base model's P(yes)); ranking fingerprint `{(resolved.get('ranking_fingerprint') or '-')[:16]}`:", "",
+        "| rank | cue | AUC (base model) | stated for fakes as |", "|---|---|---|---|", *cue_lines, "",
+        "## Training", "",
+        f"- LoRA r {cfg['lora_r']}, alpha {cfg['lora_alpha']}, dropout {cfg['lora_dropout']} on {lora['layers']} linear "
+        f"layers of `{lora['language_model']}` (regex `{lora['target_regex']}`); vision tower frozen; projector "
+        f"`{lora.get('projector')}` trained at lr {cfg['projector_lr']}",
+        f"- trainable parameters: {lora['trainable']['trainable']:,} of {lora['trainable']['total']:,} "
+        f"({lora['trainable']['percent']}%)",
+        f"- lr {cfg['lr']} ({cfg['scheduler']}, warmup {cfg['warmup_ratio']}), {resolved['schedule']['total_updates']} "
+        f"optimizer steps, effective batch {resolved['schedule']['effective_batch']}, {resolved['processes']} process(es), "
+        f"{resolved['dtype']}{', 4-bit NF4 base (QLoRA)' if resolved.get('quantization') == '4bit' else ''}, seed {cfg['seed']}",
+        f"- final training loss {_fmt(train.get('final_loss'))} after {_fmt(train.get('seconds'))} s (curve: `loss.png`, "
+        "`loss.jsonl`)", "",
+        "## Evaluation (held-out p_fake)", "",
+        "| when | AUC | accuracy at 0.5 |", "|---|---|---|", *eval_lines, "",
+        "Files: `adapter_config.json`, `adapter_model.safetensors`, processor files, `finetune.config.json` (resolved "
+        "options), `ranking.json` (the cue ranking trained from), `metrics.json`.", "",
+        "## Reference", "", CITATION, "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(out_dir: str | Path, resolved: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    path = Path(out_dir) / "README.md"
+    path.write_text(render_model_card(resolved, metrics), encoding="utf-8")
+    return path
+
+
+def plot_loss(losses: list[dict[str, Any]], evals: list[dict[str, Any]], path: str | Path) -> None:
+    """Training loss per optimizer step, and the held-out AUC after each epoch on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if losses:
+        ax.plot([r["step"] for r in losses], [r["loss"] for r in losses], color="#2471a3", linewidth=1, label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    scored = [e for e in evals if e.get("auc") is not None]
+    if scored:
+        ax2 = ax.twinx()
+        ax2.plot([e["step"] for e in scored], [e["auc"] for e in scored], "o-", color="#c0392b", label="held-out AUC")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_ylabel("held-out AUC")
+    ax.set_title("x2dfd finetune", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

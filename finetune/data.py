@@ -1,0 +1,522 @@
+"""Training data of ``x2dfd finetune``: labelled faces + a cue ranking + expert scores -> chat samples on disk.
+
+    x2dfd finetune data/ --ranking mfa/ranking.json --build-data-only --out run/   # writes run/data/, stops
+    train, held_out, info = load_training_data("run/data")                        # datasets.Dataset each
+
+Per face (cropped as ``x2dfd explain`` crops it):
+
+* question: ``prompts/explain.jinja`` with the experts' scores in X2-DFD's wording ("the blending score
+  is 0.873", "N/A" when an expert could not run): the exact question ``x2dfd explain`` asks.
+* answer (``prompts/answer.jinja``): "This image is fake." / "This image is real.", then the cues of the
+  top-K of the ranking (Strong Feature Strengthening) that the BASE MLLM itself scores highest on this
+  face for a fake (stated as present) and lowest for a real one (stated as absent), in the cue bank's
+  words; optionally a rationale the base MLLM writes given the label and those cues; then, only when
+  the expert agrees by X2-DFD's margin (fake: score >= 0.70, real: score <= 0.30), a sentence on its
+  score (Weak Feature Supplementing).
+
+The folder holds ``train.jsonl`` and ``eval.jsonl`` (one sample per line: image, label, question,
+answer, cues, cue_p_yes, experts, path, sha256, video_id, source), ``images/`` (the face crops the
+samples point to), ``data.json`` (class balance, dropped faces, what the data was built from) and
+``scores.jsonl`` (cue scores computed here, a resume cache). Edit the JSONL files freely before
+training with ``--data-dir``: ``load_training_data`` checks every line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, render_template, template_version
+from x2dfd.errors import UsageError, X2DFDError
+from x2dfd.pipeline import QUESTION_TEMPLATE
+from x2dfd.records import one_line
+
+ANSWER_TEMPLATE = "answer.jinja"
+RATIONALE_TEMPLATE = "rationale.jinja"
+LABEL_NAMES = ("real", "fake")
+# X2-DFD's Weak Feature Supplementing states the expert's evidence only where it clearly agrees with
+# the label: a fake scored >= 0.70 or a real scored <= 0.30 by the expert.
+EXPERT_FAKE_MIN = 0.70
+EXPERT_REAL_MAX = 0.30
+SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
+INFO_FILE = "data.json"
+IMAGES_DIR = "images"
+REQUIRED_COLUMNS = ("image", "label", "question", "answer")
+LOADED_COLUMNS = (*REQUIRED_COLUMNS, "path", "sha256", "video_id", "source")
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+def load_ranking(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """``(ranking, path of ranking.json)`` from the file or the ``x2dfd assess`` output folder holding it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "ranking.json"
+    if not path.is_file():
+        raise UsageError(f"--ranking '{path}' does not exist (run `x2dfd assess DATA --out DIR` and pass DIR/ranking.json)")
+    try:
+        ranking = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--ranking '{path}' is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(ranking, dict) or not isinstance(ranking.get("cues"), list) or not ranking["cues"]:
+        raise UsageError(f"--ranking '{path}' has no 'cues' list: pass the ranking.json written by `x2dfd assess`")
+    return ranking, path
+
+
+def strong_cues(ranking: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
+    """The ``top_k`` best-ranked cues whose "yes" points to fakes (``inverted`` and ``constant`` ones are skipped:
+    their present/absent wording would state the wrong evidence, or none)."""
+    rows = sorted(ranking["cues"], key=lambda r: r.get("rank", 0))
+    keep = [r for r in rows if not {"inverted", "constant"} & set(r.get("flags", ()))]
+    for r in keep:
+        missing = [k for k in ("id", "question", "present", "absent") if not r.get(k)]
+        if missing:
+            raise UsageError(f"--ranking: cue '{r.get('id', '?')}' lacks {', '.join(missing)} (re-run `x2dfd assess`)")
+    if not keep:
+        raise UsageError("--ranking: every cue is flagged inverted or constant, so none can be stated as evidence; "
+                         "assess more faces or a different cue bank")
+    return keep[:top_k]
+
+
+def order_cues(label: int, p_yes: dict[str, float] | None, cues: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cues in the order an answer states them: highest P(yes) first for a fake, lowest first for a real;
+    ties, and faces without scores, keep the ranking's order."""
+    if not p_yes:
+        return list(cues)
+    sign = -1.0 if label == 1 else 1.0
+    return [c for _, _, c in sorted((sign * p_yes.get(c["id"], 0.5), i, c) for i, c in enumerate(cues))]
+
+
+# ------------------------------------------------------------------------------------------------ text
+def expert_prompt_list(experts: Sequence) -> list[tuple[str, str]]:
+    """``[(registry name, prompt name)]`` of loaded experts, in question order."""
+    return [(e.name, e.prompt_name) for e in experts]
+
+
+def render_question(experts: Sequence[tuple[str, str]], scores: dict[str, float | None]) -> str:
+    """The explain question with the experts' scores, word for word what ``Explainer.question`` renders."""
+    shown = [{"prompt_name": prompt, "score": format_expert_score(scores.get(name))} for name, prompt in experts]
+    return render_template(QUESTION_TEMPLATE, experts=shown)
+
+
+def supporting_experts(label: int, experts: Sequence[tuple[str, str]], scores: dict[str, float | None]) -> list[dict]:
+    """The experts whose score agrees with the label by X2-DFD's margin (the answer then mentions them)."""
+    out = []
+    for name, prompt in experts:
+        score = scores.get(name)
+        if score is None:
+            continue
+        if (label == 1 and score >= EXPERT_FAKE_MIN) or (label == 0 and score <= EXPERT_REAL_MAX):
+            out.append({"prompt_name": prompt, "score": format_expert_score(score)})
+    return out
+
+
+def cue_phrases(label: int, cues: Sequence[dict[str, Any]]) -> list[str]:
+    """The cue bank's wording: ``present`` for a fake face, ``absent`` for a real one."""
+    return [c["present"] if label == 1 else c["absent"] for c in cues]
+
+
+def render_answer(label: int, phrases: Sequence[str], experts: Sequence[dict] = (), rationale: str | None = None) -> str:
+    """The target answer; it starts with the answer prefix and the verdict word explain reads P(fake) from."""
+    name = LABEL_NAMES[label]
+    return render_template(ANSWER_TEMPLATE, prefix=ANSWER_PREFIX, verdict=VERDICT_WORDS[name], label=name,
+                           cues=list(phrases), rationale=rationale or None, experts=list(experts))
+
+
+def answer_head(label: int) -> str:
+    """``This image is fake.``: what every answer of that label starts with."""
+    return f"{ANSWER_PREFIX}{VERDICT_WORDS[LABEL_NAMES[label]]}."
+
+
+def clean_rationale(text: str, max_sentences: int = 2) -> str | None:
+    """The first complete sentences of a generated continuation (an unfinished last sentence is dropped)."""
+    text = " ".join(text.split())
+    if not text:
+        return None
+    sentences, start = [], 0
+    for i, ch in enumerate(text):
+        if ch in ".!?" and (i + 1 == len(text) or text[i + 1] == " "):
+            sentences.append(text[start : i + 1].strip())
+            start = i + 1
+            if len(sentences) == max_sentences:
+                break
+    sentences = [s for s in sentences if len(s) > 1]
+    return " ".join(sentences) or None
+
+
+def generate_rationales(mllm, faces: list, labels: list[int], phrases: list[list[str]], max_new_tokens: int) -> list[str | None]:
+    """Ask the base MLLM, for each face, why it is real/fake given the cues (continuing "This image is <label>.")."""
+    import torch
+
+    prompts = []
+    for label, ph in zip(labels, phrases):
+        question = render_template(RATIONALE_TEMPLATE, label=LABEL_NAMES[label], cues=ph)
+        prompts.append(mllm.build_prompt(question, answer_head(label)))
+    inputs = mllm.encode(faces, prompts)
+    with torch.inference_mode():
+        out = mllm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=mllm.tokenizer.pad_token_id)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    texts = mllm.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [clean_rationale(t) for t in texts]
+
+
+# ------------------------------------------------------------------------------------------------ splits
+def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A held-out split stratified by label, whole groups at a time (a video's frames never straddle the split)."""
+    import numpy as np
+
+    if eval_fraction <= 0:
+        return list(rows), []
+    rng = np.random.default_rng(seed)
+    held: set[tuple[int, str]] = set()
+    for label in (0, 1):
+        groups = sorted({(label, r.get("video_id") or r["sha256"]) for r in rows if r["label"] == label})
+        if len(groups) < 2:
+            continue
+        n = min(len(groups) - 1, max(1, round(eval_fraction * len(groups))))
+        held.update(groups[i] for i in rng.permutation(len(groups))[:n])
+    train = [r for r in rows if (r["label"], r.get("video_id") or r["sha256"]) not in held]
+    return train, [r for r in rows if (r["label"], r.get("video_id") or r["sha256"]) in held]
+
+
+def rebalance(rows: list[dict], mode: str, seed: int) -> list[dict]:
+    """``undersample`` the larger class or ``oversample`` (repeat) the smaller one to equal counts; ``none`` keeps all."""
+    import numpy as np
+
+    if mode == "none":
+        return list(rows)
+    by = [[r for r in rows if r["label"] == y] for y in (0, 1)]
+    if not by[0] or not by[1]:
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    small, large = sorted(by, key=len)
+    if mode == "undersample":
+        keep = sorted(rng.choice(len(large), len(small), replace=False).tolist())
+        large = [large[i] for i in keep]
+    else:
+        extra = rng.choice(len(small), len(large) - len(small), replace=True).tolist()
+        small = small + [small[i] for i in extra]
+    return sorted(small + large, key=lambda r: r["order"])
+
+
+def class_balance(rows: Sequence[dict]) -> dict[str, Any]:
+    counts = Counter(LABEL_NAMES[r["label"]] for r in rows)
+    real, fake = counts.get("real", 0), counts.get("fake", 0)
+    return {"real": real, "fake": fake, "fake_per_real": round(fake / real, 3) if real else None}
+
+
+# ------------------------------------------------------------------------------------------------ building
+@dataclass
+class _Face:
+    row: dict[str, Any]
+    image: Any  # PIL.Image
+    p_yes: dict[str, float] = field(default_factory=dict)
+    experts: dict[str, float | None] = field(default_factory=dict)
+
+
+class DataBuilder:
+    """Builds the data folder; ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it."""
+
+    def __init__(self, cfg, experts: Sequence, get_mllm: Callable[[], Any] | None = None, chunk: int = 8):
+        self.cfg = cfg
+        self.experts = list(experts)
+        self.expert_names = expert_prompt_list(self.experts)
+        self.get_mllm = get_mllm
+        self.chunk = chunk
+        self.ranking, self.ranking_path = load_ranking(cfg.ranking)
+        self.cues = strong_cues(self.ranking, cfg.top_k)
+        self.cached = self._assess_scores()
+        self.scorer = None
+        self.store = None
+        self.setting_id = None
+        self.scored_now = 0
+        self.data_dir = Path(".")
+
+    def _assess_scores(self) -> dict[str, Any]:
+        """Per-image P(yes) of the assess run the ranking comes from (empty when its scores file is gone)."""
+        from feature_assessment.cache import SCORES_FILE, read_scores
+
+        if self.cfg.cue_order != "image":
+            return {}
+        if not (self.ranking_path.parent / self.ranking.get("scores_path", SCORES_FILE)).is_file():
+            return {}
+        return read_scores(self.ranking_path.parent, self.ranking.get("setting", {}).get("id"))
+
+    def build(self, data_dir: str | Path) -> dict[str, Any]:
+        """Write the data folder; returns its ``data.json`` content."""
+        from x2dfd.dataset import load_labelled
+
+        cfg = self.cfg
+        data_dir = self.data_dir = Path(data_dir)
+        (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        ds = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
+        eval_ds = (load_labelled(cfg.eval_data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
+                   if cfg.eval_data else None)
+        dropped: dict[str, list[dict[str, str]]] = {"real": [], "fake": []}
+        duplicates = 0
+        seen: set[str] = set()
+        groups = {"data": ds.to_list(), "eval_data": eval_ds.to_list() if eval_ds is not None else []}
+        built: dict[str, list[dict]] = {"data": [], "eval_data": []}
+        for group, rows in groups.items():
+            todo = []
+            for row in rows:
+                row["sha256"] = _sha256(row["path"])
+                if row["sha256"] in seen:
+                    duplicates += 1  # the same file twice would leak across the split
+                    continue
+                seen.add(row["sha256"])
+                row["order"] = len(seen)
+                todo.append(row)
+            for start in range(0, len(todo), self.chunk):
+                faces = []
+                for row in todo[start : start + self.chunk]:
+                    try:
+                        faces.append(_Face(row, self._face(row["path"])))
+                    except X2DFDError as err:  # no face / unreadable: reported per class, never silently dropped
+                        dropped[LABEL_NAMES[row["label"]]].append({"path": row["path"], "error": one_line(str(err))})
+                built[group] += self._samples(faces, data_dir)
+                if not cfg.quiet:
+                    print(f"\rbuilding data: {group} {min(start + self.chunk, len(todo))}/{len(todo)} faces",
+                          end="", file=sys.stderr, flush=True)
+            if not cfg.quiet and todo:
+                print(file=sys.stderr)
+        if self.store is not None:
+            self.store.close()
+        if eval_ds is not None:
+            train, held = built["data"], built["eval_data"]
+        else:
+            train, held = split_rows(built["data"], cfg.eval_fraction, cfg.seed)
+        before = class_balance(train)
+        train = rebalance(train, cfg.balance, cfg.seed)
+        for split, rows in (("train", train), ("eval", held)):
+            _write_jsonl(data_dir / SPLIT_FILES[split], rows)
+        info = {
+            "command": "finetune --build-data-only" if cfg.build_data_only else "finetune",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": {"data": cfg.data, "eval_data": cfg.eval_data, "split": cfg.split},
+            "ranking": {"path": str(self.ranking_path), "fingerprint": file_fingerprint(self.ranking_path),
+                        "model": self.ranking.get("model"), "setting": (self.ranking.get("setting") or {}).get("id")},
+            "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "present": c["present"],
+                      "absent": c["absent"]} for c in self.cues],
+            "cue_order": cfg.cue_order, "cues_per_answer": cfg.cues_per_answer, "rationale": cfg.rationale,
+            "cue_scores": {"from_assess": sum(1 for r in built["data"] + built["eval_data"] if r["cue_source"] == "assess"),
+                           "scored_now": self.scored_now},
+            "experts": [{"name": n, "prompt_name": p} for n, p in self.expert_names],
+            "expert_thresholds": {"fake_min": EXPERT_FAKE_MIN, "real_max": EXPERT_REAL_MAX},
+            "templates": {"question": template_version(QUESTION_TEMPLATE), "answer": template_version(ANSWER_TEMPLATE)},
+            "face": _face_setting(cfg),
+            "balance": {"mode": cfg.balance, "train_before": before, "train": class_balance(train),
+                        "eval": class_balance(held)},
+            "dropped": {"no_face_or_unreadable": {k: len(v) for k, v in dropped.items()},
+                        "examples": {k: v[:20] for k, v in dropped.items()}, "duplicate_files": duplicates},
+            "expert_sentences": sum(1 for r in train if r["expert_sentence"]),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (data_dir / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if not train:
+            raise UsageError(f"no training sample could be built from '{cfg.data}' (see {data_dir / INFO_FILE})")
+        return info
+
+    def _face(self, path: str):
+        from x2dfd.face import extract_faces
+        from x2dfd.media import MediaLimits, load_image
+
+        cfg = self.cfg
+        image = load_image(path, MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb))
+        [crop] = extract_faces(image, crop=cfg.face_crop, all_faces=False, scale=cfg.face_scale, align=cfg.align,
+                               min_score=cfg.min_face_score)
+        return crop.image
+
+    def _samples(self, faces: list[_Face], data_dir: Path) -> list[dict]:
+        if not faces:
+            return []
+        images = [f.image for f in faces]
+        for expert in self.experts:  # an expert that fails is "N/A", as in explain
+            try:
+                scores = [float(s.p_fake) for s in expert.score(images)]
+            except Exception as err:  # noqa: BLE001 - per-batch boundary; the question then says N/A
+                print(f"x2dfd finetune: expert '{expert.name}' failed ({one_line(f'{type(err).__name__}: {err}')}); "
+                      "its score is N/A for this batch", file=sys.stderr)
+                scores = [None] * len(faces)
+            for f, s in zip(faces, scores):
+                f.experts[expert.name] = None if s is None else round(s, 6)
+        sources = [self._cue_scores(f) for f in faces]
+        chosen = [order_cues(f.row["label"], f.p_yes, self.cues)[: self.cfg.cues_per_answer] for f in faces]
+        phrases = [cue_phrases(f.row["label"], c) for f, c in zip(faces, chosen)]
+        rationales: list[str | None] = [None] * len(faces)
+        if self.cfg.rationale:
+            rationales = generate_rationales(self.get_mllm(), images, [f.row["label"] for f in faces], phrases,
+                                             self.cfg.rationale_tokens)
+        out = []
+        for f, cues, ph, rationale, source in zip(faces, chosen, phrases, rationales, sources):
+            label = f.row["label"]
+            support = supporting_experts(label, self.expert_names, f.experts)
+            name = f"{f.row['sha256'][:24]}.png"
+            f.image.save(data_dir / IMAGES_DIR / name)
+            out.append({
+                "image": f"{IMAGES_DIR}/{name}", "label": label,
+                "question": render_question(self.expert_names, f.experts),
+                "answer": render_answer(label, ph, support, rationale),
+                "cues": [c["id"] for c in cues], "cue_p_yes": {k: round(v, 6) for k, v in f.p_yes.items()},
+                "cue_source": source, "experts": f.experts, "expert_sentence": bool(support),
+                "path": f.row["path"], "sha256": f.row["sha256"], "video_id": f.row.get("video_id"),
+                "source": f.row.get("source"), "order": f.row["order"],
+            })
+        return out
+
+    def _cue_scores(self, face: _Face) -> str:
+        """Fill ``face.p_yes`` for the strong cues: from the assess run, else scored now (cached in the data folder)."""
+        if self.cfg.cue_order != "image":
+            return "rank"
+        ids = [c["id"] for c in self.cues]
+        entry = self.cached.get(face.row["sha256"])
+        if entry is not None:
+            face.p_yes.update({k: v for k, v in entry.p_yes.items() if k in ids})
+        missing = [c for c in ids if c not in face.p_yes]
+        if not missing:
+            return "assess"
+        scorer, store, sid = self._scorer()
+        mine = store.get(sid, face.row["sha256"])
+        if mine is not None:
+            face.p_yes.update({k: v for k, v in mine.p_yes.items() if k in missing})
+        missing = [c for c in ids if c not in face.p_yes]
+        if missing:
+            index = {c.id: i for i, c in enumerate(scorer.cues)}
+            p = scorer.score_image(face.image, [index[c] for c in missing])
+            new = {c: float(v) for c, v in zip(missing, p)}
+            store.add_scores(sid, face.row["sha256"], new, path=face.row["path"], label=face.row["label"])
+            face.p_yes.update(new)
+            self.scored_now += 1
+        return "scored"
+
+    def _scorer(self):
+        if self.scorer is None:
+            from feature_assessment.assess import build_setting
+            from feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
+            from feature_assessment.cues import Cue
+            from feature_assessment.scoring import CueScorer
+
+            cues = [Cue(id=c["id"], region=c.get("region", "global"), question=c["question"], present=c["present"],
+                        absent=c["absent"]) for c in self.cues]
+            mllm = self.get_mllm()
+            self.scorer = CueScorer(mllm, cues)
+            self.setting_id = setting_id(build_setting(self.cfg))
+            self.store = ScoreStore(self.data_dir / SCORES_FILE)
+            self.store.add_setting(self.setting_id, {**build_setting(self.cfg), "mllm": mllm.describe()})
+        return self.scorer, self.store, self.setting_id
+
+
+def _sha256(path: str) -> str:
+    from x2dfd.media import file_sha256
+
+    return file_sha256(path)
+
+
+def _face_setting(cfg) -> dict[str, Any]:
+    face = {"crop": cfg.face_crop}
+    if cfg.face_crop:
+        face.update(scale=cfg.face_scale, align=cfg.align, min_score=cfg.min_face_score)
+    return face
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({k: v for k, v in r.items() if k != "order"}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def file_fingerprint(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """sha256 over both JSONL files and every image they point to: changes when any sample or picture does."""
+    data_dir = Path(data_dir)
+    h = hashlib.sha256()
+    for split, name in SPLIT_FILES.items():
+        path = data_dir / name
+        h.update(f"{split}\0".encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    image = json.loads(line).get("image")
+                    if isinstance(image, str) and (data_dir / image).is_file():
+                        h.update(file_fingerprint(data_dir / image).encode())
+    return h.hexdigest()
+
+
+def _check_row(row: dict[str, Any], data_dir: Path, where: str) -> dict[str, Any]:
+    missing = [k for k in REQUIRED_COLUMNS if k not in row or row[k] is None]
+    if missing:
+        raise UsageError(f"{where}: missing {', '.join(missing)} (each line needs {', '.join(REQUIRED_COLUMNS)})")
+    if row["label"] not in (0, 1):
+        raise UsageError(f"{where}: label must be 0 (real) or 1 (fake), got {row['label']!r}")
+    head = answer_head(row["label"])
+    if not str(row["answer"]).startswith(head):
+        raise UsageError(f"{where}: the answer must start with '{head}' (its label is {LABEL_NAMES[row['label']]}); "
+                         "explain reads P(fake) from the verdict word right after the answer prefix")
+    image = Path(str(row["image"])).expanduser()
+    image = image if image.is_absolute() else data_dir / image
+    if not image.is_file():
+        raise UsageError(f"{where}: image '{image}' does not exist (paths are relative to the data folder)")
+    return {**row, "image": str(image.resolve())}
+
+
+def _features():
+    from datasets import ClassLabel, Features, Value
+
+    return Features({k: ClassLabel(names=list(LABEL_NAMES)) if k == "label" else Value("string")
+                     for k in LOADED_COLUMNS})
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def load_training_data(data_dir: str | Path):
+    """``(train, eval, info)``: the data folder's splits as ``datasets.Dataset`` (image paths made absolute),
+    every line checked (a one-line UsageError names the file, line and fix); eval may be empty."""
+    from datasets import Dataset
+
+    data_dir = Path(data_dir).expanduser()
+    if not (data_dir / SPLIT_FILES["train"]).is_file():
+        raise UsageError(f"--data-dir '{data_dir}' has no {SPLIT_FILES['train']} (build one with --build-data-only)")
+    info_path = data_dir / INFO_FILE
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    splits = []
+    for name in SPLIT_FILES.values():
+        rows = []
+        path = data_dir / name
+        if path.is_file():
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                where = f"'{path}' line {n}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UsageError(f"{where}: not valid JSON ({err.msg})") from None
+                if not isinstance(raw, dict):
+                    raise UsageError(f"{where}: each line must be a JSON object")
+                rows.append(_check_row(raw, data_dir, where))
+        splits.append(Dataset.from_dict({k: [_text_or_none(r.get(k)) if k != "label" else r[k] for r in rows]
+                                         for k in LOADED_COLUMNS}, features=_features()))
+    if len(splits[0]) == 0:
+        raise UsageError(f"'{data_dir / SPLIT_FILES['train']}' holds no samples")
+    return splits[0], splits[1], info

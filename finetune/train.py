@@ -1,0 +1,441 @@
+"""``x2dfd finetune``: turn an off-the-shelf MLLM into a deepfake explainer with LoRA / QLoRA (X2-DFD's SFS + WFS).
+
+    x2dfd assess data/ --model llava-hf/llava-1.5-7b-hf --out mfa/                       # rank the cues first
+    x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora                 # build data, train, evaluate
+    x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora --build-data-only   # inspect/edit runs/x2dfd-lora/data
+    x2dfd finetune --data-dir runs/x2dfd-lora/data --out runs/x2dfd-lora --load-in-4bit    # QLoRA from (edited) data
+    x2dfd finetune ... --resume                                                           # continue after a crash
+    accelerate launch -m x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x   # many GPUs / nodes
+    x2dfd explain faces/ --adapter runs/x2dfd-lora                                        # use it
+
+Steps: build the training data (``finetune.data``: explain's question with the expert scores, answers
+from the top-K cues and the expert), wrap the model with LoRA on the language model and a trainable
+projector (``finetune.lora``), train with loss on the answer tokens only (``finetune.batch``) through
+``accelerate.Accelerator`` (one process on CPU or GPU, or whatever ``accelerate launch`` starts: this
+module has no distributed code of its own), measure the held-out AUC of p_fake (read exactly as
+explain reads it, ``MLLM.judge``) before training and after every epoch, and write into ``--out``:
+
+* ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA + projector) and the processor files,
+* ``README.md`` (Hugging Face model card), ``finetune.config.json`` (resolved options, data and ranking
+  fingerprints, LoRA targets, trainable share), ``ranking.json`` (the ranking trained from),
+* ``metrics.json``, ``loss.jsonl`` (one line per optimizer step), ``loss.png``,
+* ``data/`` (the training data, unless --data-dir) and ``checkpoints/step-N/`` (resumable, trainable weights only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.config import FinetuneConfig, parse_args
+from x2dfd import __version__
+from x2dfd.cliargs import to_jsonable
+from x2dfd.errors import UsageError
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+LOSS_FILE = "loss.jsonl"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "finetune.config.json"
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    data_dir: Path
+    data_info: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders with a complete state, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+class EpochSampler:
+    """A fresh seeded permutation per epoch, the same in every process (accelerate shards its batches), so a
+    resumed run sees the data in the same order as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class FaceSamples:
+    """Rows of a built split with their face crop decoded (as explain decodes: ``x2dfd.media.load_image``)."""
+
+    def __init__(self, ds):
+        self.rows = ds.to_list()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from x2dfd.media import load_image
+
+        row = self.rows[i]
+        return {"image": load_image(row["image"]), "question": row["question"], "answer": row["answer"],
+                "label": row["label"]}
+
+
+def _device_type(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":", 1)[0]
+
+
+def _mixed_precision(dtype) -> str:
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+
+
+def _log(cfg: FinetuneConfig, accelerator, message: str) -> None:
+    if not cfg.quiet and (accelerator is None or accelerator.is_main_process):
+        print(f"x2dfd finetune: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate(judge, ds, batch_size: int, accelerator) -> dict[str, Any]:
+    """Held-out p_fake read as ``x2dfd explain`` reads it (``MLLM.judge``), AUC and accuracy at 0.5; each process
+    scores its share and the results are gathered."""
+    import numpy as np
+    import torch
+    from accelerate.utils import gather_object
+
+    from x2dfd.media import load_image
+    from x2dfd.metrics import roc_auc
+
+    rows = ds.to_list()
+    mine = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
+    results: list[tuple[int, float]] = []
+    was_training = judge.model.training
+    judge.model.eval()
+    with accelerator.autocast(), torch.inference_mode():
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            verdicts = judge.judge([load_image(rows[i]["image"]) for i in chunk], [rows[i]["question"] for i in chunk],
+                                   max_new_tokens=0)
+            results += [(i, float(v.p_fake)) for i, v in zip(chunk, verdicts)]
+    if was_training:
+        judge.model.train()
+    merged = dict(gather_object(results))
+    y = np.array([rows[i]["label"] for i in sorted(merged)])
+    p = np.array([merged[i] for i in sorted(merged)])
+    out: dict[str, Any] = {"n": int(len(y)), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum())}
+    if len(y):
+        out["accuracy"] = round(float(np.mean((p >= 0.5) == (y == 1))), 6)
+        out["mean_p_fake_real"] = round(float(p[y == 0].mean()), 6) if (y == 0).any() else None
+        out["mean_p_fake_fake"] = round(float(p[y == 1].mean()), 6) if (y == 1).any() else None
+    out["auc"] = round(float(roc_auc(y, p)), 6) if out["n_real"] and out["n_fake"] else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: str) -> tuple[Path, dict[str, Any]]:
+    """Build the data folder (main process; the others wait) unless --data-dir, or --resume with data already built."""
+    from finetune.data import INFO_FILE, SPLIT_FILES, DataBuilder
+
+    if cfg.data_dir is not None:
+        data_dir = Path(cfg.data_dir).expanduser()
+        info_path = data_dir / INFO_FILE
+        return data_dir, json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    data_dir = Path(cfg.out) / "data"
+    if cfg.resume and (data_dir / SPLIT_FILES["train"]).is_file():
+        _log(cfg, accelerator, f"--resume: reusing the training data in {data_dir}")
+        return data_dir, json.loads((data_dir / INFO_FILE).read_text(encoding="utf-8"))
+    info: dict[str, Any] = {}
+    if accelerator is None or accelerator.is_main_process:
+        from x2dfd.explain import load_experts
+
+        experts = load_experts(cfg.expert, cfg.no_expert, device)
+        info = DataBuilder(cfg, experts, get_mllm).build(data_dir)
+        _log(cfg, None, data_summary(info, data_dir))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        info = json.loads((data_dir / INFO_FILE).read_text(encoding="utf-8"))
+    return data_dir, info
+
+
+def data_summary(info: dict[str, Any], data_dir: Path) -> str:
+    b = info["balance"]
+    dropped = info["dropped"]["no_face_or_unreadable"]
+    ratio = b["train"]["fake_per_real"]
+    lines = [f"training data in {data_dir}:",
+             f"  train: {b['train']['real']} real, {b['train']['fake']} fake ({ratio if ratio is not None else '-'} fake per real"
+             f"{'; ' + b['mode'] + ' from ' + str(b['train_before']['real']) + ' real, ' + str(b['train_before']['fake']) + ' fake' if b['mode'] != 'none' else ''})",
+             f"  eval:  {b['eval']['real']} real, {b['eval']['fake']} fake",
+             f"  dropped (no face / unreadable): {dropped['real']} real, {dropped['fake']} fake; duplicate files: "
+             f"{info['dropped']['duplicate_files']}",
+             f"  cues: {', '.join(c['id'] for c in info['cues'])}",
+             f"  answers with an expert sentence: {info['expert_sentences']}"]
+    if ratio is not None and (ratio > 2 or ratio < 0.5) and b["mode"] == "none":
+        lines.append("  note: the classes are imbalanced; --balance undersample|oversample evens them")
+    return "\n".join(lines)
+
+
+def _save_checkpoint(accelerator, ckpt_root: Path, state: dict[str, Any], keep: int) -> Path:
+    path = ckpt_root / f"step-{state['step']:07d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        for old in list_checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _trainable_only(models, weights, output_dir) -> None:
+    """accelerate save hook: a checkpoint holds the trained weights (LoRA, projector), not the frozen base."""
+    for i, model in enumerate(models):
+        if i < len(weights):
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            weights[i] = {k: v for k, v in weights[i].items() if k in names}
+
+
+def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = None) -> FinetuneResult:
+    """Everything ``x2dfd finetune`` does, callable from Python (``on_step(step)`` after each optimizer step)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from finetune.batch import AnswerEncoder
+    from finetune.card import plot_loss, write_model_card
+    from finetune.data import data_fingerprint, file_fingerprint, load_training_data
+    from finetune.lora import add_lora, find_parts, lora_modules, load_for_training, param_groups, target_regex, trainable_share
+    from x2dfd.mllm import MLLM, resolve_dtype
+
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.out)
+    ckpt_root = out_dir / CHECKPOINTS_DIR
+    checkpoints = list_checkpoints(ckpt_root)
+    if cfg.resume and not checkpoints:
+        raise UsageError(f"--resume: no checkpoint in '{ckpt_root}' (start without --resume)")
+    if checkpoints and not cfg.resume and not cfg.build_data_only:
+        raise UsageError(f"'{out_dir}' holds checkpoints of an earlier run: pass --resume to continue it, "
+                         "or choose another --out")
+    device_type = _device_type(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, torch.device(device_type))
+    if device_type == "cpu" and dtype == torch.float16:
+        raise UsageError("--dtype float16 needs a GPU (use float32 or bfloat16 on CPU)")
+    if device_type == "cuda" and ":" in cfg.device:
+        torch.cuda.set_device(torch.device(cfg.device))
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(dtype),
+                              cpu=device_type == "cpu")
+    device = accelerator.device
+    set_seed(cfg.seed)
+    if cfg.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+    holder: dict[str, Any] = {}
+
+    def get_mllm():
+        if "mllm" not in holder:
+            holder["mllm"] = load_for_training(cfg, device)
+        return holder["mllm"]
+
+    data_dir, data_info = prepare_data(cfg, accelerator, get_mllm, str(device))
+    train_ds, eval_ds, _ = load_training_data(data_dir)
+    fingerprint = data_fingerprint(data_dir)
+    result = FinetuneResult(out_dir, data_dir, data_info)
+    if cfg.build_data_only:
+        _log(cfg, accelerator, f"data built in {data_dir} (fingerprint {fingerprint[:12]}); train with "
+                               f"`x2dfd finetune --data-dir {data_dir} --out {out_dir}`")
+        return result
+
+    # ----------------------------------------------------------------------------------- model
+    mllm = get_mllm()
+    parts = find_parts(mllm.model)
+    encoder = AnswerEncoder(mllm)
+    encoder([FaceSamples(train_ds.select([0]))[0]])  # fail fast on a tokenizer/processor that cannot be trained
+    model = add_lora(mllm.model, cfg, parts)
+    judge = MLLM(model, mllm.processor, cfg, mllm.source)
+    share = trainable_share(model)
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    loader = DataLoader(FaceSamples(train_ds), batch_size=cfg.batch_size, sampler=sampler, collate_fn=encoder,
+                        num_workers=cfg.num_workers)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    world = accelerator.num_processes
+    updates_per_epoch = math.ceil(math.ceil(len(train_ds) / (cfg.batch_size * world)) / cfg.grad_accum)
+    total_updates = cfg.max_steps or updates_per_epoch * cfg.epochs
+    epochs = math.ceil(total_updates / updates_per_epoch)
+    # accelerate steps a prepared scheduler once per process per optimizer step: size it for that.
+    scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_updates) * world,
+                              num_training_steps=total_updates * world)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.register_save_state_pre_hook(_trainable_only)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------------------------- resume
+    step, start_epoch, skip = 0, 0, 0
+    metrics: dict[str, Any] = {"eval_before": None, "epochs": []}
+    loss_path = out_dir / LOSS_FILE
+    if cfg.resume:
+        last = checkpoints[-1]
+        state = json.loads((last / STATE_FILE).read_text())
+        if state.get("data_fingerprint") != fingerprint:
+            raise UsageError(f"--resume: the training data changed since checkpoint '{last}' (fingerprint "
+                             f"{str(state.get('data_fingerprint'))[:12]} vs {fingerprint[:12]}); start a new --out")
+        accelerator.load_state(str(last), strict=False)
+        step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        metrics = state.get("metrics", metrics)
+        _log(cfg, accelerator, f"resuming from {last} (step {step} of {total_updates})")
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if cfg.resume and loss_path.is_file():
+            kept = [ln for ln in loss_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        loss_path.write_text("".join(ln + "\n" for ln in kept))
+
+    _log(cfg, accelerator, f"{type(mllm.model).__name__}: LoRA r={cfg.lora_r} on {len(lora_modules(model))} "
+                           f"language-model layers, projector {'trained' if len(param_groups(model, cfg)) > 1 else 'frozen'}; "
+                           f"trainable {share['trainable']:,} of {share['total']:,} parameters ({share['percent']}%); "
+                           f"{len(train_ds)} train / {len(eval_ds)} held-out samples; {total_updates} optimizer steps "
+                           f"on {world} process(es), {device}, {str(dtype).replace('torch.', '')}"
+                           f"{', 4-bit' if cfg.load_in_4bit else ''}")
+    if cfg.eval_before and len(eval_ds) and metrics.get("eval_before") is None:
+        metrics["eval_before"] = evaluate(judge, eval_ds, cfg.eval_batch_size, accelerator)
+        _log(cfg, accelerator, f"held-out before training: AUC {metrics['eval_before']['auc']}, "
+                               f"accuracy {metrics['eval_before'].get('accuracy')}")
+
+    # ----------------------------------------------------------------------------------- train
+    bar = tqdm(total=total_updates, initial=step, unit="step", desc="finetune", file=sys.stderr,
+               disable=cfg.quiet or not accelerator.is_main_process)
+    t0 = time.perf_counter()
+    window_loss, window_n = torch.zeros((), device=device), 0
+    model.train()
+    done = step >= total_updates
+    for epoch in range(start_epoch, epochs):
+        if done:
+            break
+        sampler.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        seen = skip
+        skip = 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                if "pixel_values" in batch:
+                    batch["pixel_values"] = batch["pixel_values"].to(judge.dtype)
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += 1
+            window_loss += loss.detach().float()
+            window_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            mean_loss = accelerator.gather(window_loss / window_n).mean().item()
+            window_loss, window_n = torch.zeros((), device=device), 0
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+            if accelerator.is_main_process:
+                entry = {"step": step, "epoch": round(epoch + seen / max(1, len(loader)), 4), "loss": round(mean_loss, 6),
+                         "lr": lrs.get("lora"), "projector_lr": lrs.get("projector"),
+                         "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                         "elapsed_s": round(time.perf_counter() - t0, 3)}
+                with loss_path.open("a") as fh:
+                    fh.write(json.dumps(entry) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs.get('lora', 0):.2e}")
+            state = {"step": step, "epoch": epoch, "batches_in_epoch": seen, "data_fingerprint": fingerprint,
+                     "total_updates": total_updates, "metrics": metrics}
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_updates:
+                _save_checkpoint(accelerator, ckpt_root, state, cfg.save_total_limit)
+            if on_step is not None:
+                on_step(step)
+            if step >= total_updates:
+                done = True
+                break
+        if len(eval_ds):
+            ev = {"epoch": epoch + 1, "step": step, **evaluate(judge, eval_ds, cfg.eval_batch_size, accelerator)}
+            metrics["epochs"].append(ev)
+            _log(cfg, accelerator, f"epoch {epoch + 1}: held-out AUC {ev['auc']}, accuracy {ev.get('accuracy')}")
+        _save_checkpoint(accelerator, ckpt_root, {"step": step, "epoch": epoch + 1, "batches_in_epoch": 0,
+                                                  "data_fingerprint": fingerprint, "total_updates": total_updates,
+                                                  "metrics": metrics}, cfg.save_total_limit)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    # ----------------------------------------------------------------------------------- outputs
+    metrics["final"] = metrics["epochs"][-1] if metrics["epochs"] else None
+    result.metrics, result.steps = metrics, step
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(str(out_dir))
+        mllm.processor.save_pretrained(str(out_dir))
+        ranking_src = Path(data_info.get("ranking", {}).get("path") or "")
+        if ranking_src.is_file():
+            shutil.copyfile(ranking_src, out_dir / "ranking.json")
+        losses = [json.loads(ln) for ln in loss_path.read_text().splitlines() if ln.strip()]
+        metrics["train"] = {"steps": step, "final_loss": losses[-1]["loss"] if losses else None,
+                            "seconds": round(train_seconds, 2), "samples": len(train_ds)}
+        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_loss(losses, metrics["epochs"], out_dir / "loss.png")
+        resolved = {
+            "command": "finetune", "x2dfd_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": to_jsonable(cfg), "base_model": cfg.model, "architecture": type(mllm.model).__name__,
+            "processes": world, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "mixed_precision": accelerator.mixed_precision,
+            "quantization": "4bit" if cfg.load_in_4bit else "8bit" if cfg.load_in_8bit else None,
+            "lora": {"target_regex": target_regex(parts, cfg.lora_targets or None), "language_model": parts.language_model,
+                     "projector": parts.projector, "vision_tower": parts.vision, "layers": len(lora_modules(unwrapped)),
+                     "trainable": share},
+            "schedule": {"total_updates": total_updates, "updates_per_epoch": updates_per_epoch, "epochs": epochs,
+                         "effective_batch": cfg.batch_size * cfg.grad_accum * world},
+            "data": {"dir": str(data_dir), "fingerprint": fingerprint, "train": len(train_ds), "held_out": len(eval_ds),
+                     "balance": data_info.get("balance"), "cues": data_info.get("cues"),
+                     "templates": data_info.get("templates")},
+            "ranking": data_info.get("ranking"),
+            "ranking_fingerprint": (file_fingerprint(out_dir / "ranking.json")
+                                    if (out_dir / "ranking.json").is_file() else None),
+        }
+        (out_dir / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        write_model_card(out_dir, resolved, metrics)
+        _log(cfg, accelerator, f"adapter written to {out_dir} ({step} steps, {train_seconds:.1f} s); "
+                               f"use it with `x2dfd explain FACES --model {cfg.model} --adapter {out_dir}`")
+    accelerator.wait_for_everyone()
+    _log(cfg, accelerator, f"done in {time.perf_counter() - t_start:.1f} s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    run_finetune(cfg)
+    return 0
