@@ -80,7 +80,7 @@ def swap_manifest(out: Path, holdout: list[str], limit: int | None, videos: int,
     order = np.random.default_rng(0).permutation(n)
     pos = {int(f): i for i, f in enumerate(order)}
     detector = get_detector()
-    fake_dir = out / "data" / "swaps"
+    fake_dir = out / "swaps"
     fake_dir.mkdir(parents=True, exist_ok=True)
     rows, failures, pairs = [], [], []
     t0 = time.perf_counter()
@@ -103,12 +103,15 @@ def swap_manifest(out: Path, holdout: list[str], limit: int | None, videos: int,
         if done:
             rows.append((str(dest), 1, None, "faceswap"))
             pairs.append((real_dir / name, dest))
+    log = fake_dir / "failures.json"  # attempts of earlier runs (a rerun reuses their swaps and tries nothing)
+    failures = sorted(set(failures) | set(json.loads(log.read_text()) if log.is_file() else []))
+    log.write_text(json.dumps(failures, indent=1) + "\n")
     info = {"holdout_images": n, "swaps": sum(r[1] for r in rows), "swap_failures": failures,
             "seconds": round(time.perf_counter() - t0, 1)}
     manifest = write_manifest(out / "swaps.csv", rows)
     vid_manifest = None
     if videos:
-        vdir = out / "data" / "swap_videos"
+        vdir = out / "swap_videos"
         vdir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(1)
         chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), min(videos, len(pairs)), replace=False))]
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--build-only", action="store_true", help="make the data and manifests, evaluate nothing")
     args = ap.parse_args(argv)
 
     import torch
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# blend expert through `x2dfd evaluate`", ""]
     built: dict = {}
+    if args.build_only:
+        stylegan_manifest(out / "data", args.limit)
+        holdout, where = holdout_list(args.split)
+        *_, built = swap_manifest(out / "data", holdout, args.limit, args.videos)
+        print(json.dumps({k: v for k, v in built.items() if k != "swap_failures"}))
+        return 0
     if "stylegan" in args.sets:
         m = run_evaluate(stylegan_manifest(out / "data", args.limit), out / "stylegan2", args)
         lines += summary("stylegan2-vs-real (Unsplash real vs StyleGAN2)", m)
