@@ -61,6 +61,13 @@ def test_uniform_sampling_in_every_container(coded_videos, ext, method):
         assert info["method"] == method
 
 
+def test_auto_seeks_in_long_videos_with_short_gops(tmp_path):
+    path = write_video([code_frame(i % 256) for i in range(240)], tmp_path / "long.mkv", fps=FPS, gop=10)
+    frames, info = sample_video(path, 4)
+    assert info["method"] == "seek" and info["total_frames"] == 240
+    assert [read_code(f.image) for f in frames] == [f.index % 256 for f in frames] == uniform_indices(240, 4)
+
+
 def test_more_frames_than_the_video_has(coded_videos):
     frames, info = sample_video(coded_videos[".mp4"], 100)
     assert [f.index for f in frames] == list(range(N))

@@ -1,7 +1,7 @@
 """Decode images and sample video frames, never crashing a batch: every failure is one MediaError line.
 
     from x2dfd.media import MediaLimits, load_image, sample_video, aggregate_frames
-    image = load_image("photo.heic.jpg")                 # RGB PIL image, EXIF orientation applied
+    image = load_image("photo.jpg")                      # RGB PIL image, EXIF orientation applied
     frames, info = sample_video("clip.mp4", n_frames=16)  # uniform over the whole video
     p_video = aggregate_frames([0.9, None, 0.7], "mean")
 
