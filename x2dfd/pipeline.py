@@ -54,6 +54,14 @@ class PipelineOptions:
     """Images with more pixels are refused (decompression-bomb guard)."""
     max_file_mb: float = 200.0
     """Image files larger than this are refused."""
+    max_video_mb: float = 2048.0
+    """Video files larger than this are refused."""
+
+    def media_limits(self):
+        """The decoding limits these options set (one place: every command decodes through them)."""
+        from x2dfd.media import MediaLimits
+
+        return MediaLimits(max_pixels=self.max_pixels, max_file_mb=self.max_file_mb, max_video_mb=self.max_video_mb)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -149,14 +157,14 @@ class Explainer:
     # ------------------------------------------------------------------------------------------ stages
     def _prepare(self, path: str) -> _Unit:
         """Decode and crop faces; any failure becomes the unit's error (its record is then final)."""
-        from x2dfd.media import MediaLimits, file_sha256
+        from x2dfd.media import file_sha256
 
         t0 = time.perf_counter()
         kind = media_kind(path)
         record = Record(path=path, kind=kind, model=self.model_name, adapter=self.adapter,
                         template_version=self.template_version, mode="mllm" if self.mllm else "expert-only")
         unit = _Unit(record)
-        limits = MediaLimits(max_pixels=self.options.max_pixels, max_file_mb=self.options.max_file_mb)
+        limits = self.options.media_limits()
         try:
             record.sha256 = file_sha256(path)
         except OSError as err:
