@@ -104,7 +104,7 @@ class FinetuneConfig(ModelArgs):
     lora_targets: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
     """Linear layers of the LANGUAGE MODEL to adapt, by name (q_proj, v_proj, ...); default: all of them. The vision tower never gets LoRA."""
     gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    """Recompute activations in the backward pass (less memory, about a third more time)."""
     seed: int = 0
     """Seed of the split, the sampling, the LoRA init and the data order."""
     eval_batch_size: int = 8

@@ -1,6 +1,7 @@
 """Training data of ``x2dfd finetune``: labelled faces + a cue ranking + expert scores -> chat samples on disk.
 
     x2dfd finetune data/ --ranking mfa/ranking.json --build-data-only --out run/   # writes run/data/, stops
+    info = DataBuilder(cfg, load_experts=lambda: experts, get_mllm=load_base).build("run/data")
     train, held_out, info = load_training_data("run/data")                        # datasets.Dataset each
 
 Per face (cropped as ``x2dfd explain`` crops it):
@@ -222,12 +223,15 @@ class _Face:
 
 
 class DataBuilder:
-    """Builds the data folder; ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it."""
+    """Builds the data folder. ``load_experts`` runs once the ranking and the data have been checked;
+    ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it."""
 
-    def __init__(self, cfg, experts: Sequence, get_mllm: Callable[[], Any] | None = None, chunk: int = 8):
+    def __init__(self, cfg, load_experts: Callable[[], Sequence], get_mllm: Callable[[], Any] | None = None,
+                 chunk: int = 8):
         self.cfg = cfg
-        self.experts = list(experts)
-        self.expert_names = expert_prompt_list(self.experts)
+        self.load_experts = load_experts
+        self.experts: list = []
+        self.expert_names: list[tuple[str, str]] = []
         self.get_mllm = get_mllm
         self.chunk = chunk
         self.ranking, self.ranking_path = load_ranking(cfg.ranking)
@@ -260,6 +264,8 @@ class DataBuilder:
         ds = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
         eval_ds = (load_labelled(cfg.eval_data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
                    if cfg.eval_data else None)
+        self.experts = list(self.load_experts())
+        self.expert_names = expert_prompt_list(self.experts)
         dropped: dict[str, list[dict[str, str]]] = {"real": [], "fake": []}
         duplicates = 0
         seen: set[str] = set()

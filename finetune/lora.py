@@ -19,6 +19,7 @@ weight cannot be trained), and ``prepare_model_for_kbit_training`` readies the r
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +118,9 @@ def kbit_config(cfg, dtype: torch.dtype):
         return None
     from transformers import BitsAndBytesConfig
 
-    skip = [*PROJECTOR_NAMES, "lm_head"]
+    # transformers matches these from the start of a module path, as a regex, or as a suffix: ".*\.name"
+    # reaches "model.multi_modal_projector.linear_1"; the plain names serve versions that match substrings.
+    skip = [*PROJECTOR_NAMES, *(rf".*\.{n}" for n in PROJECTOR_NAMES), "lm_head"]
     if cfg.load_in_4bit:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
@@ -142,7 +145,33 @@ def load_for_training(cfg, device: torch.device):
     except OSError as err:
         raise ModelNotFoundError(f"cannot load model '{cfg.model}': {err}") from err
     model.eval()
+    keep_4bit_trainable(model)
     return MLLM(model, processor, cfg, source)
+
+
+def keep_4bit_trainable(model) -> None:
+    """Keep bitsandbytes 4-bit layers in training mode. On CPU, a 4-bit layer in eval mode repacks its weights
+    on the first forward for a fast inference kernel that has no backward, and training the model after that
+    (cue scoring or a held-out pass before training) fails. The mode changes nothing else in those layers."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, Linear4bit):
+            m.training = True
+
+
+@contextmanager
+def evaluation(model):
+    """``model.eval()`` for a held-out pass (dropout off), then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    keep_4bit_trainable(model)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def add_lora(model, cfg, parts: ModelParts):

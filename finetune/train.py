@@ -66,7 +66,8 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 class EpochSampler:
     """A fresh seeded permutation per epoch, the same in every process (accelerate shards its batches), so a
-    resumed run sees the data in the same order as an uninterrupted one."""
+    resumed run sees the data in the same order as an uninterrupted one. The prepared loader's ``set_epoch``
+    (accelerate's) drives ``set_epoch`` here."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
@@ -128,22 +129,19 @@ def evaluate(judge, ds, batch_size: int, accelerator) -> dict[str, Any]:
     import torch
     from accelerate.utils import gather_object
 
+    from finetune.lora import evaluation
     from x2dfd.media import load_image
     from x2dfd.metrics import roc_auc
 
     rows = ds.to_list()
     mine = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
     results: list[tuple[int, float]] = []
-    was_training = judge.model.training
-    judge.model.eval()
-    with accelerator.autocast(), torch.inference_mode():
+    with evaluation(judge.model), accelerator.autocast(), torch.inference_mode():
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             verdicts = judge.judge([load_image(rows[i]["image"]) for i in chunk], [rows[i]["question"] for i in chunk],
                                    max_new_tokens=0)
             results += [(i, float(v.p_fake)) for i, v in zip(chunk, verdicts)]
-    if was_training:
-        judge.model.train()
     merged = dict(gather_object(results))
     y = np.array([rows[i]["label"] for i in sorted(merged)])
     p = np.array([merged[i] for i in sorted(merged)])
@@ -173,8 +171,7 @@ def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: s
     if accelerator is None or accelerator.is_main_process:
         from x2dfd.explain import load_experts
 
-        experts = load_experts(cfg.expert, cfg.no_expert, device)
-        info = DataBuilder(cfg, experts, get_mllm).build(data_dir)
+        info = DataBuilder(cfg, lambda: load_experts(cfg.expert, cfg.no_expert, device), get_mllm).build(data_dir)
         _log(cfg, None, data_summary(info, data_dir))
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -283,8 +280,10 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
     judge = MLLM(model, mllm.processor, cfg, mllm.source)
     share = trainable_share(model)
     sampler = EpochSampler(len(train_ds), cfg.seed)
+    # Its own generator: starting an epoch then draws nothing from the global RNG, so dropout masks after a
+    # --resume are those of the uninterrupted run.
     loader = DataLoader(FaceSamples(train_ds), batch_size=cfg.batch_size, sampler=sampler, collate_fn=encoder,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     world = accelerator.num_processes
     updates_per_epoch = math.ceil(math.ceil(len(train_ds) / (cfg.batch_size * world)) / cfg.grad_accum)
@@ -340,7 +339,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
     for epoch in range(start_epoch, epochs):
         if done:
             break
-        sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)  # accelerate passes it to the sampler, and to the loader skip_first_batches makes
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         seen = skip
         skip = 0
@@ -353,6 +352,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
                 grad_norm = None
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}  # this update's
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -364,7 +364,6 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
             step += 1
             mean_loss = accelerator.gather(window_loss / window_n).mean().item()
             window_loss, window_n = torch.zeros((), device=device), 0
-            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
             if accelerator.is_main_process:
                 entry = {"step": step, "epoch": round(epoch + seen / max(1, len(loader)), 4), "loss": round(mean_loss, 6),
                          "lr": lrs.get("lora"), "projector_lr": lrs.get("projector"),

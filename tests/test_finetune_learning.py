@@ -65,7 +65,7 @@ def test_finetune_learns_a_visible_artifact(tmp_path, one_thread):
     out = tmp_path / "run"
     assert finetune_main([str(tmp_path / "train"), "--ranking", str(tmp_path / "mfa" / "ranking.json"), *model,
                           "--out", str(out), "--no-face-crop", "--no-expert", "--top-k", "1", "--cues-per-answer", "1",
-                          "--epochs", "11", "--batch-size", "8", "--lr", "5e-3", "--projector-lr", "5e-4",
+                          "--epochs", "14", "--batch-size", "8", "--lr", "5e-3", "--projector-lr", "5e-4",
                           "--warmup-ratio", "0.05", "--eval-fraction", "0.1", "--no-gradient-checkpointing",
                           "--no-eval-before", "--quiet"]) == 0
     results = tmp_path / "held_out.jsonl"
