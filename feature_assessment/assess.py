@@ -75,10 +75,10 @@ class AssessConfig(ModelArgs):
     """Images with more pixels are refused (decompression-bomb guard)."""
     max_file_mb: float = PipelineOptions.max_file_mb
     """Image files larger than this are refused."""
-    cue_batch_size: int = 16
-    """Cues scored per forward pass against one image's cached prefix (memory grows with it)."""
-    method: str = field(default="auto", metadata={"choices": ["auto", "cached", "naive"]})
-    """auto: prefix-cached scoring, checked on the first face against the full-prompt forward, naive if unsupported; naive: one full forward per cue (slow, for checking)."""
+    cue_batch_size: int = 64
+    """Cues scored per forward pass against one face's cached prefix (packed into one row; the padded layout uses at most 16 rows)."""
+    method: str = field(default="auto", metadata={"choices": ["auto", "packed", "padded", "naive"]})
+    """auto: prefix-cached scoring (packed, else padded), checked on the first face against the full-prompt forward, naive if neither fits the model; naive: one full forward per cue (slow, for checking)."""
     verify_cache: bool = True
     """With --method auto: compare the cached scores of the first face with the full-prompt forward."""
     rank_by: str = field(default="auc", metadata={"choices": list(RANK_KEYS)})

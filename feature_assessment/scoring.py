@@ -14,17 +14,26 @@ Qwen2-VL). Teacher-forced, one forward position, nothing parsed.
 
 Speed: all cue prompts of an image share a token prefix (system text, image tokens, instruction;
 computed as the longest common token prefix of all cue prompts). That prefix, which holds the 576
-image tokens of LLaVA-1.5, is encoded and prefilled ONCE per image (``use_cache=True``); the cue
-suffixes (question + the template's closing tokens, ~20 tokens) then run in batches against a
-batch-expanded view of that KV cache, right-padded, with explicit positions (1-D, or Qwen2-VL's
-3-D mrope positions continued from the prefill's rope deltas), and each row's logits are read at
-its last real token. The full sequence the model sees for a cue is token for token the naive
-one-prompt-per-cue input, so the scores agree to float precision (tests: < 1e-4 in fp32).
+image tokens of LLaVA-1.5, is encoded and prefilled ONCE per image (``use_cache=True``). The cue
+suffixes (question + the template's closing tokens, ~20 tokens) then run against its KV cache,
+``batch_size`` cues per forward, in one of two layouts:
 
-With ``method="auto"`` (the default), the first face decides: where an architecture cannot take that
-path (the processor's tokens do not split as expected, the cache is not a DynamicCache, the forward
-raises, or the cached scores of two cues disagree with the full-prompt forward beyond float noise),
-the scorer falls back to the exact naive path (one full forward per cue) with a one-time warning.
+* ``packed`` (default): all suffixes of a batch in ONE row after the prefix, with a custom 4-D mask
+  (each suffix sees the whole prefix and, causally, itself only) and positions restarting after the
+  prefix for every suffix; logits only at each suffix's last token. No padding, and the prefix KV is
+  concatenated once per forward.
+* ``padded``: one right-padded row per cue against a batch-expanded view of the cache, a plain 2-D
+  mask and explicit positions; each row reads its last real token. For attention implementations
+  that ignore custom 4-D masks (at most 16 rows: every row copies the prefix KV).
+
+Positions are 1-D, or Qwen2-VL's 3-D mrope positions continued from the prefill's rope deltas. The
+tokens and positions a cue's last token sees are exactly those of the naive one-prompt-per-cue
+input, so the scores agree to float precision (tests: < 1e-4 in fp32; measured ~1e-7).
+
+With ``method="auto"`` (the default), the first face decides: where a layout cannot be used (the
+processor's tokens do not split as expected, the cache is not a DynamicCache, the forward raises, or
+the scores of two cues disagree with the full-prompt forward beyond float noise), packed falls back
+to padded, and padded to the exact naive path (one full forward per cue) with a one-time warning.
 Once the cached path has scored a face, later errors are raised, not taken for an unsupported model.
 """
 
@@ -43,7 +52,8 @@ from x2dfd.errors import UsageError
 
 CUE_TEMPLATE = "cue.jinja"
 ANSWERS = ("Yes", "No")
-METHODS = ("auto", "cached", "naive")
+METHODS = ("auto", "packed", "padded", "naive")
+PADDED_MAX_ROWS = 16
 
 
 def cue_template_version() -> str:
@@ -97,7 +107,7 @@ class _Prefix:
 class CueScorer:
     """Scores cues for one loaded MLLM; see the module docstring. ``calls`` counts model forwards."""
 
-    def __init__(self, mllm, cues: Sequence, batch_size: int = 16, method: str = "auto", verify: bool = True):
+    def __init__(self, mllm, cues: Sequence, batch_size: int = 64, method: str = "auto", verify: bool = True):
         if method not in METHODS:
             raise UsageError(f"--method '{method}' is unknown. Available: {', '.join(METHODS)}.")
         if batch_size < 1:
@@ -107,8 +117,8 @@ class CueScorer:
         self.mllm = mllm
         self.cues = list(cues)
         self.batch_size = batch_size
-        self.method = "cached" if method == "auto" else method
-        self.auto = method == "auto"  # only "auto" may fall back to the naive path
+        self.method = "packed" if method == "auto" else method  # the path in use: packed, padded or naive
+        self.auto = method == "auto"  # only "auto" may fall back (packed -> padded -> naive)
         self.verify = verify and self.auto
         self.calls = 0
         self._per_row_keep = True
@@ -167,20 +177,22 @@ class CueScorer:
                 chunk = indices[start : start + self.batch_size]
                 yield chunk, self.score_naive(image, chunk)
             return
-        # Longest suffixes first: batches of similar length waste little padding.
-        order = sorted(indices, key=lambda i: -len(self.token_ids[i]))
+        # Padded batches: longest suffixes first, so a batch wastes little padding; and fewer rows, as every
+        # row holds its own copy of the prefix KV (packed batches hold one).
+        order = sorted(indices, key=lambda i: -len(self.token_ids[i])) if self.method == "padded" else indices
+        size = min(self.batch_size, PADDED_MAX_ROWS) if self.method == "padded" else self.batch_size
         try:
             prefix = self._prefill(image)
-            first = order[: self.batch_size]
-            p_first = self._score_suffixes(prefix, first)
+            first = order[:size]
+            p_first = self._score_batch(prefix, first)
             if self.verify:
-                self.verify = False
                 check = [first[0], first[-1]] if len(first) > 1 else first
                 naive = self.score_naive(image, check)
                 diff = float(np.max(np.abs(naive - p_first[[first.index(c) for c in check]])))
                 self.max_verify_diff = diff
                 if diff > self._tolerance():
-                    raise _CacheMismatch(f"cached P(yes) differs from the full-prompt forward by {diff:.2e}")
+                    raise _CacheMismatch(f"{self.method} cached P(yes) differs from the full-prompt forward by {diff:.2e}")
+                self.verify = False
         except torch.OutOfMemoryError:
             raise
         except (_CacheMismatch, _Unsupported, RuntimeError, ValueError, TypeError, AttributeError) as err:
@@ -191,9 +203,9 @@ class CueScorer:
             return
         self._proven = True
         yield first, p_first
-        for start in range(self.batch_size, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            yield chunk, self._score_suffixes(prefix, chunk)
+        for start in range(size, len(order), size):
+            chunk = order[start : start + size]
+            yield chunk, self._score_batch(prefix, chunk)
 
     @torch.inference_mode()
     def score_naive(self, image, indices: Sequence[int]) -> np.ndarray:
@@ -236,8 +248,46 @@ class CueScorer:
         rope_delta = getattr(inner, "rope_deltas", None)
         return _Prefix(cache=cache, length=expanded_len, rope_delta=rope_delta)
 
+    def _score_batch(self, prefix: _Prefix, indices: Sequence[int]) -> np.ndarray:
+        return self._score_packed(prefix, indices) if self.method == "packed" else self._score_padded(prefix, indices)
+
     @torch.inference_mode()
-    def _score_suffixes(self, prefix: _Prefix, indices: Sequence[int]) -> np.ndarray:
+    def _score_packed(self, prefix: _Prefix, indices: Sequence[int]) -> np.ndarray:
+        """All suffixes of the batch in ONE row after the prefix, each attending to the prefix and, causally, to
+        itself only (a custom 4-D mask), positions restarting after the prefix for each: no padding, and the
+        prefix KV is concatenated once per forward instead of once per cue."""
+        model = self.mllm.model
+        device = self.mllm.device
+        suffixes = [self.token_ids[i][self.shared_len :] for i in indices]
+        lens = torch.tensor([len(x) for x in suffixes])
+        total = int(lens.sum())
+        segment = torch.repeat_interleave(torch.arange(len(suffixes)), lens)
+        local = torch.cat([torch.arange(n) for n in lens.tolist()])
+        allowed = (segment[:, None] == segment[None, :]) & (local[None, :] <= local[:, None])
+        mask = torch.zeros((total, prefix.length + total), dtype=self.mllm.dtype)
+        mask[:, prefix.length :].masked_fill_(~allowed, torch.finfo(self.mllm.dtype).min)
+        positions = prefix.length + local
+        if prefix.rope_delta is not None:  # mrope: text tokens carry the same position on all 3 axes
+            position_ids = (positions + prefix.rope_delta.reshape(-1)[0].cpu()).view(1, 1, total).expand(3, 1, total)
+        else:
+            position_ids = positions.view(1, total)
+        last = torch.cumsum(lens, 0) - 1
+        out = model(
+            input_ids=torch.tensor([t for x in suffixes for t in x])[None].to(device),
+            attention_mask=mask[None, None].to(device),
+            position_ids=position_ids.to(device),
+            past_key_values=_expand_cache(prefix.cache, 1),
+            use_cache=True,
+            logits_to_keep=last.to(device),
+        )
+        self.calls += 1
+        if tuple(out.logits.shape[:2]) != (1, len(suffixes)):
+            raise _Unsupported(f"logits_to_keep returned shape {tuple(out.logits.shape)}")
+        return self._p_yes(out.logits[0])
+
+    @torch.inference_mode()
+    def _score_padded(self, prefix: _Prefix, indices: Sequence[int]) -> np.ndarray:
+        """One row per cue, right-padded, against a batch-expanded view of the prefix cache (plain 2-D mask)."""
         model = self.mllm.model
         device = self.mllm.device
         suffixes = [self.token_ids[i][self.shared_len :] for i in indices]
@@ -272,7 +322,7 @@ class CueScorer:
         if self._per_row_keep:
             if tuple(out.logits.shape[:2]) != (b, 1):  # a model that reads a 2-D logits_to_keep differently
                 self._per_row_keep = False
-                return self._score_suffixes(prefix, indices)
+                return self._score_padded(prefix, indices)
             return self._p_yes(out.logits[:, 0])
         column = torch.searchsorted(keep, last)
         logits = out.logits[torch.arange(b), column.to(out.logits.device)]
@@ -288,11 +338,16 @@ class CueScorer:
         return 1e-3 if self.mllm.dtype == torch.float32 and not self.mllm.options.load_in_4bit else 5e-2
 
     def _can_fall_back(self) -> bool:
-        return self.auto and not self._proven and self.fallback_reason is None and self.method == "cached"
+        return self.auto and not self._proven and self.method != "naive"
 
     def _fall_back(self, err: Exception) -> None:
+        reason = f"{self.method}: {type(err).__name__}: {err}"
+        self.fallback_reason = reason if self.fallback_reason is None else f"{self.fallback_reason}; {reason}"
+        self.verify = True  # the next path is checked on this face too
+        if self.method == "packed":  # e.g. an attention implementation without custom 4-D masks
+            self.method = "padded"
+            return
         self.method = "naive"
-        self.fallback_reason = f"{type(err).__name__}: {err}"
         warnings.warn(
             f"x2dfd assess: the prefix-cached cue scorer cannot be used with '{self.mllm.options.model}' "
             f"({self.fallback_reason}); falling back to the exact one-prompt-per-cue path (same scores, slower)",

@@ -61,20 +61,21 @@ def test_cached_scores_equal_full_prompt_forward(fixture, request):
     assert mllm.dtype == torch.float32
     cues = _varied_cues(5)
     images = _images(2)
-    one = CueScorer(mllm, cues, batch_size=1, method="cached")
-    three = CueScorer(mllm, cues, batch_size=3, method="cached")
+    one = CueScorer(mllm, cues, batch_size=1, method="packed")
+    three = CueScorer(mllm, cues, batch_size=3, method="packed")
+    padded = CueScorer(mllm, cues, batch_size=3, method="padded")
     suffix_lens = {len(ids) - three.shared_len for ids in three.token_ids}
-    assert len(suffix_lens) >= 4  # really different lengths: batches are right-padded
+    assert len(suffix_lens) >= 4  # really different lengths: padded batches are padded, packed segments differ
     refs = []
     for image in images:  # two images: the second must not see the first one's cache
         ref = np.array([_reference_p_yes(mllm, image, p, one.yes_id, one.no_id) for p in one.prompts])
-        assert np.abs(one.score_image(image) - ref).max() < 1e-4
-        assert np.abs(three.score_image(image) - ref).max() < 1e-4
+        for scorer in (one, three, padded):
+            assert np.abs(scorer.score_image(image) - ref).max() < 1e-4, scorer.method
         refs.append(ref)
     assert np.abs(three.score_image(images[0], [4, 0, 2]) - refs[0][[4, 0, 2]]).max() < 1e-4  # any subset, any order
-    assert one.method == three.method == "cached" and one.fallback_reason is None
+    assert (one.method, three.method, padded.method) == ("packed", "packed", "padded") and one.fallback_reason is None
     # one prefill per image, then ceil(5 / batch) suffix passes
-    assert one.calls == 2 * (1 + 5) and three.calls == 2 * (1 + 2) + (1 + 1)
+    assert one.calls == 2 * (1 + 5) and padded.calls == 2 * (1 + 2) and three.calls == 2 * (1 + 2) + (1 + 1)
     assert len({round(float(p), 7) for p in refs[0]}) > 1  # cues do change the answer
     assert np.abs(refs[0] - refs[1]).max() > 1e-6  # and so do images
 
@@ -85,14 +86,15 @@ def test_auto_verifies_then_falls_back_once(selfcontained_llava, monkeypatch):
     images = _images(2)
     good = CueScorer(mllm, cues, batch_size=2)  # auto: verified on the first image, stays cached
     expected = [good.score_image(im) for im in images]
-    assert good.method == "cached" and good.max_verify_diff is not None and good.max_verify_diff < 1e-6
+    assert good.method == "packed" and good.max_verify_diff is not None and good.max_verify_diff < 1e-6
 
-    original = CueScorer._score_suffixes
-    monkeypatch.setattr(CueScorer, "_score_suffixes", lambda self, prefix, idx: original(self, prefix, idx) + 0.1)
+    original = CueScorer._score_batch
+    monkeypatch.setattr(CueScorer, "_score_batch", lambda self, prefix, idx: original(self, prefix, idx) + 0.1)
     broken = CueScorer(mllm, cues, batch_size=2)
     with pytest.warns(RuntimeWarning, match="falling back to the exact one-prompt-per-cue path") as record:
         got = [broken.score_image(im) for im in images]
-    assert len(record) == 1 and broken.method == "naive" and "differs from the full-prompt forward" in broken.fallback_reason
+    assert len(record) == 1 and broken.method == "naive"
+    assert broken.fallback_reason.count("differs from the full-prompt forward") == 2  # packed, then padded
     for a, b in zip(got, expected):
         assert np.abs(a - b).max() < 1e-6
 
@@ -100,7 +102,7 @@ def test_auto_verifies_then_falls_back_once(selfcontained_llava, monkeypatch):
         raise _Unsupported("no prefix cache for this architecture")
 
     monkeypatch.setattr(CueScorer, "_prefill", unsupported)
-    forced = CueScorer(mllm, cues, batch_size=2, method="cached")  # an explicit method never falls back
+    forced = CueScorer(mllm, cues, batch_size=2, method="packed")  # an explicit method never falls back
     with pytest.raises(_Unsupported):
         forced.score_image(images[0])
     auto = CueScorer(mllm, cues, batch_size=2)
@@ -192,7 +194,7 @@ def test_assess_command_end_to_end_rerun_and_resume(tiny_llava, face_data, tmp_p
     assert ranking["answer_tokens"] == {"yes": "▁Yes", "no": "▁No"}
     assert ranking["data"]["n_scored"] == {"real": 2, "fake": 2} and len(ranking["data"]["fingerprint"]) == 64
     assert ranking["data"]["n_available"] == {"real": 3, "fake": 3} and ranking["data"]["per_class"] == 2
-    assert ranking["scorer"]["method"] == "cached" and ranking["scorer"]["max_verify_diff"] < 1e-4
+    assert ranking["scorer"]["method"] == "packed" and ranking["scorer"]["max_verify_diff"] < 1e-4
     cues = ranking["cues"]
     assert len(cues) == 9 and [c["rank"] for c in cues] == list(range(1, 10))
     assert {c["region"] for c in cues} == {"teeth", "eyes"} and {r["region"] for r in ranking["regions"]} == {"teeth", "eyes"}
@@ -218,7 +220,7 @@ def test_assess_command_end_to_end_rerun_and_resume(tiny_llava, face_data, tmp_p
 
     # An interrupted run keeps what it scored; the next run scores only the rest, to the same values.
     out2 = tmp_path / "mfa-interrupted"
-    original = CueScorer._score_suffixes
+    original = CueScorer._score_batch
     calls = {"n": 0}
 
     def flaky(self, prefix, idx):
@@ -227,13 +229,13 @@ def test_assess_command_end_to_end_rerun_and_resume(tiny_llava, face_data, tmp_p
             raise KeyboardInterrupt
         return original(self, prefix, idx)
 
-    monkeypatch.setattr(CueScorer, "_score_suffixes", flaky)
+    monkeypatch.setattr(CueScorer, "_score_batch", flaky)
     common += ["--no-verify-cache"]  # checked above; saves two full forwards per run
     assert _assess([*common, "--out", str(out2)]) == 130
     assert not (out2 / "ranking.json").exists()
     partial = sum(len(s.p_yes) for s in _read_all(out2).values())
     assert 0 < partial < 4 * 9
-    monkeypatch.setattr(CueScorer, "_score_suffixes", original)
+    monkeypatch.setattr(CueScorer, "_score_batch", original)
     assert _assess([*common, "--out", str(out2)]) == 0
     resumed = json.loads((out2 / "ranking.json").read_text())
     assert resumed["run"]["newly_scored"] == 4 * 9 - partial
