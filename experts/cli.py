@@ -17,6 +17,7 @@ from pathlib import Path
 
 from x2dfd.cliargs import parse_config, to_jsonable
 from x2dfd.errors import UsageError
+from x2dfd.pipeline import PipelineOptions
 
 TRAINABLE = ("blend",)
 BACKBONE_CHOICES = ["efficientnet_lite0", "clip"]
@@ -116,11 +117,41 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def score_main(argv: list[str]) -> int:
-    """``x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]``.
+@dataclass
+class ScoreConfig(PipelineOptions):
+    """Score faces with the external experts alone (no MLLM): p_fake per input as JSON lines, the same
+    inputs and face cropping as `x2dfd explain` (this is `x2dfd explain --mllm none`)."""
 
-    LEAD: fill in as a thin wrapper over explain's expert-only mode (``x2dfd explain --mllm none``)."""
-    raise NotImplementedError("x2dfd expert score: to be wired to explain's expert-only mode (x2dfd explain --mllm none)")
+    inputs: list[str] = field(default_factory=list, metadata={"positional": True})
+    """Images, videos, directories (searched recursively) or glob patterns."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
+    """Expert to run (default: the shipped blending expert)."""
+    out: str | None = None
+    """JSONL file the records are appended to (default: printed to stdout); reruns resume."""
+    report: str | None = None
+    """Also write an HTML report (with the experts' heatmaps) into this directory."""
+    device: str = "auto"
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
+    quiet: bool = field(default=False, metadata={"store_true": True})
+    """No progress bar and no summary table."""
+    max_new_tokens: int = field(default=0, metadata={"cli": False})
+
+    def __post_init__(self):
+        PipelineOptions.__post_init__(self)
+        if not self.inputs:
+            raise UsageError("give at least one INPUT (image, video, directory or glob)")
+
+
+def score_main(argv: list[str]) -> int:
+    """``x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]``: explain's pipeline in expert-only mode."""
+    cfg = parse_config(ScoreConfig, argv, prog="x2dfd expert score")
+    from x2dfd.explain import ExplainConfig, run_explain, summary_table
+
+    explain_cfg = ExplainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, mllm="none")
+    records = run_explain(explain_cfg)
+    if not cfg.quiet and records:
+        print(summary_table(records), file=sys.stderr)
+    return 0
 
 
 def list_main(argv: list[str]) -> int:

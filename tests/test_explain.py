@@ -133,3 +133,79 @@ def test_accelerate_launch_shards_and_merges(selfcontained_llava, tmp_path):
     assert not list(tmp_path.glob("merged.shard-*"))
     config = json.loads(out.with_suffix(".config.json").read_text())
     assert config["processes"] == 2
+
+
+class _Bright:
+    """Stub expert: mean brightness is its p_fake; a half-bright heatmap for localization."""
+
+    name, prompt_name = "bright", "brightness"
+
+    @classmethod
+    def load(cls, weights=None, device="cpu", **kw):
+        return cls()
+
+    def score(self, faces):
+        from x2dfd.records import ExpertScore
+
+        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
+
+    def localize(self, faces):
+        return [np.full((f.height, f.width), 0.5, np.float32) for f in faces]
+
+    def info(self):
+        return {"name": self.name, "weights": None}
+
+
+@pytest.fixture
+def bright_expert():
+    import experts
+
+    experts.register_expert("bright", _Bright, overwrite=True)
+    yield
+    experts.unregister_expert("bright")
+
+
+def test_expert_scores_enter_the_prompt_and_record(selfcontained_llava, bright_expert, tmp_path):
+    from x2dfd.explain import ExplainConfig, build_explainer
+
+    [img] = _noise_images(tmp_path, 1)
+    cfg = ExplainConfig(inputs=[str(img)], model=str(selfcontained_llava), expert=["bright"], face_crop=False,
+                        max_new_tokens=0)
+    explainer = build_explainer(cfg)
+    [rec] = list(explainer.run([str(img)]))
+    expected = float(np.asarray(Image.open(img).convert("RGB")).mean() / 255.0)
+    assert rec.experts == {"bright": pytest.approx(expected, abs=1e-6)}
+    question = explainer.question(rec.experts)
+    assert f"the brightness score is {expected:.3f}" in question  # X2-DFD's wording
+    assert "the brightness score is N/A" in explainer.question({"bright": None})
+    # The verdict is read from the prompt WITH the score: the same as asking the MLLM directly.
+    [j] = explainer.mllm.judge([Image.open(img).convert("RGB")], [question], max_new_tokens=0)
+    assert rec.p_fake == pytest.approx(j.p_fake, abs=1e-6)
+
+
+def test_mllm_none_is_expert_only_and_expert_score_is_the_same(bright_expert, tmp_path, capsys):
+    from experts.cli import main as expert_main
+
+    images = _noise_images(tmp_path / "in", 2)
+    out1, out2 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert explain_main([str(tmp_path / "in"), "--mllm", "none", "--expert", "bright", "--no-face-crop",
+                         "--out", str(out1), "--quiet"]) == 0
+    assert expert_main(["score", str(tmp_path / "in"), "--expert", "bright", "--no-face-crop", "--out", str(out2),
+                        "--quiet"]) == 0
+    rows1, rows2 = _read(out1), _read(out2)
+    assert [r["path"] for r in rows1] == [str(p) for p in images]
+    for r1, r2 in zip(rows1, rows2):
+        assert r1["mode"] == "expert-only" and r1["explanation"] is None and r1["model"] is None
+        assert r1["p_fake"] == pytest.approx(r1["experts"]["bright"]) == pytest.approx(r2["p_fake"])
+        assert r1["label"] == ("fake" if r1["p_fake"] >= 0.5 else "real")
+
+
+def test_unknown_expert_and_nothing_to_run_are_usage_errors(tmp_path, capsys):
+    from x2dfd.cli import main as cli_main
+
+    [img] = _noise_images(tmp_path, 1)
+    assert cli_main(["explain", str(img), "--mllm", "none", "--expert", "sbl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("x2dfd explain: error: Unknown expert 'sbl'. Available: ") and "blend" in err
+    assert cli_main(["explain", str(img), "--mllm", "none", "--no-expert"]) == 2
+    assert "nothing could give a verdict" in capsys.readouterr().err
