@@ -54,7 +54,8 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
     experts = "none (`--no-expert`)" if cfg.get("no_expert") else ", ".join(cfg.get("expert") or []) or "blend (default)"
     balance = data.get("balance") or {}
     train_b, eval_b = balance.get("train") or {}, balance.get("eval") or {}
-    cue_lines = [f"| {c.get('rank', '-')} | `{c['id']}` | {_fmt(c.get('auc'))} | {c['present']} |" for c in data.get("cues") or []]
+    cue_lines = [f"| {c.get('rank', '-')} | `{c['id']}` | {_fmt(c.get('auc'))} | {c['present']} |"
+                 for c in data.get("cues") or []]
     before = metrics.get("eval_before") or {}
     eval_lines = [f"| before training | {_fmt(before.get('auc'))} | {_fmt(before.get('accuracy'))} |"] if before else []
     eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {_fmt(e.get('auc'))} | {_fmt(e.get('accuracy'))} |"
@@ -91,7 +92,8 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"({lora['trainable']['percent']}%)",
         f"- lr {cfg['lr']} ({cfg['scheduler']}, warmup {cfg['warmup_ratio']}), {resolved['schedule']['total_updates']} "
         f"optimizer steps, effective batch {resolved['schedule']['effective_batch']}, {resolved['processes']} process(es), "
-        f"{resolved['dtype']}{', 4-bit NF4 base (QLoRA)' if resolved.get('quantization') == '4bit' else ''}, seed {cfg['seed']}",
+        f"{resolved['dtype']}{', 4-bit NF4 base (QLoRA)' if resolved.get('quantization') == '4bit' else ''}, "
+        f"seed {cfg['seed']}",
         f"- final training loss {_fmt(train.get('final_loss'))} after {_fmt(train.get('seconds'))} s (curve: `loss.png`, "
         "`loss.jsonl`)", "",
         "## Evaluation (held-out p_fake)", "",

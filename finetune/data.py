@@ -17,8 +17,9 @@ Per face (cropped as ``x2dfd explain`` crops it):
 
 The folder holds ``train.jsonl`` and ``eval.jsonl`` (one sample per line: image, label, question,
 answer, cues, cue_p_yes, experts, path, sha256, video_id, source), ``images/`` (the face crops the
-samples point to), ``data.json`` (class balance, dropped faces, what the data was built from) and
-``scores.jsonl`` (cue scores computed here, a resume cache). Edit the JSONL files freely before
+samples point to), ``ranking.json`` (a copy of the ranking it was built from), ``data.json`` (class
+balance, dropped faces, what the data was built from) and ``scores.jsonl`` (cue scores computed
+here, a resume cache). Edit the JSONL files freely before
 training with ``--data-dir``: ``load_training_data`` checks every line.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -48,6 +50,7 @@ EXPERT_FAKE_MIN = 0.70
 EXPERT_REAL_MAX = 0.30
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 INFO_FILE = "data.json"
+RANKING_FILE = "ranking.json"
 IMAGES_DIR = "images"
 REQUIRED_COLUMNS = ("image", "label", "question", "answer")
 LOADED_COLUMNS = (*REQUIRED_COLUMNS, "path", "sha256", "video_id", "source")
@@ -151,7 +154,8 @@ def clean_rationale(text: str, max_sentences: int = 2) -> str | None:
     return " ".join(sentences) or None
 
 
-def generate_rationales(mllm, faces: list, labels: list[int], phrases: list[list[str]], max_new_tokens: int) -> list[str | None]:
+def generate_rationales(mllm, faces: list, labels: list[int], phrases: list[list[str]],
+                        max_new_tokens: int) -> list[str | None]:
     """Ask the base MLLM, for each face, why it is real/fake given the cues (continuing "This image is <label>.")."""
     import torch
 
@@ -288,6 +292,9 @@ class DataBuilder:
                         faces.append(_Face(row, self._face(row["path"])))
                     except X2DFDError as err:  # no face / unreadable: reported per class, never silently dropped
                         dropped[LABEL_NAMES[row["label"]]].append({"path": row["path"], "error": one_line(str(err))})
+                    except Exception as err:  # noqa: BLE001 - per-item boundary: record the file and the cause
+                        dropped[LABEL_NAMES[row["label"]]].append(
+                            {"path": row["path"], "error": one_line(f"{type(err).__name__}: {err}")})
                 built[group] += self._samples(faces, data_dir)
                 if not cfg.quiet:
                     print(f"\rbuilding data: {group} {min(start + self.chunk, len(todo))}/{len(todo)} faces",
@@ -304,12 +311,15 @@ class DataBuilder:
         train = rebalance(train, cfg.balance, cfg.seed)
         for split, rows in (("train", train), ("eval", held)):
             _write_jsonl(data_dir / SPLIT_FILES[split], rows)
+        if self.ranking_path.resolve() != (data_dir / RANKING_FILE).resolve():
+            shutil.copyfile(self.ranking_path, data_dir / RANKING_FILE)  # the folder stays self-contained
         info = {
             "command": "finetune --build-data-only" if cfg.build_data_only else "finetune",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {"data": cfg.data, "eval_data": cfg.eval_data, "split": cfg.split},
-            "ranking": {"path": str(self.ranking_path), "fingerprint": file_fingerprint(self.ranking_path),
-                        "model": self.ranking.get("model"), "setting": (self.ranking.get("setting") or {}).get("id")},
+            "ranking": {"path": str(self.ranking_path), "copy": RANKING_FILE,
+                        "fingerprint": file_fingerprint(self.ranking_path), "model": self.ranking.get("model"),
+                        "setting": (self.ranking.get("setting") or {}).get("id")},
             "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "present": c["present"],
                       "absent": c["absent"]} for c in self.cues],
             "cue_order": cfg.cue_order, "cues_per_answer": cfg.cues_per_answer, "rationale": cfg.rationale,

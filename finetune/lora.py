@@ -138,8 +138,8 @@ def load_for_training(cfg, device: torch.device):
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local_only)
     try:
         processor = AutoProcessor.from_pretrained(source, **common)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, quantization_config=kbit_config(cfg, dtype),
-                                                            device_map={"": str(device)}, **common)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=dtype, quantization_config=kbit_config(cfg, dtype), device_map={"": str(device)}, **common)
     except ValueError as err:
         raise ModelNotFoundError(f"cannot load model '{cfg.model}' as an image-text-to-text model: {err}") from err
     except OSError as err:
@@ -183,7 +183,11 @@ def add_lora(model, cfg, parts: ModelParts):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=gc_kwargs)
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=gc_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     model.config.use_cache = False
     peft_model = get_peft_model(model, lora_config(cfg, parts))
     check_lora_scope(peft_model, parts)

@@ -2,7 +2,7 @@
 
     x2dfd assess data/ --model llava-hf/llava-1.5-7b-hf --out mfa/                       # rank the cues first
     x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora                 # build data, train, evaluate
-    x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora --build-data-only   # inspect/edit runs/x2dfd-lora/data
+    x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora --build-data-only  # then inspect/edit OUT/data
     x2dfd finetune --data-dir runs/x2dfd-lora/data --out runs/x2dfd-lora --load-in-4bit    # QLoRA from (edited) data
     x2dfd finetune ... --resume                                                           # continue after a crash
     accelerate launch -m x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x   # many GPUs / nodes
@@ -180,18 +180,20 @@ def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: s
 
 
 def data_summary(info: dict[str, Any], data_dir: Path) -> str:
+    """The data report printed after building: class balance per split, what was dropped, the cues."""
     b = info["balance"]
+    train, before = b["train"], b["train_before"]
     dropped = info["dropped"]["no_face_or_unreadable"]
-    ratio = b["train"]["fake_per_real"]
+    rebalanced = "" if b["mode"] == "none" else f"; {b['mode']} from {before['real']} real, {before['fake']} fake"
     lines = [f"training data in {data_dir}:",
-             f"  train: {b['train']['real']} real, {b['train']['fake']} fake ({ratio if ratio is not None else '-'} fake per real"
-             f"{'; ' + b['mode'] + ' from ' + str(b['train_before']['real']) + ' real, ' + str(b['train_before']['fake']) + ' fake' if b['mode'] != 'none' else ''})",
+             f"  train: {train['real']} real, {train['fake']} fake ({train['fake_per_real']} fake per real{rebalanced})",
              f"  eval:  {b['eval']['real']} real, {b['eval']['fake']} fake",
-             f"  dropped (no face / unreadable): {dropped['real']} real, {dropped['fake']} fake; duplicate files: "
-             f"{info['dropped']['duplicate_files']}",
+             f"  dropped (no face / unreadable): {dropped['real']} real, {dropped['fake']} fake; "
+             f"duplicate files: {info['dropped']['duplicate_files']}",
              f"  cues: {', '.join(c['id'] for c in info['cues'])}",
              f"  answers with an expert sentence: {info['expert_sentences']}"]
-    if ratio is not None and (ratio > 2 or ratio < 0.5) and b["mode"] == "none":
+    ratio = train["fake_per_real"]
+    if b["mode"] == "none" and ratio is not None and not 0.5 <= ratio <= 2:
         lines.append("  note: the classes are imbalanced; --balance undersample|oversample evens them")
     return "\n".join(lines)
 
@@ -226,8 +228,9 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
 
     from finetune.batch import AnswerEncoder
     from finetune.card import plot_loss, write_model_card
-    from finetune.data import data_fingerprint, file_fingerprint, load_training_data
-    from finetune.lora import add_lora, find_parts, lora_modules, load_for_training, param_groups, target_regex, trainable_share
+    from finetune.data import RANKING_FILE, data_fingerprint, file_fingerprint, load_training_data
+    from finetune.lora import (add_lora, find_parts, load_for_training, lora_modules, param_groups, target_regex,
+                               trainable_share)
     from x2dfd.mllm import MLLM, resolve_dtype
 
     t_start = time.perf_counter()
@@ -318,8 +321,9 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
             kept = [ln for ln in loss_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
         loss_path.write_text("".join(ln + "\n" for ln in kept))
 
+    projector = "trained" if len(optimizer.param_groups) > 1 else "frozen"
     _log(cfg, accelerator, f"{type(mllm.model).__name__}: LoRA r={cfg.lora_r} on {len(lora_modules(model))} "
-                           f"language-model layers, projector {'trained' if len(param_groups(model, cfg)) > 1 else 'frozen'}; "
+                           f"language-model layers, projector {projector}; "
                            f"trainable {share['trainable']:,} of {share['total']:,} parameters ({share['percent']}%); "
                            f"{len(train_ds)} train / {len(eval_ds)} held-out samples; {total_updates} optimizer steps "
                            f"on {world} process(es), {device}, {str(dtype).replace('torch.', '')}"
@@ -399,7 +403,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(str(out_dir))
         mllm.processor.save_pretrained(str(out_dir))
-        ranking_src = Path(data_info.get("ranking", {}).get("path") or "")
+        ranking_src = data_dir / RANKING_FILE
         if ranking_src.is_file():
             shutil.copyfile(ranking_src, out_dir / "ranking.json")
         losses = [json.loads(ln) for ln in loss_path.read_text().splitlines() if ln.strip()]

@@ -235,18 +235,23 @@ def test_build_data_only_edit_and_train_from_data_dir(seam_data, selfcontained_l
     out = tmp_path / "run"
     common = ["--model", str(selfcontained_llava), "--no-face-crop", "--no-expert", "--quiet"]
     assert finetune_main([str(seam_data), "--ranking", str(ranking), "--out", str(out), "--build-data-only",
-                          "--cue-order", "rank", "--balance", "undersample", *common]) == 0
+                          "--cue-order", "rank", "--balance", "undersample", "--rationale", "--rationale-tokens", "8",
+                          *common]) == 0
     data_dir = out / "data"
     assert not (out / "adapter_config.json").exists()
+    assert json.loads((data_dir / "data.json").read_text())["rationale"] is True
+    assert (data_dir / "ranking.json").read_bytes() == ranking.read_bytes()
     rows = _rows(data_dir / "train.jsonl")
     assert all(r["cue_source"] == "rank" and r["cues"] == CUE_IDS[:3] for r in rows)
     edited = dict(rows[0], answer=ftdata.answer_head(rows[0]["label"]) + " Edited by hand.")
     (data_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [edited, *rows[1:]]))
     out2 = tmp_path / "run2"
     assert finetune_main(["--data-dir", str(data_dir), "--out", str(out2), "--max-steps", "2", "--batch-size", "2",
-                          "--no-eval-before", *common]) == 0
+                          "--grad-accum", "2", "--no-eval-before", *common]) == 0
     config = json.loads((out2 / "finetune.config.json").read_text())
     assert config["data"]["fingerprint"] == ftdata.data_fingerprint(data_dir) and config["schedule"]["total_updates"] == 2
+    assert config["schedule"]["effective_batch"] == 4 and len(_rows(out2 / "loss.jsonl")) == 2
+    assert (out2 / "ranking.json").read_bytes() == ranking.read_bytes()
     wrong = dict(rows[1], answer="This image is " + ("real." if rows[1]["label"] else "fake."))
     (data_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [edited, wrong]))
     with pytest.raises(UsageError, match=r"line 2: the answer must start with"):
