@@ -42,7 +42,7 @@ def holdout_list(split: Path | None) -> tuple[list[str], str]:
     records = sorted((ROOT / "experts" / "weights").glob("blend_*.json"))
     for rec in records:
         data = json.loads(rec.read_text())
-        hold = (data.get("split") or {}).get("holdout")
+        hold = ((data.get("training") or data).get("split") or {}).get("holdout")
         if hold:
             return hold, str(rec)
     raise SystemExit("no held-out split found beside the shipped blend weights; pass --split OUT/split.json")
