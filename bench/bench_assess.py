@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
