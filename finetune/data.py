@@ -38,6 +38,7 @@ from typing import Any
 
 from prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, render_template, template_version
 from x2dfd.errors import UsageError, X2DFDError
+from x2dfd.media import file_sha256
 from x2dfd.pipeline import QUESTION_TEMPLATE
 from x2dfd.records import one_line
 
@@ -278,7 +279,7 @@ class DataBuilder:
         for group, rows in groups.items():
             todo = []
             for row in rows:
-                row["sha256"] = _sha256(row["path"])
+                row["sha256"] = file_sha256(row["path"])
                 if row["sha256"] in seen:
                     duplicates += 1  # the same file twice would leak across the split
                     continue
@@ -318,7 +319,7 @@ class DataBuilder:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {"data": cfg.data, "eval_data": cfg.eval_data, "split": cfg.split},
             "ranking": {"path": str(self.ranking_path), "copy": RANKING_FILE,
-                        "fingerprint": file_fingerprint(self.ranking_path), "model": self.ranking.get("model"),
+                        "fingerprint": file_sha256(self.ranking_path), "model": self.ranking.get("model"),
                         "setting": (self.ranking.get("setting") or {}).get("id")},
             "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "present": c["present"],
                       "absent": c["absent"]} for c in self.cues],
@@ -430,12 +431,6 @@ class DataBuilder:
         return self.scorer, self.store, self.setting_id
 
 
-def _sha256(path: str) -> str:
-    from x2dfd.media import file_sha256
-
-    return file_sha256(path)
-
-
 def _face_setting(cfg) -> dict[str, Any]:
     face = {"crop": cfg.face_crop}
     if cfg.face_crop:
@@ -452,14 +447,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def file_fingerprint(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(data_dir: str | Path) -> str:
     """sha256 over both JSONL files and every image they point to: changes when any sample or picture does."""
     data_dir = Path(data_dir)
@@ -473,7 +460,7 @@ def data_fingerprint(data_dir: str | Path) -> str:
                 if line.strip():
                     image = json.loads(line).get("image")
                     if isinstance(image, str) and (data_dir / image).is_file():
-                        h.update(file_fingerprint(data_dir / image).encode())
+                        h.update(file_sha256(data_dir / image).encode())
     return h.hexdigest()
 
 

@@ -228,9 +228,10 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
 
     from finetune.batch import AnswerEncoder
     from finetune.card import plot_loss, write_model_card
-    from finetune.data import RANKING_FILE, data_fingerprint, file_fingerprint, load_training_data
+    from finetune.data import RANKING_FILE, data_fingerprint, load_training_data
     from finetune.lora import (add_lora, find_parts, load_for_training, lora_modules, param_groups, target_regex,
                                trainable_share)
+    from x2dfd.media import file_sha256
     from x2dfd.mllm import MLLM, resolve_dtype
 
     t_start = time.perf_counter()
@@ -426,7 +427,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
                      "balance": data_info.get("balance"), "cues": data_info.get("cues"),
                      "templates": data_info.get("templates")},
             "ranking": data_info.get("ranking"),
-            "ranking_fingerprint": (file_fingerprint(out_dir / "ranking.json")
+            "ranking_fingerprint": (file_sha256(out_dir / "ranking.json")
                                     if (out_dir / "ranking.json").is_file() else None),
         }
         (out_dir / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, default=str) + "\n")

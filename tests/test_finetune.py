@@ -25,6 +25,7 @@ from finetune.train import list_checkpoints, run_finetune
 from finetune.train import main as finetune_main
 from prompts import ANSWER_PREFIX
 from x2dfd.errors import UsageError
+from x2dfd.media import file_sha256
 from x2dfd.records import ExpertScore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +97,6 @@ def trained(seam_data, selfcontained_llava, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     ranking = _ranking(root / "mfa")
     store = ScoreStore(root / "mfa" / "scores.jsonl")
-    from x2dfd.media import file_sha256
-
     cached = {}
     for i, path in enumerate(sorted(seam_data.rglob("*.png"))[::2]):
         p_yes = {c: round(0.1 + 0.2 * ((i + k) % 4), 3) for k, c in enumerate(CUE_IDS)}
@@ -371,7 +370,7 @@ def test_outputs_card_and_adapter_use(trained, seam_data, selfcontained_llava, t
     config = json.loads((out / "finetune.config.json").read_text())
     assert config["config"]["lora_r"] == 16 and config["lora"]["vision_tower"] == "model.vision_tower"
     assert config["data"]["fingerprint"] == ftdata.data_fingerprint(out / "data")
-    assert config["ranking_fingerprint"] == ftdata.file_fingerprint(trained["ranking"])
+    assert config["ranking_fingerprint"] == file_sha256(trained["ranking"])
     assert 0 < config["lora"]["trainable"]["percent"] < 100
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_before"]["n"] == 4 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
