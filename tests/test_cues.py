@@ -209,3 +209,22 @@ def test_generate_cues_flags():
         parse_args([])  # neither DATA nor --generate-cues
     cfg = parse_args(["--generate-cues", "2", "--cues-out", "x.yaml"])
     assert cfg.data is None and cfg.generate_cues == 2
+
+
+def test_mllm_own_language_model_proposes(selfcontained_llava, _one_thread):
+    """Without --generator-model the MLLM's own LM is prompted text-only through its chat template."""
+    from feature_assessment.generate import mllm_generator
+    from x2dfd.mllm import MLLMOptions, load_mllm
+
+    mllm = load_mllm(MLLMOptions(model=str(selfcontained_llava)))
+    prompts = []
+    propose = mllm_generator(mllm, max_new_tokens=6, seed=3)
+
+    def spy(prompt: str) -> str:
+        prompts.append(prompt)
+        text = propose(prompt)
+        assert isinstance(text, str)
+        return text + "\nears | Is an earlobe split in two? | an earlobe is split in two | the earlobes are whole"
+
+    result = generate_cues(spy, load_cues().cues, n=1, max_rounds=2)
+    assert [c.id for c in result.accepted] == ["ears.gen_001"] and result.rounds == 1 and len(prompts) == 1
