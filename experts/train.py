@@ -186,23 +186,41 @@ def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool
 
 
 class SBIDataset(torch.utils.data.Dataset):
-    """Item i at epoch e: a (real, fake, mask) triple whose randomness is seeded by (seed, e, i)."""
+    """Item ``(epoch, i)``: a (real, fake, mask) triple whose randomness is seeded by (seed, epoch, i).
+
+    The epoch travels inside the index (see :class:`EpochSampler`), so persistent worker processes
+    need no shared state; an int index means epoch 0 (training) or the fixed validation view."""
 
     def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
-        self.seed, self.train, self.epoch = seed, train, 0
+        self.seed, self.train = seed, train
 
     def __len__(self) -> int:
         return len(self.faces)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        key = [self.seed, self.epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, i = index if isinstance(index, tuple) else (0, index)
+        key = [self.seed, epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
         real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train)
         x = to_tensor([real, fake], self.mean, self.std)
         return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, i)`` in a seeded order; ``set_epoch`` (main process) moves to the next epoch."""
+
+    def __init__(self, n: int, n_take: int, seed: int):
+        self.n, self.n_take, self.seed, self.epoch = n, n_take, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_take
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch, 1]).permutation(self.n)[: self.n_take]
+        return iter([(self.epoch, int(i)) for i in perm])
 
 
 def _worker_init(_: int) -> None:
@@ -384,16 +402,18 @@ def train(s: TrainSettings) -> dict[str, Any]:
         print(f"--resume: no checkpoint in '{ckpt}', starting from scratch", file=sys.stderr)
 
     step = start_epoch * steps_per_epoch
+    sampler = EpochSampler(len(ds), min(len(ds), steps_per_epoch * s.batch_size), s.seed)
+    # Workers are spawned (not forked) once and kept: forking a process whose torch/OpenMP threads are
+    # busy can deadlock the child (it did here, at the second epoch's fork).
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=s.batch_size, sampler=sampler, num_workers=s.workers,
+        worker_init_fn=_worker_init if s.workers else None, persistent_workers=s.workers > 0,
+        prefetch_factor=4 if s.workers else None, multiprocessing_context="spawn" if s.workers else None,
+    )
     for epoch in range(start_epoch, s.epochs):
         t0 = time.time()
-        ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         torch.manual_seed(s.seed * 1000 + epoch)  # dropout / stochastic depth
-        perm = np.random.default_rng([s.seed, epoch, 1]).permutation(len(ds))[: steps_per_epoch * s.batch_size]
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=s.batch_size, sampler=perm.tolist(), num_workers=s.workers,
-            worker_init_fn=_worker_init if s.workers else None, persistent_workers=False,
-            prefetch_factor=4 if s.workers else None,
-        )
         model.train()
         sums = np.zeros(3)
         count = 0
