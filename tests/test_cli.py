@@ -25,6 +25,19 @@ def test_help_lists_commands_without_importing_torch():
     assert "explain" in out and "assess" in out and out.strip().endswith("NO-TORCH")
 
 
+def test_every_command_help_is_fast_and_torch_free():
+    from x2dfd.cli import COMMANDS
+
+    for name in COMMANDS:
+        code = ("import sys, io, contextlib, x2dfd.cli as c\n"
+                "with contextlib.redirect_stdout(io.StringIO()):\n"
+                f"    try: c.main([{name!r}, '--help'])\n"
+                "    except SystemExit: pass\n"
+                "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip().endswith("NO-TORCH"), name
+
+
 def test_explain_help_comes_from_field_docstrings():
     res = run_cli("explain", "--help")
     assert res.returncode == 0

@@ -23,31 +23,9 @@ from x2dfd import __version__
 from x2dfd.cliargs import parse_config, to_jsonable
 from x2dfd.errors import UsageError
 from x2dfd.inputs import expand_inputs
-from x2dfd.mllm import DEFAULT_MODEL, MLLMOptions
+from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
 from x2dfd.records import Record
-
-
-@dataclass
-class ModelArgs(MLLMOptions):
-    """MLLM options with their command-line help (shared by every command that loads an MLLM)."""
-
-    model: str = DEFAULT_MODEL
-    """MLLM checkpoint: a Hugging Face hub id (fetched on first use where the hub is reachable) or a local directory."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit) of --model."""
-    adapter: str | None = None
-    """A peft LoRA adapter directory to apply (e.g. the output of `x2dfd finetune`)."""
-    device: str = "auto"
-    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
-    dtype: str = field(default="auto", metadata={"choices": ["auto", "float32", "bfloat16", "float16"]})
-    """auto: bfloat16 on CUDA, float32 on CPU."""
-    load_in_4bit: bool = False
-    """Quantize the MLLM to 4-bit NF4 with bitsandbytes (works on CPU too)."""
-    load_in_8bit: bool = False
-    """Quantize the MLLM to 8-bit with bitsandbytes."""
-    trust_remote_code: bool = False
-    """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
 
 
 @dataclass

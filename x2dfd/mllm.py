@@ -32,27 +32,13 @@ from PIL import Image
 
 from prompts import ANSWER_PREFIX, VERDICT_WORDS
 from x2dfd.errors import ModelNotFoundError, UsageError
+from x2dfd.modelargs import DEFAULT_MODEL, DTYPE_NAMES, MLLMOptions
 
-DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
+__all__ = ["DEFAULT_MODEL", "MLLM", "MLLMOptions", "Judgement", "load_mllm", "resolve_checkpoint", "resolve_device",
+           "resolve_dtype", "apply_adapter"]
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class MLLMOptions:
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    adapter: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-
-    def __post_init__(self):
-        if self.load_in_4bit and self.load_in_8bit:
-            raise UsageError("--load-in-4bit and --load-in-8bit exclude each other; pick one")
-        if self.dtype not in ("auto", *DTYPES):
-            raise UsageError(f"--dtype '{self.dtype}' is not supported. Available: auto, {', '.join(DTYPES)}.")
+assert tuple(DTYPES) == DTYPE_NAMES
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,0 +1,46 @@
+"""How to load an MLLM, as options with their command-line help (no torch import: ``--help`` stays fast).
+
+Every command that loads an MLLM (explain, assess, finetune, evaluate, demo) takes these options by
+inheriting :class:`MLLMOptions`; ``x2dfd.mllm.load_mllm`` reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from x2dfd.errors import UsageError
+
+DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"  # X2-DFD's base model
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class MLLMOptions:
+    """Which MLLM checkpoint to load, and how."""
+
+    model: str = DEFAULT_MODEL
+    """MLLM checkpoint: a Hugging Face hub id (fetched on first use where the hub is reachable) or a local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of --model."""
+    adapter: str | None = None
+    """A peft LoRA adapter directory to apply (e.g. the output of `x2dfd finetune`)."""
+    device: str = "auto"
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
+    dtype: str = field(default="auto", metadata={"choices": ["auto", *DTYPE_NAMES]})
+    """auto: bfloat16 on CUDA, float32 on CPU."""
+    load_in_4bit: bool = False
+    """Quantize the MLLM to 4-bit NF4 with bitsandbytes (works on CPU too)."""
+    load_in_8bit: bool = False
+    """Quantize the MLLM to 8-bit with bitsandbytes."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
+
+    def __post_init__(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise UsageError("--load-in-4bit and --load-in-8bit exclude each other; pick one")
+        if self.dtype not in ("auto", *DTYPE_NAMES):
+            raise UsageError(f"--dtype '{self.dtype}' is not supported. Available: auto, {', '.join(DTYPE_NAMES)}.")
+
+
+# The name the commands use for these options.
+ModelArgs = MLLMOptions
