@@ -70,7 +70,7 @@ from typing import Any
 from x2dfd import __version__
 from x2dfd.cliargs import parse_config, to_jsonable
 from x2dfd.errors import UsageError
-from x2dfd.explain import ModelArgs
+from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
 from x2dfd.records import Record
 
