@@ -127,10 +127,11 @@ def worker(args) -> dict:
     model.train()
     times, losses = [], []
     train_mem = MemoryPeak().__enter__()
+    cpu_times = []
     for i in range(args.warmup + args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with autocast:
             loss = model(**batch).loss
         loss.backward()
@@ -140,6 +141,7 @@ def worker(args) -> dict:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
         losses.append(round(float(loss), 4))
     train_mem.__exit__(None, None, None)
     out = {
@@ -148,6 +150,7 @@ def worker(args) -> dict:
         "tokens_per_sample": int(batch["attention_mask"][0].sum()),
         "answer_tokens": int((batch["labels"][0] != -100).sum()),
         "step_s_mean": round(sum(times) / len(times), 3), "step_s_min": round(min(times), 3), "steps_timed": len(times),
+        "step_cpu_s_mean": round(sum(cpu_times) / len(cpu_times), 3),
         "load_s": round(load_s, 2), "rss_at_start_mb": round(rss0),
         "load_peak_private_mb": round(load_mem.peak["RssAnon"]), "load_peak_rss_mb": round(load_mem.peak["VmRSS"]),
         "private_after_load_mb": round(after_load["RssAnon"]), "rss_after_load_mb": round(after_load["VmRSS"]),
@@ -177,6 +180,29 @@ def _full_depth_share(full_config, shape, result: dict) -> dict:
     return {"text_layers": full_config.text_config.num_hidden_layers, "total_params": total,
             "trainable": trainable, "percent": round(100 * trainable / total, 4) if trainable else None,
             "lora_per_layer": round(per_layer), "projector": projector}
+
+
+def _full_depth_weights(full_config) -> dict:
+    """Computed, not measured: the base weights of the FULL config in each mode. LoRA keeps every weight in the
+    run dtype (fp32 on CPU, bf16 on GPU); QLoRA stores the language model's linear layers in NF4 (4 bits, plus a
+    double-quantized absmax per 64 values, ~0.52 byte per weight) and keeps the rest (embeddings, output head,
+    vision tower, projector) in the run dtype: its saving grows with depth."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(full_config)
+    from finetune.lora import find_parts
+
+    parts = find_parts(model)
+    quantized = sum(m.weight.numel() for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and n.startswith(parts.language_model + "."))
+    total = sum(p.numel() for p in model.parameters())
+    gb = 1e9
+    return {"total_params": total, "nf4_params": quantized,
+            "lora_cpu_fp32_gb": round(total * 4 / gb, 2), "lora_gpu_bf16_gb": round(total * 2 / gb, 2),
+            "qlora_cpu_gb": round((quantized * 0.516 + (total - quantized) * 4) / gb, 2),
+            "qlora_gpu_gb": round((quantized * 0.516 + (total - quantized) * 2) / gb, 2)}
 
 
 def main() -> None:
@@ -244,19 +270,21 @@ def main() -> None:
                      "steps": args.steps},
         "results": results,
         "full_depth_trainable": report_full,
+        "full_depth_weights": _full_depth_weights(full),
     }
     if len(results) == 2:
         a, b = results
         report["qlora_vs_lora"] = {"step_time_ratio": round(b["step_s_mean"] / a["step_s_mean"], 3),
+                                   "step_cpu_time_ratio": round(b["step_cpu_s_mean"] / a["step_cpu_s_mean"], 3),
                                    "train_peak_rss_ratio": round(b["train_peak_rss_mb"] / a["train_peak_rss_mb"], 3),
                                    "train_peak_private_ratio": round(b["train_peak_private_mb"] /
                                                                      a["train_peak_private_mb"], 3)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    rows = [("mode", "step s", "train peak RSS MB", "train peak private MB", "after load RSS/private MB",
+    rows = [("mode", "step s", "step CPU s", "train peak RSS MB", "train peak private MB", "after load RSS/private MB",
              "process peak RSS MB", "trainable", "share %", "tokens")]
     for r in results:
-        rows.append((r["mode"], f"{r['step_s_mean']:.2f}", str(r["train_peak_rss_mb"]), str(r["train_peak_private_mb"]),
+        rows.append((r["mode"], f"{r['step_s_mean']:.2f}", f"{r['step_cpu_s_mean']:.2f}", str(r["train_peak_rss_mb"]), str(r["train_peak_private_mb"]),
                      f"{r['rss_after_load_mb']}/{r['private_after_load_mb']}", str(r["process_peak_rss_mb"]),
                      f"{r['trainable']['trainable']:,}", f"{r['trainable']['percent']:.3f}", str(r["tokens_per_sample"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -264,6 +292,9 @@ def main() -> None:
     if report_full and report_full["percent"]:
         print(f"at full depth ({report_full['text_layers']} text layers): {report_full['trainable']:,} trainable of "
               f"{report_full['total_params']:,} ({report_full['percent']}%)")
+    w = report["full_depth_weights"]
+    print(f"base weights at full depth (computed): LoRA {w['lora_cpu_fp32_gb']} GB fp32 / {w['lora_gpu_bf16_gb']} GB "
+          f"bf16, QLoRA {w['qlora_cpu_gb']} GB (CPU) / {w['qlora_gpu_gb']} GB (GPU)")
     print(f"written to {args.out}")
 
 

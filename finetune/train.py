@@ -217,8 +217,25 @@ def _trainable_only(models, weights, output_dir) -> None:
             weights[i] = {k: v for k, v in weights[i].items() if k in names}
 
 
+def check_inputs(cfg: FinetuneConfig) -> None:
+    """The user's files, checked before anything heavy is imported or loaded (one-line errors in seconds)."""
+    from finetune.data import SPLIT_FILES, load_ranking, strong_cues
+
+    if cfg.data_dir is not None:
+        if not (Path(cfg.data_dir).expanduser() / SPLIT_FILES["train"]).is_file():
+            raise UsageError(f"--data-dir '{cfg.data_dir}' has no {SPLIT_FILES['train']} (build one with --build-data-only)")
+        return
+    ranking, _ = load_ranking(cfg.ranking)
+    strong_cues(ranking, cfg.top_k)
+    for flag, path in (("DATA", cfg.data), ("--eval-data", cfg.eval_data)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise UsageError(f"{flag} '{path}' does not exist (give a folder with real/ and fake/, a .csv/.jsonl "
+                             "manifest or a DeepfakeBench .json)")
+
+
 def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = None) -> FinetuneResult:
     """Everything ``x2dfd finetune`` does, callable from Python (``on_step(step)`` after each optimizer step)."""
+    check_inputs(cfg)
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed

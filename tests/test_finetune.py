@@ -519,6 +519,10 @@ def _cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_cli_help_and_one_line_errors(tmp_path, capsys):
+    res = _cli(str(tmp_path), "--ranking", str(tmp_path / "nope.json"), "--model", str(tmp_path))
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"x2dfd finetune: error: --ranking '{tmp_path / 'nope.json'}' does not exist (run `x2dfd assess DATA --out DIR` "
+        "and pass DIR/ranking.json)"]
     res = _cli("--help")
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
