@@ -107,8 +107,10 @@ def trained(seam_data, selfcontained_llava, tmp_path_factory):
     cfg = FinetuneConfig(data=str(seam_data), ranking=str(ranking), model=str(selfcontained_llava), out=str(out),
                          face_crop=False, expert=["stub"], epochs=2, batch_size=4, eval_fraction=0.25, top_k=3,
                          cues_per_answer=2, lr=1e-3, quiet=True)
-    result = run_finetune(cfg)
-    unregister_expert("stub")
+    try:
+        result = run_finetune(cfg)
+    finally:
+        unregister_expert("stub")
     return {"out": out, "result": result, "cached": cached, "ranking": ranking, "cfg": cfg}
 
 
