@@ -63,10 +63,9 @@ class AnswerEncoder:
         return ids
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts, fulls, answers = [], [], []
+        fulls, answers = [], []
         for s in samples:
             prompt, full = self.texts(s["question"], s["answer"])
-            prompts.append(prompt)
             fulls.append(full)
             answers.append(self.answer_ids(prompt, full, int(s["label"])))
         batch = self.processor(images=[[s["image"]] for s in samples], text=fulls, padding=True, padding_side="right",
@@ -84,13 +83,3 @@ class AnswerEncoder:
         out["labels"] = labels
         return out
 
-
-def to_model(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Tensors onto the device; floating ones (pixel values) in the model's dtype, as ``MLLM.encode`` does."""
-    out = {}
-    for key, value in batch.items():
-        value = value.to(device)
-        if value.is_floating_point():
-            value = value.to(dtype)
-        out[key] = value
-    return out

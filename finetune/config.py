@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from x2dfd.cliargs import build_parser, field_docs
 from x2dfd.errors import UsageError
-from x2dfd.explain import ModelArgs
+from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
 
 BALANCE = ("none", "undersample", "oversample")
