@@ -25,6 +25,8 @@ SCHEDULERS = ("cosine", "linear", "constant")
 class FinetuneConfig(ModelArgs):
     """LoRA/QLoRA fine-tuning of an MLLM into a deepfake explainer: top-ranked cues (SFS) and expert scores (WFS)."""
 
+    adapter: str | None = field(default=None, metadata={"cli": False})
+    """Not an option here: fine-tuning starts from the base model (continue a run with --resume)."""
     data: str | None = field(default=None, metadata={"cli": False})
     """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a
     DeepfakeBench dataset JSON."""

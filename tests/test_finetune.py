@@ -533,8 +533,10 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
                  "--balance", "--eval-fraction", "--gradient-checkpointing", "--max-steps"):
         assert flag in text, flag
     assert "default: 0.0002" in text and "default: 2e-05" in text
-    for argv, message in (([str(tmp_path)], "--ranking"), (["--data-dir", str(tmp_path), "--lora-r", "0"], "--lora-r must be >= 1"),
-                          (["--data-dir", str(tmp_path), "--adapter", "x"], "--resume")):
+    assert "--adapter" not in text
+    for argv, message in (([str(tmp_path)], "--ranking"),
+                          (["--data-dir", str(tmp_path), "--lora-r", "0"], "--lora-r must be >= 1"),
+                          ([str(tmp_path), "--data-dir", str(tmp_path)], "exclude each other")):
         with pytest.raises(SystemExit) as exc:
             finetune_main(argv)
         err = capsys.readouterr().err.strip()
