@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from x2dfd.errors import ModelNotFoundError, UsageError
+from x2dfd.mllm import PROJECTOR_NAMES  # one list, shared with the runtime's 4-bit loading
 
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
-PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector")
 VISION_NAMES = ("vision_tower", "vision_model", "visual")
 
 
@@ -112,19 +112,10 @@ def check_lora_scope(model, parts: ModelParts) -> list[str]:
 
 
 def kbit_config(cfg, dtype: torch.dtype):
-    """QLoRA's quantization (NF4, double quant, compute in ``dtype``), keeping the projector and output head in
-    full precision: the projector is trained, and transformers' default skip list is replaced by this one."""
-    if not (cfg.load_in_4bit or cfg.load_in_8bit):
-        return None
-    from transformers import BitsAndBytesConfig
+    """QLoRA's quantization: the one the runtime loads with (projector and output head kept in full precision)."""
+    from x2dfd.mllm import quantization_config
 
-    # transformers matches these from the start of a module path, as a regex, or as a suffix: ".*\.name"
-    # reaches "model.multi_modal_projector.linear_1"; the plain names serve versions that match substrings.
-    skip = [*PROJECTOR_NAMES, *(rf".*\.{n}" for n in PROJECTOR_NAMES), "lm_head"]
-    if cfg.load_in_4bit:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return quantization_config(cfg, dtype)
 
 
 def load_for_training(cfg, device: torch.device):

@@ -501,8 +501,6 @@ def test_qlora_trains_on_cpu(tiny_llava, seam_data, tmp_path):
     assert all(r["error"] is None for r in _rows(res))
 
 
-@pytest.mark.xfail(strict=True, reason="x2dfd.mllm's 4-bit loading also quantizes the projector, so an adapter that "
-                                       "trained it (X2-DFD's recipe) cannot be applied; see finetune.lora.kbit_config")
 def test_explain_in_4bit_with_a_projector_adapter(tiny_llava, seam_data, tmp_path):
     data_dir = _qlora_data(tiny_llava, seam_data, tmp_path)
     out = tmp_path / "qlora"

@@ -253,17 +253,28 @@ class MLLM:
         }
 
 
-def _quantization_config(options: MLLMOptions, dtype: torch.dtype):
+# The vision-language projector of each architecture (LLaVA, Qwen2-VL, Idefics3/SmolVLM, original LLaVA).
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector")
+
+
+def quantization_config(options: MLLMOptions, dtype: torch.dtype):
+    """bitsandbytes settings for --load-in-4bit / --load-in-8bit, or None.
+
+    4-bit is QLoRA's recipe (Dettmers et al. 2023): NF4 storage, double quantization, compute in the run
+    dtype. The projector and the output head stay in full precision: X2-DFD trains the projector, so an
+    adapter from `x2dfd finetune` carries it, and loading must leave it a plain layer to receive it.
+    """
     if not (options.load_in_4bit or options.load_in_8bit):
         return None
     from transformers import BitsAndBytesConfig
 
+    # transformers matches these from the start of a module path, as a regex, or as a suffix: ".*\.name"
+    # reaches "model.multi_modal_projector.linear_1"; the plain names serve versions that match substrings.
+    skip = [*PROJECTOR_NAMES, *(rf".*\.{n}" for n in PROJECTOR_NAMES), "lm_head"]
     if options.load_in_4bit:
-        # QLoRA's recipe (Dettmers et al. 2023): NF4 storage, double quantization, compute in the run dtype.
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def load_mllm(options: MLLMOptions) -> MLLM:
@@ -279,7 +290,7 @@ def load_mllm(options: MLLMOptions) -> MLLM:
         model = AutoModelForImageTextToText.from_pretrained(
             source,
             dtype=dtype,
-            quantization_config=_quantization_config(options, dtype),
+            quantization_config=quantization_config(options, dtype),
             device_map={"": str(device)},
             **common,
         )
