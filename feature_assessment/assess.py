@@ -20,7 +20,6 @@ real (``ranking``). Outputs in ``--out``:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from x2dfd import __version__
-from x2dfd.cliargs import build_parser, field_docs, to_jsonable
+from x2dfd.cliargs import parse_config, to_jsonable
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.explain import ModelArgs
 from x2dfd.pipeline import PipelineOptions
@@ -45,7 +44,7 @@ RANK_KEYS = ("auc", "balanced_accuracy")
 class AssessConfig(ModelArgs):
     """Rank forgery cues by how well the MLLM's yes/no answers separate real from fake faces."""
 
-    data: str | None = field(default=None, metadata={"cli": False})
+    data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
     """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a DeepfakeBench dataset JSON."""
     out: str = "assess-out"
     """Output folder (ranking.json, ranking.csv, regions.csv, ranking.png, scores.jsonl, assess.config.json)."""
@@ -123,18 +122,8 @@ class AssessConfig(ModelArgs):
 
 
 def parse_args(argv: list[str] | None) -> AssessConfig:
-    """Like ``cliargs.parse_config``, with DATA as an optional positional (not needed with --generate-cues)."""
-    prog = "x2dfd assess"
-    parser = build_parser(AssessConfig, prog)
-    parser.add_argument("data", nargs="?", default=None, metavar="DATA", help=field_docs(AssessConfig)["data"])
-    ns = vars(parser.parse_args(argv))
-    for f in dataclasses.fields(AssessConfig):
-        if ns.get(f.name) is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            ns[f.name] = f.default_factory()  # type: ignore[misc]
-    try:
-        return AssessConfig(**ns)
-    except UsageError as err:
-        parser.exit(2, f"{prog}: error: {err}\n")
+    """The command line as an AssessConfig (DATA is optional: not needed with --generate-cues)."""
+    return parse_config(AssessConfig, argv, prog="x2dfd assess")
 
 
 # ------------------------------------------------------------------------------------------------ settings

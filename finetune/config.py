@@ -8,10 +8,9 @@ No torch here: ``x2dfd finetune --help`` stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
-from x2dfd.cliargs import build_parser, field_docs
+from x2dfd.cliargs import parse_config
 from x2dfd.errors import UsageError
 from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
@@ -27,7 +26,7 @@ class FinetuneConfig(ModelArgs):
 
     adapter: str | None = field(default=None, metadata={"cli": False})
     """Not an option here: fine-tuning starts from the base model (continue a run with --resume)."""
-    data: str | None = field(default=None, metadata={"cli": False})
+    data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
     """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a
     DeepfakeBench dataset JSON."""
     ranking: str | None = None
@@ -179,15 +178,5 @@ class FinetuneConfig(ModelArgs):
 
 
 def parse_args(argv: list[str] | None) -> FinetuneConfig:
-    """Like ``cliargs.parse_config``, with DATA as an optional positional (not needed with --data-dir)."""
-    prog = "x2dfd finetune"
-    parser = build_parser(FinetuneConfig, prog)
-    parser.add_argument("data", nargs="?", default=None, metavar="DATA", help=field_docs(FinetuneConfig)["data"])
-    ns = vars(parser.parse_args(argv))
-    for f in dataclasses.fields(FinetuneConfig):
-        if ns.get(f.name) is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            ns[f.name] = f.default_factory()  # type: ignore[misc]
-    try:
-        return FinetuneConfig(**ns)
-    except UsageError as err:
-        parser.exit(2, f"{prog}: error: {err}\n")
+    """The command line as a FinetuneConfig (DATA is optional: not needed with --data-dir)."""
+    return parse_config(FinetuneConfig, argv, prog="x2dfd finetune")

@@ -1,7 +1,8 @@
 """Dataclass -> argparse: every command's options are one dataclass whose field docstrings are its ``--help``.
 
 A field ``batch_size: int = 4`` followed by a string literal becomes ``--batch-size N`` with that
-string as help. ``field(metadata={"positional": True})`` makes a positional argument;
+string as help. ``field(metadata={"positional": True})`` makes a positional argument (``"optional": True``: it may be
+left out);
 ``list[...]`` options are repeatable (``--expert a --expert b``); ``bool`` fields become
 ``--flag`` / ``--no-flag``; ``metadata={"choices": [...]}`` restricts values; ``metadata={"flag": "--x"}``
 renames the flag; ``metadata={"store_true": True}`` makes a bool a plain switch (no ``--no-`` twin). This module must not import torch: ``--help`` stays fast.
@@ -81,7 +82,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, nargs="+" if is_list else None, type=conv, help=help_text, metavar=f.name.upper())
+            nargs = ("*" if f.metadata.get("optional") else "+") if is_list else ("?" if f.metadata.get("optional") else None)
+            parser.add_argument(f.name, nargs=nargs, type=conv, help=help_text,
+                                metavar=f.metadata.get("metavar", f.name.upper()),
+                                **({"default": default} if f.metadata.get("optional") else {}))
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         if elem is bool and not is_list:
