@@ -163,6 +163,7 @@ class BlendExpert:
         self.weights_path: Path | None = None
         self.weights_sha256: str | None = None
         self.record: dict[str, Any] = {}
+        self.evaluation: dict[str, Any] = {}  # measured figures stored beside the weights, if any
 
     # -- build / load ------------------------------------------------------------------------
     @classmethod
@@ -206,6 +207,7 @@ class BlendExpert:
         cfg_dict["backbone_kwargs"] = bk
         expert = cls.from_config(cfg_dict, device=device, batch_size=batch_size).load_weights(path)
         expert.record = dict(meta.get("training", {}))
+        expert.evaluation = dict(meta.get("evaluation", {}))
         return expert
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
@@ -270,5 +272,6 @@ class BlendExpert:
             "image_size": self.config.image_size,
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.weights_sha256,
-            "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "wall_time_s") if k in rec},
+            "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "train_seconds") if k in rec},
+            "evaluation": {k: {m: v[m] for m in ("auc", "ap", "eer") if m in v} for k, v in self.evaluation.items() if isinstance(v, dict)},
         }
