@@ -136,6 +136,14 @@ def test_clip_backbone_layernorm_only_and_l2_normalised():
     assert all(p.requires_grad for p in e.model.cls_head.parameters())
     maps = e.localize(_faces())
     assert maps[1].shape == (80, 100)
+    # round trip: the JSON carries the architecture, the reload downloads nothing (pretrained=None)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        e.save(Path(d) / "blend_clip.safetensors")
+        back = experts.load_expert("blend", weights=d)
+        assert back.config.backbone == "clip"
+        assert [s.p_fake for s in back.score(_faces())] == pytest.approx([s.p_fake for s in e.score(_faces())], abs=1e-6)
     with pytest.raises(UsageError, match="tune"):
         ClipVision(pretrained=None, tune="half", **{k: v for k, v in TINY_CLIP.items()})
 
