@@ -82,3 +82,15 @@ def test_colour_transfer_matches_target_statistics():
     lab = lambda a: cv2.cvtColor(a, cv2.COLOR_RGB2LAB).astype(float)[mask > 0]  # noqa: E731
     assert np.abs(lab(out).mean(0) - lab(dst).mean(0)).max() < 3
     assert np.abs(lab(src).mean(0) - lab(dst).mean(0)).max() > 30
+
+
+def test_triangle_warp_with_landmarks_outside_the_source():
+    """Tight crops put landmarks outside the picture: the warp pads instead of failing in cv2.warpAffine."""
+    from x2dfd.faceswap import _warp_triangle
+
+    src = (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8)
+    dst = np.zeros((80, 80, 3), np.uint8)
+    _warp_triangle(src, dst, np.array([[-10.0, -5], [30, 10], [5, 60]]), np.array([[10.0, 10], [50, 20], [20, 70]]))
+    filled = dst.sum(-1) > 0
+    assert filled.sum() > 1000  # the destination triangle (area 1000) is painted
+    assert not filled[:9].any() and not filled[:, :9].any()  # and nothing outside its bounding box

@@ -65,6 +65,11 @@ def _warp_triangle(src: np.ndarray, dst: np.ndarray, t_src: np.ndarray, t_dst: n
     if w <= 0 or h <= 0 or sw <= 0 or sh <= 0:
         return
     m = cv2.getAffineTransform((t_src - [sx, sy]).astype(np.float32), (t_dst - [x, y]).astype(np.float32))
+    # Landmarks of a tightly cropped face can fall outside the picture: pad (mirrored) so the slice exists.
+    pad = max(0, -sx, -sy, sx + sw - src.shape[1], sy + sh - src.shape[0])
+    if pad:
+        src = cv2.copyMakeBorder(src, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        sx, sy = sx + pad, sy + pad
     patch = cv2.warpAffine(src[sy : sy + sh, sx : sx + sw], m, (w, h), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT_101)
     tri_mask = np.zeros((h, w), np.uint8)
