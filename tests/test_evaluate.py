@@ -17,7 +17,7 @@ from x2dfd.cli import main as cli_main
 from x2dfd.errors import UsageError
 from x2dfd.evaluate import (EvaluateConfig, Item, Unit, add_fusions, evaluate_level, expand_perturb_args,
                             explanation_checks, frame_units, load_items, mentioned_cues, metric_block, plan_fit,
-                            stated_verdict, video_units)
+                            stated_verdict, subsets, video_units)
 from x2dfd.records import ExpertScore, Record
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -127,6 +127,14 @@ def test_fusions_sources_and_coverage():
     by = res["systems"]["mllm"]["by_source"]
     assert by["S"]["scored_as"] == "fakes of this source vs all real items"  # the fake source against all reals
     assert by["S"]["n_real"] == 6 and by["S"]["n_fake"] == 4
+
+
+def test_sources_that_only_split_the_classes_give_no_breakdown():
+    units = [Unit(f"u{i}", i % 2, "fake-src" if i % 2 else "real-src", f"u{i}", (f"u{i}",), {"s": i / 10})
+             for i in range(6)]
+    assert subsets(units) == {}
+    units.append(Unit("x", 1, "other", "x", ("x",), {"s": 0.9}))
+    assert set(subsets(units)) == {"fake-src", "other"}  # real-src vs all fakes is the whole set again
 
 
 def test_single_class_subsets_become_errors_not_crashes():

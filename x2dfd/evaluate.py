@@ -544,7 +544,8 @@ def metric_block(units: list[Unit], system: str, cfg: EvaluateConfig, groups: bo
 
 
 def subsets(units: list[Unit]) -> dict[str, tuple[str, list[Unit]]]:
-    """Per-source subsets: name -> (how it is scored, units); only when DATA has two or more sources."""
+    """Per-source subsets: name -> (how it is scored, units); only when DATA has two or more sources, and
+    only subsets that differ from the whole set (real/ = "original", fake/ = "faceswap" adds nothing)."""
     sources = sorted({u.source for u in units if u.source is not None})
     if len(sources) < 2:
         return {}
@@ -558,7 +559,7 @@ def subsets(units: list[Unit]) -> dict[str, tuple[str, list[Unit]]]:
             out[s] = ("reals of this source vs all fake items", mine + [u for u in units if u.label == 1])
         else:
             out[s] = ("this source's real and fake items", mine)
-    return out
+    return {k: v for k, v in out.items() if len(v[1]) < len(units)}
 
 
 def coverage(units: list[Unit], systems: list[str]) -> dict[str, Any]:
