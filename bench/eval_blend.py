@@ -104,7 +104,9 @@ def swap_manifest(out: Path, holdout: list[str], limit: int | None, videos: int,
             rows.append((str(dest), 1, None, "faceswap"))
             pairs.append((real_dir / name, dest))
     log = fake_dir / "failures.json"  # attempts of earlier runs (a rerun reuses their swaps and tries nothing)
-    failures = sorted(set(failures) | set(json.loads(log.read_text()) if log.is_file() else []))
+    earlier = json.loads(log.read_text()) if log.is_file() else []
+    swapped = {Path(real).name for real, _ in pairs}  # failures of earlier runs for targets swapped since are history
+    failures = sorted(set(failures) | {f for f in earlier if f.split(" -> ", 1)[-1].split(":", 1)[0] not in swapped})
     log.write_text(json.dumps(failures, indent=1) + "\n")
     info = {"holdout_images": n, "swaps": sum(r[1] for r in rows), "swap_failures": failures,
             "seconds": round(time.perf_counter() - t0, 1)}
