@@ -364,7 +364,7 @@ def test_evaluate_video_level_from_manifest_and_escaping(tmp_path, stub_experts)
     for label in (0, 1):  # one video file per class: its 5 frames are frame units, the file one video unit
         frames = [np.clip(rng.normal(100 + 40 * label, 30, (48, 48, 3)), 0, 255).astype(np.uint8) for _ in range(5)]
         write_video(frames, tmp_path / f"clip{label}.mp4")
-        lines.append(f"clip{label}.mp4,{label},,<b>src{label}</b>")
+        lines.append(f"clip{label}.mp4,{label},,<b>clip</b>")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "eval"
     assert cli_main(["evaluate", str(tmp_path / "m.csv"), "--mllm", "none", "--expert", "bright", "--no-face-crop",
@@ -377,7 +377,7 @@ def test_evaluate_video_level_from_manifest_and_escaping(tmp_path, stub_experts)
     assert met["data"]["kinds"] == {"image": 18, "video": 2}
     assert (out / "table_video.md").is_file() and (out / "roc_video.png").is_file()
     html = (out / "evaluate.html").read_text()
-    assert "&lt;b&gt;src1&lt;/b&gt;" in html and "<b>src1</b>" not in html
+    assert "&lt;b&gt;clip&lt;/b&gt;" in html and "<b>clip</b>" not in html and "<b>src1</b>" not in html
 
 
 def test_evaluate_usage_errors_are_one_line(tmp_path, capsys, stub_experts):
