@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def pick_cues(n: int):
     """``n`` bank cues taken round-robin over the regions, so every region is represented."""
-    from feature_assessment.cues import REGIONS, load_cues
+    from x2dfd.feature_assessment.cues import REGIONS, load_cues
 
     by_region = {r: [c for c in load_cues().cues if c.region == r] for r in REGIONS}
     out, k = [], 0
@@ -95,7 +95,7 @@ def naive_scores(mllm, scorer, image, indices, gen_tokens: int) -> tuple[np.ndar
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from feature_assessment.scoring import CueScorer
+    from x2dfd.feature_assessment.scoring import CueScorer
     from x2dfd.mllm import MLLMOptions, load_mllm
     from x2dfd.tiny import build_checkpoint
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "bench_expert.json")
     args = ap.parse_args(argv)
 
-    import experts
+    from x2dfd import experts
 
     torch.set_num_threads(args.threads)
     faces = real_crops(args.faces) if REAL.is_dir() else []

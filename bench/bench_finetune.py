@@ -87,10 +87,10 @@ def worker(args) -> dict:
     """One mode, in its own process: load, wrap, train ``warmup + steps`` steps on one batch."""
     import torch
 
-    from finetune.batch import AnswerEncoder
-    from finetune.config import FinetuneConfig
-    from finetune.data import render_answer, render_question
-    from finetune.lora import add_lora, find_parts, load_for_training, lora_modules, param_groups, trainable_share
+    from x2dfd.finetune.batch import AnswerEncoder
+    from x2dfd.finetune.config import FinetuneConfig
+    from x2dfd.finetune.data import render_answer, render_question
+    from x2dfd.finetune.lora import add_lora, find_parts, load_for_training, lora_modules, param_groups, trainable_share
     from x2dfd.face import extract_faces
     from x2dfd.media import load_image
 
@@ -192,7 +192,7 @@ def _full_depth_weights(full_config) -> dict:
 
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(full_config)
-    from finetune.lora import find_parts
+    from x2dfd.finetune.lora import find_parts
 
     parts = find_parts(model)
     quantized = sum(m.weight.numel() for n, m in model.named_modules()

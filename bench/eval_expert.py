@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "eval_expert.json")
     args = ap.parse_args(argv)
 
-    import experts
+    from x2dfd import experts
     from x2dfd.face import get_detector
 
     torch.set_num_threads(args.threads)

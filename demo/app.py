@@ -196,8 +196,8 @@ def build_cue_scorer(explainer, batch_size: int = 16):
     if getattr(explainer, "mllm", None) is None:
         return None
     try:
-        from feature_assessment.cues import load_cues
-        from feature_assessment.scoring import CueScorer
+        from x2dfd.feature_assessment.cues import load_cues
+        from x2dfd.feature_assessment.scoring import CueScorer
     except ImportError:
         return None
     try:
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     explainer = build_explainer(cfg)  # loaded once; every request reuses it
     examples: list[Path] = []
     if cfg.examples:
-        from demo.examples import make_examples
+        from x2dfd.demo.examples import make_examples
 
         try:
             examples = make_examples(cfg.examples_dir, cfg.examples_from)

@@ -111,7 +111,7 @@ def _portraits(source: Path, n: int = 2, tries: int = 80) -> list[tuple[Image.Im
 
 
 def _face_examples(source: Path, out: Path, seed: int) -> list[Path]:
-    from experts.sbi import self_blend
+    from x2dfd.experts.sbi import self_blend
     from x2dfd.faceswap import make_face_swap
 
     portraits = _portraits(source)

@@ -1,6 +1,6 @@
 """experts stage of x2dfd: external detectors behind one protocol and a registry (blending/SBI first).
 
-    from experts import available_experts, load_expert, DEFAULT_EXPERTS
+    from x2dfd.experts import available_experts, load_expert, DEFAULT_EXPERTS
     expert = load_expert("blend")          # offline: weights ship in experts/weights/
     expert.score(face_images)              # [ExpertScore(expert="blend", p_fake=...)]
 
@@ -10,7 +10,7 @@
 Importing this package does not import torch (the registry stores "module:Class" strings).
 """
 
-from experts.base import (
+from x2dfd.experts.base import (
     DEFAULT_EXPERTS,
     ENTRY_POINT_GROUP,
     Expert,

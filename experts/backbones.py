@@ -1,6 +1,6 @@
 """Backbones of the blending expert, by name: each returns a pooled feature and a spatial feature map.
 
-    from experts.backbones import build_backbone, BACKBONES
+    from x2dfd.experts.backbones import build_backbone, BACKBONES
     net = build_backbone("efficientnet_lite0", pretrained=True)   # ImageNet init from a PyPI package
     pooled, fmap = net(x)                                         # (B, D), (B, C, h, w)
 

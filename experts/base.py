@@ -1,6 +1,6 @@
 """The expert protocol and the registry: short name -> expert class, built-ins plus plugins.
 
-    from experts import available_experts, load_expert
+    from x2dfd.experts import available_experts, load_expert
     available_experts()                       # ['blend', 'hf', ...plugins]
     expert = load_expert("blend")             # shipped offline weights
     expert.score([face_pil])                  # [ExpertScore(expert='blend', p_fake=0.87)]
@@ -39,8 +39,8 @@ DEFAULT_EXPERTS: tuple[str, ...] = ("blend",)
 
 # Built-ins as "module:attr" strings so that the registry itself imports nothing heavy.
 _BUILTIN: dict[str, str] = {
-    "blend": "experts.blend:BlendExpert",
-    "hf": "experts.hf:HFExpert",
+    "blend": "x2dfd.experts.blend:BlendExpert",
+    "hf": "x2dfd.experts.hf:HFExpert",
 }
 _RUNTIME: dict[str, Any] = {}  # register_expert(...) at run time (tests, notebooks)
 

@@ -1,6 +1,6 @@
 """The blending expert ``blend``: a self-blended-image classifier with a mask head (heatmap for free).
 
-    from experts import load_expert
+    from x2dfd.experts import load_expert
     expert = load_expert("blend")                 # shipped efficientnet_lite0 weights, offline
     expert.score(faces)                           # [ExpertScore("blend", p_fake), ...]
     expert.localize(faces)                        # [float32 HxW heatmap in [0, 1]] at each face's size
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experts.backbones import BACKBONES, build_backbone
+from x2dfd.experts.backbones import BACKBONES, build_backbone
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.records import ExpertScore
 

@@ -103,7 +103,7 @@ class TrainConfig:
 
 def train_main(argv: list[str]) -> int:
     cfg = parse_config(TrainConfig, argv, prog="x2dfd expert train")
-    from experts.train import TrainSettings, command_line, train
+    from x2dfd.experts.train import TrainSettings, command_line, train
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "train_config.json").write_text(json.dumps(to_jsonable(cfg), indent=1) + "\n")
@@ -155,7 +155,7 @@ def score_main(argv: list[str]) -> int:
 
 
 def list_main(argv: list[str]) -> int:
-    from experts import DEFAULT_EXPERTS, available_experts
+    from x2dfd.experts import DEFAULT_EXPERTS, available_experts
 
     for name in available_experts():
         print(f"{name}{'  (default)' if name in DEFAULT_EXPERTS else ''}")

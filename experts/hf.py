@@ -1,6 +1,6 @@
 """The generic ``hf`` expert: any Hugging Face image-classification checkpoint as a deepfake expert.
 
-    from experts import load_expert
+    from x2dfd.experts import load_expert
     expert = load_expert("hf", weights="path/or/hub-id")              # fake label read from id2label
     expert = load_expert("hf", weights="...", fake_label="Deepfake")  # or named explicitly
 

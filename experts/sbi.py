@@ -1,6 +1,6 @@
 """Self-blended images (SBI; Shiohara & Yamasaki, CVPR 2022): pseudo-fakes made from REAL faces only.
 
-    from experts.sbi import self_blend
+    from x2dfd.experts.sbi import self_blend
     sb = self_blend(face_rgb_uint8, landmarks_68x2, seed=0)
     sb.fake, sb.real, sb.mask     # uint8 HxWx3, uint8 HxWx3, float32 HxW in [0, 1]
 

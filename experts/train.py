@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experts.blend import BlendConfig, BlendExpert, resize_face, sha256_file, to_tensor
-from experts.sbi import augment_pair, self_blend
+from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, sha256_file, to_tensor
+from x2dfd.experts.sbi import augment_pair, self_blend
 from x2dfd.errors import UsageError
 from x2dfd.inputs import IMAGE_EXTS
 from x2dfd.metrics import roc_auc

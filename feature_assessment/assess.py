@@ -35,7 +35,7 @@ from x2dfd.explain import ModelArgs
 from x2dfd.pipeline import PipelineOptions
 from x2dfd.records import one_line
 
-from feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
+from x2dfd.feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
 
 RANK_KEYS = ("auc", "balanced_accuracy")
 
@@ -161,7 +161,7 @@ def _adapter_fingerprint(adapter: str | None) -> str | None:
 
 def build_setting(cfg: AssessConfig) -> dict[str, Any]:
     """Everything that changes a score: the key of the score cache."""
-    from feature_assessment.scoring import cue_template_version
+    from x2dfd.feature_assessment.scoring import cue_template_version
     from x2dfd.mllm import resolve_device, resolve_dtype
 
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
@@ -205,8 +205,8 @@ def _load_face(path: str, cfg: AssessConfig):
 
 
 def _run_generation(cfg: AssessConfig, mllm_holder: dict) -> Any:
-    from feature_assessment.cues import load_cues
-    from feature_assessment.generate import causal_lm_generator, generate_cues, mllm_generator, write_cue_file
+    from x2dfd.feature_assessment.cues import load_cues
+    from x2dfd.feature_assessment.generate import causal_lm_generator, generate_cues, mllm_generator, write_cue_file
 
     paths = list(cfg.cues) or None
     base = load_cues(paths)
@@ -242,8 +242,8 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     """Everything ``x2dfd assess`` does, callable from Python."""
     from tqdm.auto import tqdm
 
-    from feature_assessment.cues import load_cues
-    from feature_assessment.ranking import plot_ranking, write_csv
+    from x2dfd.feature_assessment.cues import load_cues
+    from x2dfd.feature_assessment.ranking import plot_ranking, write_csv
     from x2dfd.dataset import balanced_sample, load_labelled
 
     holder: dict[str, Any] = {}
@@ -280,7 +280,7 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     t0 = time.perf_counter()
     try:
         if todo:
-            from feature_assessment.scoring import CueScorer
+            from x2dfd.feature_assessment.scoring import CueScorer
 
             mllm = _get_mllm(cfg, holder)
             scorer = CueScorer(mllm, full_bank.cues, batch_size=cfg.cue_batch_size, method=cfg.method,
@@ -360,7 +360,7 @@ def _rank(cfg, bank, full_bank, rows, ds_all, store, sid, setting, scorer, mllm)
     """Metrics of every cue over the faces with a complete set of scores, and the ranking.json document."""
     import numpy as np
 
-    from feature_assessment.ranking import rank_cues, summarize_regions
+    from x2dfd.feature_assessment.ranking import rank_cues, summarize_regions
     from x2dfd.dataset import class_counts
 
     cue_ids = [c.id for c in bank.cues]

@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prompts import PROMPTS_DIR
+from x2dfd.prompts import PROMPTS_DIR
 from x2dfd.errors import UsageError
 
 DEFAULT_CUES_PATH = PROMPTS_DIR / "cues.yaml"

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompts import render_template
+from x2dfd.prompts import render_template
 from x2dfd.errors import UsageError
 
-from feature_assessment.cues import DEFAULT_CUES_PATH, REGIONS, Cue, _load_yaml, parse_cue_file, validate_cue
+from x2dfd.feature_assessment.cues import DEFAULT_CUES_PATH, REGIONS, Cue, _load_yaml, parse_cue_file, validate_cue
 
 META_TEMPLATE = "cue_generation.jinja"
 SIMILARITY_THRESHOLD = 0.6

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prompts import render_template, template_version
+from x2dfd.prompts import render_template, template_version
 from x2dfd.errors import UsageError
 
 CUE_TEMPLATE = "cue.jinja"

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from prompts import ANSWER_PREFIX
+from x2dfd.prompts import ANSWER_PREFIX
 from x2dfd.errors import UsageError
 
 IGNORE = -100

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, render_template, template_version
+from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, render_template, template_version
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.media import file_sha256
 from x2dfd.pipeline import QUESTION_TEMPLATE
@@ -250,7 +250,7 @@ class DataBuilder:
 
     def _assess_scores(self) -> dict[str, Any]:
         """Per-image P(yes) of the assess run the ranking comes from (empty when its scores file is gone)."""
-        from feature_assessment.cache import SCORES_FILE, read_scores
+        from x2dfd.feature_assessment.cache import SCORES_FILE, read_scores
 
         if self.cfg.cue_order != "image":
             return {}
@@ -416,10 +416,10 @@ class DataBuilder:
 
     def _scorer(self):
         if self.scorer is None:
-            from feature_assessment.assess import build_setting
-            from feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
-            from feature_assessment.cues import Cue
-            from feature_assessment.scoring import CueScorer
+            from x2dfd.feature_assessment.assess import build_setting
+            from x2dfd.feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
+            from x2dfd.feature_assessment.cues import Cue
+            from x2dfd.feature_assessment.scoring import CueScorer
 
             cues = [Cue(id=c["id"], region=c.get("region", "global"), question=c["question"], present=c["present"],
                         absent=c["absent"]) for c in self.cues]

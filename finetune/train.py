@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.config import FinetuneConfig, parse_args
+from x2dfd.finetune.config import FinetuneConfig, parse_args
 from x2dfd import __version__
 from x2dfd.cliargs import to_jsonable
 from x2dfd.errors import UsageError
@@ -129,7 +129,7 @@ def evaluate(judge, ds, batch_size: int, accelerator) -> dict[str, Any]:
     import torch
     from accelerate.utils import gather_object
 
-    from finetune.lora import evaluation
+    from x2dfd.finetune.lora import evaluation
     from x2dfd.media import load_image
     from x2dfd.metrics import roc_auc
 
@@ -157,7 +157,7 @@ def evaluate(judge, ds, batch_size: int, accelerator) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ stages
 def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: str) -> tuple[Path, dict[str, Any]]:
     """Build the data folder (main process; the others wait) unless --data-dir, or --resume with data already built."""
-    from finetune.data import INFO_FILE, SPLIT_FILES, DataBuilder
+    from x2dfd.finetune.data import INFO_FILE, SPLIT_FILES, DataBuilder
 
     if cfg.data_dir is not None:
         data_dir = Path(cfg.data_dir).expanduser()
@@ -219,7 +219,7 @@ def _trainable_only(models, weights, output_dir) -> None:
 
 def check_inputs(cfg: FinetuneConfig) -> None:
     """The user's files, checked before anything heavy is imported or loaded (one-line errors in seconds)."""
-    from finetune.data import SPLIT_FILES, load_ranking, strong_cues
+    from x2dfd.finetune.data import SPLIT_FILES, load_ranking, strong_cues
 
     if cfg.data_dir is not None:
         if not (Path(cfg.data_dir).expanduser() / SPLIT_FILES["train"]).is_file():
@@ -243,10 +243,10 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from finetune.batch import AnswerEncoder
-    from finetune.card import plot_loss, write_model_card
-    from finetune.data import RANKING_FILE, data_fingerprint, load_training_data
-    from finetune.lora import (add_lora, find_parts, load_for_training, lora_modules, param_groups, target_regex,
+    from x2dfd.finetune.batch import AnswerEncoder
+    from x2dfd.finetune.card import plot_loss, write_model_card
+    from x2dfd.finetune.data import RANKING_FILE, data_fingerprint, load_training_data
+    from x2dfd.finetune.lora import (add_lora, find_parts, load_for_training, lora_modules, param_groups, target_regex,
                                trainable_share)
     from x2dfd.media import file_sha256
     from x2dfd.mllm import MLLM, resolve_dtype

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from feature_assessment.cues import Cue, load_cues
-from feature_assessment.ranking import balanced_accuracy, rank_cues, summarize_regions
-from feature_assessment.scoring import CueScorer, _Unsupported, render_cue_text
+from x2dfd.feature_assessment.cues import Cue, load_cues
+from x2dfd.feature_assessment.ranking import balanced_accuracy, rank_cues, summarize_regions
+from x2dfd.feature_assessment.scoring import CueScorer, _Unsupported, render_cue_text
 from x2dfd.mllm import MLLMOptions, load_mllm
 
 
@@ -177,7 +177,7 @@ def _assess(args: list[str]) -> int:
 
 
 def test_assess_command_end_to_end_rerun_and_resume(tiny_llava, face_data, tmp_path, monkeypatch):
-    from feature_assessment.cache import read_scores
+    from x2dfd.feature_assessment.cache import read_scores
 
     out = tmp_path / "mfa"
     common = [str(face_data), "--model", str(tiny_llava), "--only", "teeth", "--only", "eyes.pupil_shape",
@@ -246,7 +246,7 @@ def test_assess_command_end_to_end_rerun_and_resume(tiny_llava, face_data, tmp_p
 
 
 def _read_all(out: Path) -> dict:
-    from feature_assessment.cache import ScoreStore
+    from x2dfd.feature_assessment.cache import ScoreStore
 
     return {image: entry for (_, image), entry in ScoreStore(out / "scores.jsonl").images.items()}
 

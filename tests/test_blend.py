@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import experts
-from experts.backbones import ClipVision, EfficientNetLite0
-from experts.blend import DEFAULT_WEIGHTS, BlendConfig, BlendExpert
+from x2dfd import experts
+from x2dfd.experts.backbones import ClipVision, EfficientNetLite0
+from x2dfd.experts.blend import DEFAULT_WEIGHTS, BlendConfig, BlendExpert
 from x2dfd.errors import ModelNotFoundError, UsageError
 
 SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
@@ -105,7 +105,7 @@ def test_weight_errors(tiny_blend, tmp_path):
 def test_lite0_imagenet_fold_matches_the_package_model():
     from efficientnet_lite_pytorch import EfficientNet
 
-    from experts.backbones import lite0_imagenet_state_dict
+    from x2dfd.experts.backbones import lite0_imagenet_state_dict
 
     ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     ref.load_state_dict(lite0_imagenet_state_dict(), strict=False)
@@ -160,7 +160,7 @@ def _face_module_or_skip():
 @pytest.mark.slow
 def test_train_end_to_end_with_resume(tmp_path):
     _face_module_or_skip()
-    from experts.cli import main
+    from x2dfd.experts.cli import main
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = ["train", "--real", str(SHARED_REAL), "--out", str(out), "--cache-dir", str(cache), "--image-size", "64",
@@ -193,7 +193,7 @@ def test_train_end_to_end_with_resume(tmp_path):
 
 
 def test_split_dedup_and_fingerprint(tmp_path):
-    from experts.train import fingerprint, list_images, split_files
+    from x2dfd.experts.train import fingerprint, list_images, split_files
 
     for i in range(10):
         (tmp_path / f"{i}.jpg").write_bytes(bytes([i]) * 10)
@@ -216,7 +216,7 @@ def test_split_dedup_and_fingerprint(tmp_path):
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped blend weights not built yet")
 def test_shipped_weights_load_offline_and_score_shared_faces():
     face_mod = _face_module_or_skip()
-    from experts.sbi import self_blend
+    from x2dfd.experts.sbi import self_blend
 
     expert = experts.load_expert("blend")
     info = expert.info()

@@ -76,7 +76,7 @@ def _no_alerts(drv) -> None:
 # ---------------------------------------------------------------------------------------------- demo
 @pytest.fixture(scope="module")
 def demo_url(selfcontained_llava):
-    from demo.app import DemoConfig, build_app, launch_app
+    from x2dfd.demo.app import DemoConfig, build_app, launch_app
     from x2dfd.explain import build_explainer
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

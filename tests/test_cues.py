@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from feature_assessment.cues import DEFAULT_CUES_PATH, REGIONS, load_cues, parse_cue_file
-from feature_assessment.generate import (find_duplicate, generate_cues, parse_proposals, similarity,
+from x2dfd.feature_assessment.cues import DEFAULT_CUES_PATH, REGIONS, load_cues, parse_cue_file
+from x2dfd.feature_assessment.generate import (find_duplicate, generate_cues, parse_proposals, similarity,
                                          write_cue_file)
-from feature_assessment.scoring import render_cue_text
+from x2dfd.feature_assessment.scoring import render_cue_text
 from x2dfd.errors import UsageError
 
 GOOD = """\
@@ -200,7 +200,7 @@ def test_generate_cues_cli_with_tiny_causal_lm(tmp_path, capsys, _one_thread):
 
 
 def test_generate_cues_flags():
-    from feature_assessment.assess import parse_args
+    from x2dfd.feature_assessment.assess import parse_args
 
     with pytest.raises(SystemExit) as info:
         parse_args(["--generate-cues", "2"])
@@ -213,7 +213,7 @@ def test_generate_cues_flags():
 
 def test_mllm_own_language_model_proposes(selfcontained_llava, _one_thread):
     """Without --generator-model the MLLM's own LM is prompted text-only through its chat template."""
-    from feature_assessment.generate import mllm_generator
+    from x2dfd.feature_assessment.generate import mllm_generator
     from x2dfd.mllm import MLLMOptions, load_mllm
 
     mllm = load_mllm(MLLMOptions(model=str(selfcontained_llava)))

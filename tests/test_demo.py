@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.app import DemoConfig, analyze, build_app, build_cue_scorer
+from x2dfd.demo.app import DemoConfig, analyze, build_app, build_cue_scorer
 from x2dfd.records import ExpertScore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_expert_scores_heatmap_and_cues(explainer, image):
 def test_real_cue_scorer_when_available(tiny_llava, image):
     from x2dfd.explain import build_explainer
 
-    pytest.importorskip("feature_assessment.scoring")
+    pytest.importorskip("x2dfd.feature_assessment.scoring")
     cfg = DemoConfig(model=str(tiny_llava), no_expert=True, face_crop=False, max_new_tokens=2, device="cpu")
     explainer = build_explainer(cfg)
     scorer = build_cue_scorer(explainer)
@@ -151,7 +151,7 @@ def test_video_gets_a_frame_timeline(explainer, tmp_path):
     assert res.message.startswith("This video looks ")
     assert res.timeline and len(res.timeline) == explainer.options.frames
     assert all(0.0 <= f["p_fake"] <= 1.0 for f in res.timeline)
-    from demo.app import timeline_figure
+    from x2dfd.demo.app import timeline_figure
 
     fig = timeline_figure(res.timeline)
     assert fig.axes[0].get_ylim() == (0.0, 1.0) and len(fig.axes[0].lines[0].get_xdata()) == len(res.timeline)
@@ -203,7 +203,7 @@ def test_bad_demo_flags_are_one_line_usage_errors(capsys):
 
 
 def test_examples_are_made_by_project_code(tmp_path):
-    from demo.examples import make_examples
+    from x2dfd.demo.examples import make_examples
     from tests.conftest import shared_path
 
     empty = tmp_path / "no-photos"

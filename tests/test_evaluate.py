@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import experts
+from x2dfd import experts
 from x2dfd import metrics as m
 from x2dfd.cli import main as cli_main
 from x2dfd.errors import UsageError

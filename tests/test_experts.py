@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import experts
-from experts import base
+from x2dfd import experts
+from x2dfd.experts import base
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.records import ExpertScore
 
@@ -177,7 +177,7 @@ def test_hf_expert_from_config_without_weights():
 
 
 def test_expert_cli_dispatch(capsys):
-    from experts.cli import main
+    from x2dfd.experts.cli import main
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -158,7 +158,7 @@ class _Bright:
 
 @pytest.fixture
 def bright_expert():
-    import experts
+    from x2dfd import experts
 
     experts.register_expert("bright", _Bright, overwrite=True)
     yield
@@ -184,7 +184,7 @@ def test_expert_scores_enter_the_prompt_and_record(selfcontained_llava, bright_e
 
 
 def test_mllm_none_is_expert_only_and_expert_score_is_the_same(bright_expert, tmp_path, capsys):
-    from experts.cli import main as expert_main
+    from x2dfd.experts.cli import main as expert_main
 
     images = _noise_images(tmp_path / "in", 2)
     out1, out2 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"

@@ -13,17 +13,17 @@ import pytest
 import torch
 import yaml
 
-from experts import register_expert, unregister_expert
-from feature_assessment.cache import ScoreStore
-from feature_assessment.cues import load_cues
-from finetune import data as ftdata
-from finetune.batch import IGNORE, AnswerEncoder
-from finetune.config import FinetuneConfig
-from finetune.lora import add_lora, find_parts, load_for_training, lora_modules, target_regex
-from finetune.synthetic import make_seam_dataset
-from finetune.train import list_checkpoints, run_finetune
-from finetune.train import main as finetune_main
-from prompts import ANSWER_PREFIX
+from x2dfd.experts import register_expert, unregister_expert
+from x2dfd.feature_assessment.cache import ScoreStore
+from x2dfd.feature_assessment.cues import load_cues
+from x2dfd.finetune import data as ftdata
+from x2dfd.finetune.batch import IGNORE, AnswerEncoder
+from x2dfd.finetune.config import FinetuneConfig
+from x2dfd.finetune.lora import add_lora, find_parts, load_for_training, lora_modules, target_regex
+from x2dfd.finetune.synthetic import make_seam_dataset
+from x2dfd.finetune.train import list_checkpoints, run_finetune
+from x2dfd.finetune.train import main as finetune_main
+from x2dfd.prompts import ANSWER_PREFIX
 from x2dfd.errors import UsageError
 from x2dfd.media import file_sha256
 from x2dfd.records import ExpertScore
@@ -386,7 +386,7 @@ def test_outputs_card_and_adapter_use(trained, seam_data, selfcontained_llava, t
     assert len(list_checkpoints(out / "checkpoints")) == 2
 
     # explain --adapter and assess --adapter read the adapter as users do
-    from feature_assessment.assess import main as assess_main
+    from x2dfd.feature_assessment.assess import main as assess_main
     from x2dfd.explain import main as explain_main
 
     register_expert("stub", StubExpert, overwrite=True)

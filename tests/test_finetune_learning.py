@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from feature_assessment.assess import main as assess_main
-from finetune.synthetic import make_seam_dataset
-from finetune.train import main as finetune_main
+from x2dfd.feature_assessment.assess import main as assess_main
+from x2dfd.finetune.synthetic import make_seam_dataset
+from x2dfd.finetune.train import main as finetune_main
 from x2dfd.explain import main as explain_main
 from x2dfd.metrics import roc_auc
 from x2dfd.tiny import build_selfcontained_llava

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import prompts
+from x2dfd import prompts
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.mllm import MLLMOptions, load_mllm, resolve_checkpoint, resolve_device, resolve_dtype
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from experts.sbi import HULL_KINDS, augment_pair, blend, blur_mask, hull_mask, self_blend
+from x2dfd.experts.sbi import HULL_KINDS, augment_pair, blend, blur_mask, hull_mask, self_blend
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
 

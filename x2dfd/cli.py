@@ -19,12 +19,12 @@ from x2dfd.records import one_line
 # command -> ("module:function", one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("x2dfd.explain:main", "verdict, p_fake and explanation for images, folders and videos (JSONL)"),
-    "assess": ("feature_assessment.assess:main", "rank forgery cues by how well the MLLM's yes/no answers separate real from fake"),
-    "finetune": ("finetune.train:main", "LoRA/QLoRA fine-tuning on top-ranked cues and expert scores (SFS + WFS)"),
+    "assess": ("x2dfd.feature_assessment.assess:main", "rank forgery cues by how well the MLLM's yes/no answers separate real from fake"),
+    "finetune": ("x2dfd.finetune.train:main", "LoRA/QLoRA fine-tuning on top-ranked cues and expert scores (SFS + WFS)"),
     "evaluate": ("x2dfd.evaluate:main", "AUC/AP/EER at frame and video level, side by side, under perturbations"),
     "report": ("x2dfd.report:main", "re-render the HTML report (and CSV) of an explain JSONL file"),
-    "demo": ("demo.app:main", "Gradio explain-this-image demo on the same pipeline"),
-    "expert": ("experts.cli:main", "train or run the external expert detectors (x2dfd expert train|score ...)"),
+    "demo": ("x2dfd.demo.app:main", "Gradio explain-this-image demo on the same pipeline"),
+    "expert": ("x2dfd.experts.cli:main", "train or run the external expert detectors (x2dfd expert train|score ...)"),
 }
 
 

@@ -242,7 +242,7 @@ def settings_hash(settings: dict[str, Any]) -> str:
 def build_explainer(cfg: EvaluateConfig):
     """The pipeline ``cfg`` asks for: the MLLM (unless --mllm none) and the experts, ``NAME=WEIGHTS`` loading
     those weights instead of the expert's default."""
-    import experts as experts_pkg
+    from x2dfd import experts as experts_pkg
 
     from x2dfd.mllm import load_mllm, resolve_device
     from x2dfd.pipeline import Explainer
@@ -756,8 +756,8 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     comps = components(explainer.mllm is not None, [e.name for e in explainer.experts])
     bank = cue_scorer = None
     if cfg.cue_check and explainer.mllm is not None and cfg.max_new_tokens > 0:
-        from feature_assessment.cues import load_cues
-        from feature_assessment.scoring import CueScorer
+        from x2dfd.feature_assessment.cues import load_cues
+        from x2dfd.feature_assessment.scoring import CueScorer
 
         bank = load_cues(cfg.cues or None).cues
         cue_scorer = CueScorer(explainer.mllm, bank, batch_size=cfg.cue_batch_size)

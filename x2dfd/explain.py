@@ -60,7 +60,7 @@ def load_experts(names: list[str], no_expert: bool, device: str) -> list:
     """The experts to run: ``names``, else the default set; none with ``--no-expert``."""
     if no_expert:
         return []
-    import experts as experts_pkg
+    from x2dfd import experts as experts_pkg
 
     chosen = names or list(getattr(experts_pkg, "DEFAULT_EXPERTS", ()))
     return [experts_pkg.load_expert(name, device=device) for name in chosen]

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image
 
-from prompts import ANSWER_PREFIX, VERDICT_WORDS
+from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.modelargs import DEFAULT_MODEL, DTYPE_NAMES, MLLMOptions
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prompts import format_expert_score, render_template, template_version
+from x2dfd.prompts import format_expert_score, render_template, template_version
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.inputs import media_kind
 from x2dfd.records import DEFAULT_THRESHOLD, Record, label_from_p, one_line
