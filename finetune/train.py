@@ -169,9 +169,9 @@ def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: s
         return data_dir, json.loads((data_dir / INFO_FILE).read_text(encoding="utf-8"))
     info: dict[str, Any] = {}
     if accelerator is None or accelerator.is_main_process:
-        from x2dfd.explain import load_experts
+        from x2dfd.api import load_experts
 
-        info = DataBuilder(cfg, lambda: load_experts(cfg.expert, cfg.no_expert, device), get_mllm).build(data_dir)
+        info = DataBuilder(cfg, lambda: load_experts([] if cfg.no_expert else (cfg.expert or None), device), get_mllm).build(data_dir)
         _log(cfg, None, data_summary(info, data_dir))
     if accelerator is not None:
         accelerator.wait_for_everyone()

@@ -241,24 +241,11 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 def build_explainer(cfg: EvaluateConfig):
     """The pipeline ``cfg`` asks for: the MLLM (unless --mllm none) and the experts, ``NAME=WEIGHTS`` loading
-    those weights instead of the expert's default."""
-    from x2dfd import experts as experts_pkg
+    those weights instead of the expert's default (:func:`x2dfd.api.build_explainer`)."""
+    from x2dfd.api import build_explainer as build
 
-    from x2dfd.mllm import load_mllm, resolve_device
-    from x2dfd.pipeline import Explainer
-
-    device = str(resolve_device(cfg.device))
-    specs = [] if cfg.no_expert else (cfg.expert or list(experts_pkg.DEFAULT_EXPERTS))
-    loaded = []
-    for spec in specs:
-        name, _, weights = spec.partition("=")
-        loaded.append(experts_pkg.load_expert(name.strip(), device=device, weights=weights.strip() or None))
-    names = [e.name for e in loaded]
-    if len(set(names)) < len(names):
-        raise UsageError(f"--expert: each expert name once per run (got {', '.join(names)}); compare two weights of "
-                         "one expert in two runs")
-    mllm = None if cfg.mllm == "none" else load_mllm(cfg)
-    return Explainer(mllm, loaded, cfg)
+    experts = [] if cfg.no_expert else (cfg.expert or None)
+    return build(None if cfg.mllm == "none" else cfg, experts, cfg, device=cfg.device)
 
 
 def run_settings(cfg: EvaluateConfig, explainer, condition: Condition) -> dict[str, Any]:

@@ -38,8 +38,8 @@ class ExplainConfig(PipelineOptions, ModelArgs):
     """JSONL file the records are appended to (default: printed to stdout)."""
     mllm: str = field(default="auto", metadata={"choices": ["auto", "none"]})
     """none: expert-only verdicts (no MLLM is loaded, no explanation text is invented)."""
-    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
-    """External expert to run (default: the shipped blending expert)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME[=WEIGHTS]"})
+    """External expert to run, by registry name; NAME=WEIGHTS loads other weights, e.g. from `x2dfd expert train` (default: the shipped blending expert)."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """Run no external expert (the prompt then carries no expert scores)."""
     report: str | None = None
@@ -56,25 +56,12 @@ class ExplainConfig(PipelineOptions, ModelArgs):
             raise UsageError("--no-expert and --expert exclude each other")
 
 
-def load_experts(names: list[str], no_expert: bool, device: str) -> list:
-    """The experts to run: ``names``, else the default set; none with ``--no-expert``."""
-    if no_expert:
-        return []
-    from x2dfd import experts as experts_pkg
-
-    chosen = names or list(getattr(experts_pkg, "DEFAULT_EXPERTS", ()))
-    return [experts_pkg.load_expert(name, device=device) for name in chosen]
-
-
 def build_explainer(cfg: ExplainConfig):
-    """Load what ``cfg`` asks for (MLLM, experts) and return the pipeline."""
-    from x2dfd.mllm import load_mllm, resolve_device
-    from x2dfd.pipeline import Explainer
+    """Load what ``cfg`` asks for (MLLM, experts) and return the pipeline (:func:`x2dfd.api.build_explainer`)."""
+    from x2dfd.api import build_explainer as build
 
-    device = str(resolve_device(cfg.device))
-    mllm = None if cfg.mllm == "none" else load_mllm(cfg)
-    expert_list = load_experts(cfg.expert, cfg.no_expert, device)
-    return Explainer(mllm, expert_list, cfg)
+    experts = [] if cfg.no_expert else (cfg.expert or None)
+    return build(None if cfg.mllm == "none" else cfg, experts, cfg, device=cfg.device)
 
 
 def record_key(record: Record) -> tuple:

@@ -237,6 +237,51 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def image_from_memory(obj, name: str, limits: MediaLimits = MediaLimits()) -> Image.Image:
+    """An in-memory picture (Python API) as the same RGB image a decoded file gives: a PIL image (any
+    mode; EXIF orientation applied) or a numpy array, HxW (gray) or HxWx3/4 in RGB(A) order, uint8 or
+    16-bit (scaled), or float in [0, 1]. Raises MediaError (one line naming ``name``) for anything else."""
+    if isinstance(obj, Image.Image):
+        w, h = obj.size
+        if w * h > limits.max_pixels:
+            raise MediaError(_too_many_pixels(name, w, h, limits))
+        try:
+            obj = ImageOps.exif_transpose(obj)
+        except _DECODE_ERRORS:
+            pass
+        return to_rgb(obj)
+    if not isinstance(obj, np.ndarray):
+        raise MediaError(f"'{name}' is a {type(obj).__name__}: give a path, a PIL image or a numpy array")
+    arr = obj
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or min(arr.shape[:2]) < 1:
+        raise MediaError(f"'{name}' has shape {arr.shape}: expected HxW, HxWx3 (RGB) or HxWx4 (RGBA)")
+    h, w = arr.shape[:2]
+    if w * h > limits.max_pixels:
+        raise MediaError(_too_many_pixels(name, w, h, limits))
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise MediaError(f"'{name}' is a float array outside [0, 1]: give uint8 (0-255) or floats in [0, 1]")
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype.kind in "ui":
+        if arr.min() < 0:
+            raise MediaError(f"'{name}' has negative pixel values")
+        arr = _scale_to_u8(arr, sixteen_bit=arr.dtype.itemsize == 2)
+    else:
+        raise MediaError(f"'{name}' has dtype {arr.dtype}: give uint8, uint16 or float pixels")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))  # uint8: L, RGB or RGBA by channel count
+
+
+def memory_sha256(image: Image.Image) -> str:
+    """Hex SHA-256 of an in-memory picture: its size and RGB pixels (what the verdict is about)."""
+    h = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------------------------- videos
 @dataclass
 class VideoFrame:

@@ -12,6 +12,7 @@ they finish (the JSONL writer flushes each one).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from x2dfd.inputs import media_kind
 from x2dfd.records import DEFAULT_THRESHOLD, Record, label_from_p, one_line
 
 QUESTION_TEMPLATE = "explain.jinja"
+Input = Any  # str | os.PathLike (a file) | PIL.Image.Image | numpy.ndarray | tuple[str, picture]
 AGGREGATES = ("mean", "median", "max", "topk")
 
 
@@ -127,18 +129,22 @@ class Explainer:
         self.template_version = template_version(QUESTION_TEMPLATE) if mllm is not None else None
 
     # ------------------------------------------------------------------------------------------ public
-    def run(self, paths: Iterable[str]) -> Iterator[Record]:
-        """Yield one record per input (per face with ``all_faces``) as soon as its chunk is done."""
+    def run(self, paths: Iterable[Input]) -> Iterator[Record]:
+        """Yield one record per input (per face with ``all_faces``) as soon as its chunk is done.
+
+        An input is a path (image or video file), or an in-memory picture: a PIL image or a numpy
+        array (HxW, HxWx3 RGB, HxWx4 RGBA), recorded as ``<memory:N>`` (N counts from 0 in this call)
+        or as ``(name, picture)`` to give it a name of your own."""
         for record, _ in self.run_with_artifacts(paths, heatmaps=False):
             yield record
 
-    def run_with_artifacts(self, paths: Iterable[str], heatmaps: bool = True) -> Iterator[tuple[Record, Artifacts]]:
+    def run_with_artifacts(self, paths: Iterable[Input], heatmaps: bool = True) -> Iterator[tuple[Record, Artifacts]]:
         """Like :meth:`run`, also yielding the face crop (and the first localizing expert's heatmap) that
         each record's verdict is about: what the report and the demo show."""
         chunk: list[_Unit] = []
         pending = 0
-        for path in paths:
-            unit = self._prepare(path)
+        for n, item in enumerate(paths):
+            unit = self._prepare(item) if isinstance(item, (str, os.PathLike)) else self._prepare_memory(item, n)
             chunk.append(unit)
             pending += len(unit.samples)
             if pending >= self.options.batch_size:
@@ -155,15 +161,37 @@ class Explainer:
         return render_template(QUESTION_TEMPLATE, experts=shown)
 
     # ------------------------------------------------------------------------------------------ stages
-    def _prepare(self, path: str) -> _Unit:
+    def _new_unit(self, path: str, kind: str) -> _Unit:
+        return _Unit(Record(path=path, kind=kind, model=self.model_name, adapter=self.adapter,
+                            template_version=self.template_version, mode="mllm" if self.mllm else "expert-only"))
+
+    def _prepare_memory(self, item, n: int) -> _Unit:
+        """An in-memory picture (Python API): the same face crop and record as a decoded file."""
+        from x2dfd.media import image_from_memory, memory_sha256
+
+        t0 = time.perf_counter()
+        name, picture = item if isinstance(item, tuple) and len(item) == 2 else (f"<memory:{n}>", item)
+        unit = self._new_unit(str(name), "image")
+        try:
+            image = image_from_memory(picture, str(name), self.options.media_limits())
+            unit.record.sha256 = memory_sha256(image)
+            self._crop_image(unit, image)
+        except X2DFDError as err:
+            unit.record.error = one_line(str(err))
+        except Exception as err:  # noqa: BLE001 - per-item boundary, as for files
+            unit.record.error = one_line(f"'{name}': {type(err).__name__}: {err}")
+        unit.record.timings["decode+face"] = time.perf_counter() - t0
+        return unit
+
+    def _prepare(self, path: str | os.PathLike) -> _Unit:
         """Decode and crop faces; any failure becomes the unit's error (its record is then final)."""
         from x2dfd.media import file_sha256
 
         t0 = time.perf_counter()
+        path = os.fspath(path)
         kind = media_kind(path)
-        record = Record(path=path, kind=kind, model=self.model_name, adapter=self.adapter,
-                        template_version=self.template_version, mode="mllm" if self.mllm else "expert-only")
-        unit = _Unit(record)
+        unit = self._new_unit(path, kind)
+        record = unit.record
         limits = self.options.media_limits()
         try:
             record.sha256 = file_sha256(path)
@@ -183,10 +211,13 @@ class Explainer:
         return unit
 
     def _prepare_image(self, unit: _Unit, limits) -> None:
-        from x2dfd.face import extract_faces
         from x2dfd.media import load_image
 
-        image = load_image(unit.record.path, limits)
+        self._crop_image(unit, load_image(unit.record.path, limits))
+
+    def _crop_image(self, unit: _Unit, image) -> None:
+        from x2dfd.face import extract_faces
+
         image = self.transform(image) if self.transform is not None else image
         unit.record.media = {"width": image.width, "height": image.height}
         crops = extract_faces(image, **self._face_kwargs())
