@@ -40,6 +40,8 @@ Once the cached path has scored a face, later errors are raised, not taken for a
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -242,7 +244,7 @@ class CueScorer:
         out = model(input_ids=ids[:, :expanded_len], attention_mask=torch.ones_like(ids[:, :expanded_len]),
                     use_cache=True, logits_to_keep=1, **inputs)
         self.calls += 1
-        cache = out.past_key_values
+        cache = output_cache(out)
         if cache is None or not hasattr(cache, "layers") or type(cache).__name__ != "DynamicCache":
             raise _Unsupported(f"the model returned a {type(cache).__name__} cache, not a DynamicCache")
         rope_delta = getattr(inner, "rope_deltas", None)
@@ -276,7 +278,7 @@ class CueScorer:
             input_ids=torch.tensor([t for x in suffixes for t in x])[None].to(device),
             attention_mask=mask[None, None].to(device),
             position_ids=position_ids.to(device),
-            past_key_values=_expand_cache(prefix.cache, 1),
+            **cache_kwargs(model, _expand_cache(prefix.cache, 1)),
             use_cache=True,
             logits_to_keep=last.to(device),
         )
@@ -314,7 +316,7 @@ class CueScorer:
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             position_ids=position_ids.to(device),
-            past_key_values=_expand_cache(prefix.cache, b),
+            **cache_kwargs(model, _expand_cache(prefix.cache, b)),
             use_cache=True,
             logits_to_keep=keep.to(device),
         )
@@ -354,6 +356,32 @@ class CueScorer:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The forward keyword that hands a KV cache to ``model``: ``cache=`` where the model's forward takes it
+    (transformers >= 5.24, where ``past_key_values=`` is deprecated and removed in 5.40), else
+    ``past_key_values=`` (older 5.x). Decided from the forward's signature (a peft wrapper is looked
+    through), so neither version sees a deprecated name."""
+    return {_cache_keyword(model): cache}
+
+
+def _cache_keyword(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = type(base)
+    if key not in _CACHE_KEYWORD:
+        params = inspect.signature(base.forward).parameters
+        _CACHE_KEYWORD[key] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KEYWORD[key]
+
+
+_CACHE_KEYWORD: dict[type, str] = {}
+
+
+def output_cache(out):
+    """The KV cache a forward returned: the ``cache`` field (transformers >= 5.24) or ``past_key_values``."""
+    names = {f.name for f in dataclasses.fields(out)} if dataclasses.is_dataclass(out) else set(out.keys())
+    return getattr(out, "cache" if "cache" in names else "past_key_values", None)
 
 
 class _Unsupported(Exception):

@@ -19,6 +19,7 @@ weight cannot be trained), and ``prepare_model_for_kbit_training`` readies the r
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -165,22 +166,32 @@ def evaluation(model):
         model.train(was_training)
 
 
+def enable_activation_checkpointing(model, kwargs: dict) -> None:
+    """Activation (gradient) checkpointing through transformers' current name, the old one where only it exists."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.24
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def add_lora(model, cfg, parts: ModelParts):
     """Wrap ``model`` with LoRA (+ trainable projector); trainable weights in fp32, the rest frozen."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     gc_kwargs = {"use_reentrant": False}
     if cfg.load_in_4bit or cfg.load_in_8bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
-    elif cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=gc_kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        # Checkpointing is enabled below through the current API, not by peft (which calls the deprecated
+        # `gradient_checkpointing_enable`); with use_reentrant=False no input-grad hook is needed.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model, gc_kwargs)
     model.config.use_cache = False
-    peft_model = get_peft_model(model, lora_config(cfg, parts))
+    with warnings.catch_warnings():
+        # peft's own get_peft_model reads the deprecated `is_gradient_checkpointing` property (peft's call, not
+        # ours; transformers >= 5.24 warns); only that one message is silenced, only here.
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config(cfg, parts))
     check_lora_scope(peft_model, parts)
     for p in peft_model.parameters():
         if p.requires_grad and p.dtype != torch.float32:

@@ -101,3 +101,18 @@ def test_bootstrap_ci_brackets_point_and_is_seeded():
     # tiny class counts still give finite intervals (stratified resampling keeps both classes)
     p2, lo2, hi2 = bootstrap_ci(eer, [0, 1], [0.2, 0.8], n=50)
     assert (p2, lo2, hi2) == (0.0, 0.0, 0.0)
+
+
+def test_one_pass_metrics_equal_scikit_learn_with_ties():
+    """detection_metrics (one ROC curve per bootstrap replicate) agrees with scikit-learn's own functions."""
+    from sklearn import metrics as skm
+
+    from x2dfd.metrics import detection_metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    s = rng.integers(0, 11, 500) / 10.0  # heavy ties
+    got = detection_metrics(y, s)
+    assert got["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert got["ap"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+    assert got["acc"] == pytest.approx(skm.accuracy_score(y, s >= 0.5), abs=1e-12)

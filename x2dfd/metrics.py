@@ -1,14 +1,14 @@
-"""Detection metrics in pure numpy: ROC AUC, average precision, EER, TPR at a fixed FPR, bootstrap CIs.
+"""Detection metrics: ROC AUC, average precision, ROC curve and accuracy from scikit-learn; EER, TPR at a fixed
+FPR and the stratified / cluster (by video) bootstrap, which scikit-learn and scipy do not provide, here.
 
     from x2dfd.metrics import roc_auc, average_precision, eer, tpr_at_fpr, bootstrap_ci
     roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])  # 0.75
 
 Conventions (as everywhere in x2dfd): label 1 = fake = positive class, and a higher score means
-"more fake". Ties between a real and a fake score count one half, exactly as in the Mann-Whitney U
-statistic, so AUC = P(s_fake > s_real) + 0.5 P(s_fake = s_real). Every function refuses
-single-class input or non-finite scores with a :class:`~x2dfd.errors.UsageError` instead of
-returning NaN. No sklearn: the numbers agree with ``sklearn.metrics`` (roc_auc_score,
-average_precision_score, roc_curve with ``drop_intermediate=False``).
+"more fake". Ties between a real and a fake score count one half (``sklearn.metrics.roc_auc_score``,
+the Mann-Whitney U statistic), so AUC = P(s_fake > s_real) + 0.5 P(s_fake = s_real). Every function
+refuses single-class input or non-finite scores with a :class:`~x2dfd.errors.UsageError` (one line)
+instead of scikit-learn's warning and NaN.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 from x2dfd.errors import UsageError
 
@@ -40,59 +41,24 @@ def _check(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def _rankdata(s: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank (scipy.stats.rankdata 'average')."""
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    # boundaries of runs of equal values
-    new_run = np.concatenate(([True], sorted_s[1:] != sorted_s[:-1]))
-    run_id = np.cumsum(new_run) - 1
-    starts = np.flatnonzero(new_run)
-    ends = np.concatenate((starts[1:], [len(s)]))
-    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions start+1 .. end
-    ranks = np.empty(len(s), dtype=np.float64)
-    ranks[order] = avg[run_id]
-    return ranks
-
-
 def roc_auc(y_true: Sequence, scores: Sequence) -> float:
-    """Area under the ROC curve = Mann-Whitney U / (n_pos * n_neg); ties count 1/2."""
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``): Mann-Whitney U / (n_pos * n_neg), ties 1/2."""
     y, s = _check(y_true, scores)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    ranks = _rankdata(s)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds descending, cumulative TP, cumulative FP) at each distinct score value."""
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_run = np.flatnonzero(np.concatenate((s_sorted[1:] != s_sorted[:-1], [True])))
-    tps = np.cumsum(y_sorted)[last_of_run].astype(np.float64)
-    fps = (last_of_run + 1 - tps).astype(np.float64)
-    return s_sorted[last_of_run], tps, fps
+    return float(skm.roc_auc_score(y, s))
 
 
 def roc_curve(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)``: one point per distinct score (predict fake when score >= threshold),
-    starting at (0, 0) with threshold +inf and ending at (1, 1)."""
+    starting at (0, 0) with threshold +inf and ending at (1, 1) (``sklearn.metrics.roc_curve``, every point kept)."""
     y, s = _check(y_true, scores)
-    thr, tps, fps = _counts(y, s)
-    tpr = np.concatenate(([0.0], tps / tps[-1]))
-    fpr = np.concatenate(([0.0], fps / fps[-1]))
-    return fpr, tpr, np.concatenate(([np.inf], thr))
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
 def average_precision(y_true: Sequence, scores: Sequence) -> float:
-    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (no interpolation; tied scores form one step)."""
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds, no interpolation (``average_precision_score``)."""
     y, s = _check(y_true, scores)
-    _, tps, fps = _counts(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    d_recall = np.diff(np.concatenate(([0.0], recall)))
-    return float(np.sum(d_recall * precision))
+    return float(skm.average_precision_score(y, s))
 
 
 def eer(y_true: Sequence, scores: Sequence) -> float:
@@ -151,7 +117,7 @@ def bootstrap_ci(
 def accuracy(y_true: Sequence, scores: Sequence, threshold: float = 0.5) -> float:
     """Fraction of items whose verdict (fake when score >= ``threshold``) matches the label."""
     y, s = _check(y_true, scores)
-    return float(np.mean((s >= threshold) == (y == 1)))
+    return float(skm.accuracy_score(y, (s >= threshold).astype(np.int64)))
 
 
 def _metric_names(fprs: Sequence[float]) -> list[str]:
@@ -159,13 +125,12 @@ def _metric_names(fprs: Sequence[float]) -> list[str]:
 
 
 def _all_metrics(y: np.ndarray, s: np.ndarray, threshold: float, fprs: Sequence[float]) -> list[float]:
-    """Every metric of :func:`detection_metrics` from ONE sort of the scores (checked inputs)."""
-    _, tps, fps = _counts(y, s)
-    tpr = np.concatenate(([0.0], tps / tps[-1]))
-    fpr = np.concatenate(([0.0], fps / fps[-1]))
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))  # trapezoids = Mann-Whitney, ties count 1/2
-    precision = tps / (tps + fps)
-    ap = float(np.sum(np.diff(tpr) * precision))
+    """Every metric of :func:`detection_metrics` from ONE ROC curve of the (checked) inputs."""
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    auc = float(skm.auc(fpr, tpr))  # trapezoids over every point = Mann-Whitney, ties count 1/2
+    n_pos = int(y.sum())
+    tps, fps = tpr[1:] * n_pos, fpr[1:] * (len(y) - n_pos)  # counts at each distinct threshold
+    ap = float(np.sum(np.diff(tpr) * tps / (tps + fps)))  # = average_precision_score, without a second sort
     acc = float(np.mean((s >= threshold) == (y == 1)))
     return [auc, ap, _eer_from_curve(fpr, tpr), acc] + [float(tpr[fpr <= f + 1e-12].max()) for f in fprs]
 
