@@ -233,8 +233,9 @@ def test_explain_writes_the_report_beside_its_jsonl(selfcontained_llava, tmp_pat
         Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / f"crop_{i}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     out, report = tmp_path / "res.jsonl", tmp_path / "report"
+    # exit status 3: broken.jpg got no verdict (the others did)
     assert explain_main([str(tmp_path / "in"), "--model", str(selfcontained_llava), "--out", str(out), "--report",
-                         str(report), "--no-expert", "--no-face-crop", "--max-new-tokens", "3", "--quiet"]) == 0
+                         str(report), "--no-expert", "--no-face-crop", "--max-new-tokens", "3", "--quiet"]) == 3
     rows = {Path(r["path"]).name: r for r in _data(report)["rows"]}
     assert set(rows) == {"crop_0.png", "crop_1.png", "broken.jpg"}
     for name in ("crop_0.png", "crop_1.png"):

@@ -4,7 +4,9 @@
     x2dfd <command> --help
 
 Modules are imported only when their command runs, so ``x2dfd --help`` does not import torch.
-Any :class:`~x2dfd.errors.X2DFDError` that escapes a command is a usage error: one line, exit 2.
+Any :class:`~x2dfd.errors.X2DFDError` that escapes a command is one line on stderr and its class's exit
+status (2 usage, 4 output not writable, 5 output busy; see ``x2dfd.errors``); an OS-level write failure
+that escapes as a plain OSError (disk full, read-only, permission) is one line and exit 4 too.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import importlib
 import sys
 
 from x2dfd import __version__
-from x2dfd.errors import X2DFDError
-from x2dfd.records import one_line
+import errno
+
+from x2dfd.errors import EXIT_INTERRUPTED, EXIT_OUTPUT, X2DFDError
+from x2dfd.records import os_reason, terminal_line
+
+# OS errors that mean "the output cannot be written", whatever wrote it.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.EDQUOT, errno.EFBIG,
+                errno.EIO, errno.ENOTDIR, errno.EPIPE}
 
 # command -> ("module:function", one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,15 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"x2dfd: unknown command '{name}'. Available: {', '.join(COMMANDS)}.", file=sys.stderr)
+        print(f"x2dfd: unknown command '{terminal_line(name, 100)}'. Available: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(rest) or 0)
     except X2DFDError as err:
-        print(f"x2dfd {name}: error: {one_line(str(err))}", file=sys.stderr)
-        return 2
+        print(f"x2dfd {name}: error: {terminal_line(err, 1000)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"x2dfd {name}: interrupted; records written so far are kept.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = f" '{err.filename}'" if err.filename else ""
+        print(f"x2dfd {name}: error: cannot write{terminal_line(where)}: {os_reason(err)}", file=sys.stderr)
+        return EXIT_OUTPUT

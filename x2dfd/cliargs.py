@@ -63,11 +63,27 @@ def _base_type(tp: Any) -> tuple[Any, bool, bool]:
     return tp, False, optional
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: not where its help already names it ("default: ..."), and not
+    for defaults that say nothing (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower():
+            return text
+        default = action.default
+        if default is argparse.SUPPRESS or default is None or default is False or default == [] or default == ():
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description or (inspect.getdoc(cls) or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -110,7 +126,9 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str) -> T:
     try:
         return cls(**{k: v for k, v in ns.items()})
     except UsageError as err:
-        parser.exit(2, f"{prog}: error: {err}\n")
+        from x2dfd.records import terminal_line
+
+        parser.exit(2, f"{prog}: error: {terminal_line(err, 1000)}\n")
 
 
 def to_jsonable(cfg: Any) -> dict[str, Any]:

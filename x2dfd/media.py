@@ -67,12 +67,30 @@ class MediaLimits:
 
 # ---------------------------------------------------------------------------------------------- files
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (never the whole file in memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(MB), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (never the whole file in memory).
+
+    Only regular files: a device (``/dev/zero`` never ends), FIFO or socket raises OSError at once
+    (the FIFO is opened without blocking, so a pipe nobody writes to cannot hang the batch)."""
+    import errno
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            from x2dfd.inputs import file_type
+
+            raise OSError(errno.EINVAL, f"{file_type(mode)}, not a regular file", str(path))
+        h = hashlib.sha256()
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            for block in iter(lambda: f.read(MB), b""):
+                h.update(block)
+        return h.hexdigest()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _check_file(path: Path, name: str, max_mb: float, flag: str) -> int:
@@ -85,6 +103,12 @@ def _check_file(path: Path, name: str, max_mb: float, flag: str) -> int:
         raise MediaError(f"cannot read '{name}': {err.strerror or err}") from None
     if path.is_dir():
         raise MediaError(f"'{name}' is a directory, not a file")
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        from x2dfd.inputs import file_type
+
+        raise MediaError(f"'{name}' is {file_type(st.st_mode)}, not a regular file")
     if st.st_size == 0:
         raise MediaError(f"'{name}' is empty (0 bytes)")
     if st.st_size > max_mb * MB:
@@ -92,17 +116,31 @@ def _check_file(path: Path, name: str, max_mb: float, flag: str) -> int:
     return st.st_size
 
 
+_VIDEO_NAMES = "mp4, mov, m4v, mkv, webm or avi"
+
+
+def _looks_like_video(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1aE\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+
+
 def _sniff(path: Path) -> str:
-    """A short guess of what a non-image file is, from its first bytes."""
+    """A short guess of what an unusable file is, from its first bytes AND its name: a video container
+    that does not decode under a video extension is truncated or corrupt (renaming would not help);
+    under another extension it is a video in disguise."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError:
         return "unreadable"
-    if head[4:8] == b"ftyp" or head[:4] == b"\x1aE\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
-        return "looks like a video; give it a video extension"
+    is_video_name = path.suffix.lower() in {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
+    if _looks_like_video(head):
+        if is_video_name:
+            return "the video container is truncated or corrupt (an incomplete download or copy?)"
+        return f"the content is a video: rename it with a video extension ({_VIDEO_NAMES})"
     if head[:5] == b"%PDF-":
         return "a PDF document"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:6] in (b"GIF87a", b"GIF89a"):
+        return "the content is an image, not a video" if is_video_name else "a damaged image"
     try:
         text = head.decode("utf-8")
         if all(c.isprintable() or c.isspace() for c in text):
@@ -400,7 +438,7 @@ def _open(path: Path, name: str):
     try:
         container = av.open(str(path), mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as err:
-        raise MediaError(f"'{name}' is not a readable video ({' '.join(str(err).split())}; {_sniff(path)})") from None
+        raise MediaError(f"'{name}' is not a readable video: {_sniff(path)} (FFmpeg: {_ffmpeg_reason(err)})") from None
     # Skip cover art (an "attached picture" stream that mp4/mkv files may carry besides the video).
     attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
     streams = [s for s in container.streams.video if not (int(s.disposition or 0) & int(attached))]
@@ -408,6 +446,13 @@ def _open(path: Path, name: str):
         container.close()
         raise MediaError(f"'{name}' has no video stream")
     return container, streams[0]
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    """PyAV's message without its errno number and the file name it repeats."""
+    text = getattr(err, "strerror", None) or str(err)
+    text = re.sub(r"^\\[Errno -?\\d+\\]\\s*", "", " ".join(str(text).split()))
+    return re.sub(r":\\s*'[^']*'$", "", text) or type(err).__name__
 
 
 def _scan(path: Path, name: str, limits: MediaLimits) -> _Scan:

@@ -36,6 +36,10 @@ class MLLMOptions:
     """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
 
     def __post_init__(self):
+        if getattr(self, "mllm", "auto") != "none":  # expert-only runs load no model: nothing to check
+            check_local_path("--model", self.model, "a checkpoint directory saved with save_pretrained, or a hub id "
+                             f"such as {DEFAULT_MODEL}")
+            check_local_path("--adapter", self.adapter, "the --out folder of `x2dfd finetune`, or a hub id")
         if self.load_in_4bit and self.load_in_8bit:
             raise UsageError("--load-in-4bit and --load-in-8bit exclude each other; pick one")
         if self.dtype not in ("auto", *DTYPE_NAMES):
@@ -44,3 +48,22 @@ class MLLMOptions:
 
 # The name the commands use for these options.
 ModelArgs = MLLMOptions
+
+
+def looks_like_path(value: str) -> bool:
+    """A value the user meant as a local path (``./x``, ``../x``, ``/x``, ``~/x``), never a hub id."""
+    return value.startswith(("./", "../", "/", "~", ".\\", "..\\")) or value in (".", "..")
+
+
+def check_local_path(flag: str, value: str | None, what: str) -> None:
+    """A path-looking --model/--adapter that does not exist (or is a file) fails here, in milliseconds, before
+    torch and transformers are imported; hub ids and existing directories pass."""
+    import os
+
+    if not value or not looks_like_path(value):
+        return
+    path = os.path.expanduser(value)
+    if not os.path.exists(path):
+        raise UsageError(f"{flag} '{value}': no such directory; give {what}")
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} '{value}' is a file, not a checkpoint directory; give {what}")

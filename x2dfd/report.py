@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from x2dfd import __version__
-from x2dfd.errors import UsageError
-from x2dfd.records import Record, one_line
+from x2dfd.errors import EXIT_INPUTS_FAILED, EXIT_OK, OutputError, UsageError
+from x2dfd.records import Record, jsonl_lines, one_line, os_reason, safe_text, terminal_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 ASSET_SIZE = 192  # px, longest side of every asset: table cells show them at ~96 px, 2x for HiDPI
@@ -151,13 +151,58 @@ def _crop(image, face: dict[str, Any] | None, scale: float = 1.3):
     return image.crop((x0, y0, x1, y1))  # PIL pads outside the image with black, like a border crop
 
 
+REPORT_FILES = {"index.html": b"x2dfd", "records.js": b"window.X2DFD_REPORT", "records.csv": b"path,name,",
+                "report.config.json": b'"command": "report"'}
+
+
+def check_report_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse to write a report into a folder that holds anything but an earlier x2dfd report: the report's
+    files (index.html, records.js, ...) would overwrite files of the same name that are not ours."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"report folder '{safe_text(out)}' is a file; give a new or empty folder")
+    if not out.is_dir():
+        return
+    try:
+        entries = sorted(out.iterdir())
+    except OSError as err:
+        raise OutputError(f"cannot read the report folder '{safe_text(out)}': {os_reason(err)}") from None
+    foreign = []
+    for e in entries:
+        name = e.name[:-4] if e.name.endswith(".tmp") else e.name
+        if name == "assets" and e.is_dir():
+            continue
+        marker = REPORT_FILES.get(name)
+        if marker is None or not e.is_file():
+            foreign.append(e.name)
+            continue
+        if e.name.endswith(".tmp"):
+            continue
+        try:
+            with open(e, "rb") as fh:
+                head = fh.read(8192)
+        except OSError:
+            head = b""
+        if marker not in head:
+            foreign.append(e.name)
+    if foreign:
+        shown = ", ".join(f"'{safe_text(n)}'" for n in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UsageError(f"report folder '{safe_text(out)}' holds files that are not an x2dfd report ({shown}); "
+                         "x2dfd never overwrites files it did not write: give a new or empty folder")
+
+
 class ReportAssets:
-    """Writes (and finds, and regenerates) the small pictures behind each record under ``out_dir/assets``."""
+    """Writes (and finds, and regenerates) the small pictures behind each record under ``out_dir/assets``.
+
+    ``experts``: ``{name: spec}`` of the experts to load (``NAME`` or ``NAME=WEIGHTS``) when a heatmap has
+    to be recomputed for a re-rendered report; None: heatmaps are never recomputed."""
 
     KINDS = ("thumb", "face", "heat")
 
     def __init__(self, out_dir: str | os.PathLike, size: int = ASSET_SIZE, alpha: float = HEAT_ALPHA,
-                 colormap: str = HEAT_COLORMAP):
+                 colormap: str = HEAT_COLORMAP, experts: dict[str, str] | None = None):
+        self.expert_specs = experts
+        self._experts: dict[str, Any] = {}
         self.out_dir = Path(out_dir)
         self.dir = self.out_dir / "assets"
         self.size = size
@@ -197,11 +242,12 @@ class ReportAssets:
                 self._write(face, paths["thumb"])
 
     def ensure(self, record: Record) -> dict[str, str | None]:
-        """Relative URLs of the record's pictures; a missing thumbnail or face crop is regenerated from the
-        source file when it still exists (the heatmap needs the expert, so it stays missing)."""
+        """Relative URLs of the record's pictures; a missing thumbnail, face crop or heatmap is regenerated from
+        the source file when it still exists (the heatmap by the record's expert, when ``experts`` allows)."""
         paths = self.paths(record)
-        if not (paths["thumb"].is_file() and paths["face"].is_file()) and record.error is None:
-            self._regenerate(record, paths)
+        want_heat = self.expert_specs is not None and not paths["heat"].is_file() and bool(record.experts)
+        if (not (paths["thumb"].is_file() and paths["face"].is_file()) or want_heat) and record.error is None:
+            self._regenerate(record, paths, want_heat)
         return {kind: (f"assets/{p.name}" if p.is_file() else None) for kind, p in paths.items()}
 
     # ------------------------------------------------------------------------------------------ internals
@@ -220,7 +266,7 @@ class ReportAssets:
             return None if index is None else _read_video_frame(record.path, index)
         return _open_image(record.path)
 
-    def _regenerate(self, record: Record, paths: dict[str, Path]) -> None:
+    def _regenerate(self, record: Record, paths: dict[str, Path], heat: bool = False) -> None:
         try:
             source = self._thumbnail_source(record, None)
             if source is None:
@@ -233,28 +279,62 @@ class ReportAssets:
             face = _crop(source, face_info)
             if face is not None and not paths["face"].is_file():
                 self._write(face, paths["face"])
+            if heat and face is not None:
+                heatmap = self._heatmap(record, face)
+                if heatmap is not None:
+                    self._write(overlay_heatmap(_small(face, 4 * self.size), heatmap, self.alpha, self.colormap),
+                                paths["heat"])
         except Exception as err:  # noqa: BLE001 - one bad source file must not stop the report
             _warn(f"report: cannot regenerate pictures of '{record.path}': {type(err).__name__}: {err}")
 
+    def _heatmap(self, record: Record, face):
+        """The first of the record's experts that can localize, run again on the re-cropped face."""
+        for name in record.experts:
+            expert = self._expert(str(name))
+            if expert is None or getattr(expert, "localize", None) is None:
+                continue
+            try:
+                [heatmap] = expert.localize([face.convert("RGB")])
+            except NotImplementedError:
+                continue
+            if heatmap is not None:
+                return heatmap
+        return None
+
+    def _expert(self, name: str):
+        if name not in self._experts:
+            self._experts[name] = None
+            spec = (self.expert_specs or {}).get(name, name)
+            try:
+                from x2dfd.api import load_experts
+
+                [self._experts[name]] = load_experts([spec], device="cpu")
+            except Exception as err:  # noqa: BLE001 - no heatmap, the rest of the report stands
+                _warn(f"report: no heatmaps from expert '{name}': {type(err).__name__}: {err}")
+        return self._experts[name]
+
 
 def _warn(message: str) -> None:
-    print(one_line(message), file=sys.stderr)
+    print(terminal_line(message), file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- records
 def load_records(jsonl: str | os.PathLike) -> tuple[list[Record], list[dict[str, Any]]]:
     """Records of a JSONL file and each line's raw dict (extra fields such as ``label_true`` live there).
 
-    A line that is not a record (truncated by an interrupted run, hand-edited) becomes an error record
-    named after its line, so it shows in the report instead of stopping it. For an input recorded more
-    than once (a retried item), the last line wins."""
+    Lines are split on "\\n" only (a U+2028 or "\\r" inside a file name or an explanation is text, not a
+    line break). A line that is not a record (truncated by an interrupted run, hand-edited) becomes an
+    error record named after its line, so it shows in the report instead of stopping it. For an input
+    recorded more than once (a retried item), the last line wins."""
     path = Path(jsonl)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as err:
-        raise UsageError(f"cannot read '{jsonl}': {err.strerror or err}") from err
+        raise UsageError(f"cannot read '{safe_text(jsonl)}': {err.strerror or err}") from err
     latest: dict[tuple, tuple[Record, dict[str, Any]]] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, raw_line in enumerate(jsonl_lines(data), 1):
+        line = raw_line.decode("utf-8", errors="replace")
         if not line.strip():
             continue
         try:
@@ -264,7 +344,7 @@ def load_records(jsonl: str | os.PathLike) -> tuple[list[Record], list[dict[str,
             record = Record.from_dict(raw)
             key = (record.path, record.face_index)
         except (ValueError, TypeError) as err:
-            raw = {}
+            raw = {"\0bad_line": lineno}
             record = Record.failed(f"{path.name}:{lineno}", f"line {lineno} of '{path}' is not a record: {err}")
             key = ("\0line", lineno)
         latest.pop(key, None)  # re-insert: keep the order of the last occurrence
@@ -493,8 +573,12 @@ def _row(i: int, r: Record, y: int | None, urls: dict[str, str | None]) -> dict[
 def script_json(data: Any) -> str:
     """JSON that is safe inside a <script> element or a .js file: no ``</script>``, ``<!--``, ``]]>``."""
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)  # undecodable bytes of a file name
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 
 def _safe_cell(value: Any) -> Any:
@@ -515,7 +599,7 @@ def write_csv(path: Path, records: list[Record], y_true: list[int | None], urls:
               experts: list[str]) -> None:
     columns = csv_columns(experts)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         for r, y, u in zip(records, y_true, urls):
@@ -565,22 +649,39 @@ def _static(name: str):
     return Markup((TEMPLATES_DIR / name).read_text(encoding="utf-8"))
 
 
+def expert_specs_for(jsonl: str | os.PathLike | None) -> dict[str, str]:
+    """``{name: NAME=WEIGHTS}`` from the run config beside an explain JSONL (``results.config.json``), so a
+    recomputed heatmap comes from the weights the run used; empty when there is none (default weights)."""
+    if jsonl is None:
+        return {}
+    src = Path(jsonl)
+    conf = src.with_suffix(".config.json") if src.suffix else src.with_name(src.name + ".config.json")
+    try:
+        specs = json.loads(conf.read_text(encoding="utf-8")).get("config", {}).get("expert") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(s).partition("=")[0].strip(): str(s) for s in specs if isinstance(s, str)}
+
+
 def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.PathLike, title: str | None = None,
-                  labels: dict[str, int] | None = None, folder_labels: bool = True) -> Path:
+                  labels: dict[str, int] | None = None, folder_labels: bool = True, heatmaps: bool = True) -> Path:
     """Write ``out_dir/index.html``, ``records.js`` and ``records.csv`` for ``records`` (or a JSONL file);
-    returns the path of ``index.html``. Pictures come from ``out_dir/assets`` (see :class:`ReportAssets`)."""
+    returns the path of ``index.html``. Pictures come from ``out_dir/assets`` (see :class:`ReportAssets`);
+    missing ones are made again from the inputs that still exist (``heatmaps``: heatmaps too, by the
+    records' experts). A folder holding files that are not an x2dfd report is refused (UsageError)."""
     import datetime
 
     source = None
     raws: list[dict[str, Any]] | None = None
+    out = Path(out_dir)
+    check_report_dir(out)
     if isinstance(records, (str, os.PathLike)):
         source = Path(records)
         records, raws = load_records(source)
     records = [sanitize(r) for r in records]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y_true = true_labels(records, raws, labels, folders=folder_labels)
-    assets = ReportAssets(out)
+    assets = ReportAssets(out, experts=expert_specs_for(source) if heatmaps else None)
     urls: list[dict[str, str | None]] = []
     rows: list[dict[str, Any]] = []
     for i, (r, y) in enumerate(zip(records, y_true)):
@@ -614,7 +715,7 @@ def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.P
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     os.replace(tmp, path)
 
 
@@ -631,6 +732,8 @@ class ReportConfig:
     """Title shown at the top of the page (default: from the JSONL file name)."""
     labels: str = "auto"
     """True labels for the metrics: auto (label_true fields, then real/fake folder names), none, or a CSV file with columns path,label."""
+    heatmaps: bool = True
+    """Recompute missing heatmaps (e.g. in a new --out folder) with the experts named in the records, from the inputs that still exist."""
 
     def __post_init__(self):
         if not Path(self.jsonl).is_file():
@@ -651,9 +754,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ReportConfig, argv, prog="x2dfd report")
     out = cfg.out_dir()
     labels = read_labels_csv(cfg.labels) if cfg.labels not in ("auto", "none") else None
-    index = render_report(cfg.jsonl, out, title=cfg.title, labels=labels, folder_labels=cfg.labels != "none")
-    resolved = {"command": "report", "x2dfd_version": __version__, "config": to_jsonable(cfg)}
-    _write_text(out / "report.config.json", json.dumps(resolved, indent=2) + "\n")
-    print(f"report: {index} (and {out / 'records.csv'})", file=sys.stderr)
-    return 0
+    try:
+        index = render_report(cfg.jsonl, out, title=cfg.title, labels=labels, folder_labels=cfg.labels != "none",
+                              heatmaps=cfg.heatmaps)
+        resolved = {"command": "report", "x2dfd_version": __version__, "config": to_jsonable(cfg)}
+        _write_text(out / "report.config.json", json.dumps(resolved, indent=2) + "\n")
+    except OSError as err:
+        raise OutputError(f"cannot write the report into '{safe_text(out)}': {os_reason(err)}") from None
+    records, raws = load_records(cfg.jsonl)
+    bad = sum(1 for raw in raws if "\0bad_line" in raw)
+    undetermined = sum(1 for r in records if r.p_fake is None) - bad
+    print(f"report: {safe_text(index)} (and {safe_text(out / 'records.csv')})", file=sys.stderr)
+    print(f"x2dfd report: {len(records) - bad} records rendered ({undetermined} without a verdict); {bad} line(s) of "
+          f"'{safe_text(cfg.jsonl)}' {'is' if bad == 1 else 'are'} not records", file=sys.stderr)
+    return EXIT_INPUTS_FAILED if bad else EXIT_OK
 
