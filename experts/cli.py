@@ -132,8 +132,10 @@ class ScoreConfig(PipelineOptions):
     """Also write an HTML report (with the experts' heatmaps) into this directory."""
     device: str = "auto"
     """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
+    force_new_run: bool = field(default=False, metadata={"store_true": True})
+    """When --out holds a run with other settings (experts, verdict options): move that run's files aside (OUT.run-<time>.jsonl and its config) and start a new one, instead of refusing."""
     quiet: bool = field(default=False, metadata={"store_true": True})
-    """No progress bar and no summary table."""
+    """No progress bar and no summary table (the last stderr line still says how many inputs failed)."""
     max_new_tokens: int = field(default=0, metadata={"cli": False})
 
     def __post_init__(self):
@@ -145,16 +147,20 @@ class ScoreConfig(PipelineOptions):
 def score_main(argv: list[str]) -> int:
     """``x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]``: explain's pipeline in expert-only mode."""
     cfg = parse_config(ScoreConfig, argv, prog="x2dfd expert score")
-    from x2dfd.explain import ExplainConfig, run_explain, summary_table
+    from x2dfd.explain import ExplainConfig, execute, finish
 
     explain_cfg = ExplainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, mllm="none")
-    records = run_explain(explain_cfg)
-    if not cfg.quiet and records:
-        print(summary_table(records), file=sys.stderr)
-    return 0
+    # exit status: 0 every input got a verdict, 3 some did not (as `x2dfd explain`); the last stderr line counts them
+    return finish("expert score", cfg, execute(explain_cfg, command="expert score"))
 
 
 def list_main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="x2dfd expert list",
+                                     description="List the registered experts (built-ins and x2dfd.experts plugins); "
+                                                 "the default set is marked.")
+    parser.parse_args(argv)
     from x2dfd.experts import DEFAULT_EXPERTS, available_experts
 
     for name in available_experts():
@@ -176,5 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     sub, rest = argv[0], argv[1:]
     if sub not in SUBCOMMANDS:
-        raise UsageError(f"unknown subcommand 'x2dfd expert {sub}'. Available: {', '.join(SUBCOMMANDS)}.")
+        from x2dfd.records import safe_text
+
+        raise UsageError(f"unknown subcommand 'x2dfd expert {safe_text(sub)}'. Available: {', '.join(SUBCOMMANDS)}.")
     return SUBCOMMANDS[sub](rest)

@@ -277,6 +277,14 @@ def run_condition(explainer, paths: list[str], condition: Condition, cache_path:
                   cue_scorer=None, quiet: bool = False) -> dict[str, Record]:
     """Records of ``paths`` under ``condition``: those in ``cache_path`` are reused, the rest computed through
     the pipeline (with ``condition``'s perturbation as its transform) and appended, one flushed line each."""
+    from x2dfd.explain import OutputLock
+
+    with OutputLock(cache_path):  # a second evaluate on the same --out refuses instead of interleaving lines
+        return _run_condition(explainer, paths, condition, cache_path, hashes, cue_scorer, quiet)
+
+
+def _run_condition(explainer, paths: list[str], condition: Condition, cache_path: Path, hashes: dict[str, str | None],
+                   cue_scorer=None, quiet: bool = False) -> dict[str, Record]:
     from tqdm.auto import tqdm
 
     from x2dfd.explain import RecordWriter, read_records
@@ -1077,4 +1085,22 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.quiet:
         print(summary_text(metrics), file=sys.stderr)
         print(f"evaluate: {cfg.out_dir() / 'metrics.json'}, {cfg.out_dir() / 'evaluate.html'}", file=sys.stderr)
-    return 0
+    return outcome(cfg, metrics)
+
+
+def outcome(cfg: EvaluateConfig, metrics: dict[str, Any]) -> int:
+    """The last stderr line (always, even with --quiet): how many items got no verdict in the clean condition;
+    exit status 3 when some did (they enter the metrics as --undetermined says), else 0."""
+    from x2dfd.errors import EXIT_INPUTS_FAILED, EXIT_OK
+    from x2dfd.explain import read_records
+
+    clean = next((c for c in metrics.get("conditions", []) if c.get("name") == "clean"), None)
+    records = read_records(cfg.out_dir() / clean["records"], repair=False, warn=False) if clean else []
+    judged = {r.path for r in records if r.p_fake is not None}
+    paths = list(dict.fromkeys(r.path for r in records))
+    failed = [p for p in paths if p not in judged]
+    line = f"x2dfd evaluate: {len(paths)} items, {len(paths) - len(failed)} with a verdict, {len(failed)} failed"
+    if failed:
+        line += f" (no verdict: see {clean['records']} under {cfg.out_dir()})"
+    print(line, file=sys.stderr)
+    return EXIT_INPUTS_FAILED if failed else EXIT_OK
