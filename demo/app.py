@@ -13,11 +13,15 @@ cannot be used is answered with one line in the page, never a traceback.
 
 Example inputs are made by the project's own code at start, into ``--examples-dir`` (see
 ``demo/examples.py``); nothing is shipped or downloaded. It listens on 127.0.0.1 unless ``--host``
-says otherwise: the page has no authentication.
+says otherwise; the page has no login unless ``--auth USER:PASS`` (Gradio's own login form), and
+listening on any other address prints a warning. Uploaded files are deleted from Gradio's cache
+``--delete-uploads-after`` seconds after they arrive (and all of them when the demo stops). File
+names and messages are shown as plain text, never as Markdown or HTML.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
@@ -30,7 +34,7 @@ from x2dfd.errors import UsageError
 from x2dfd.explain import ExplainConfig, ModelArgs
 from x2dfd.inputs import IMAGE_EXTS, MEDIA_EXTS, VIDEO_EXTS
 from x2dfd.pipeline import PipelineOptions
-from x2dfd.records import Record, one_line
+from x2dfd.records import Record, one_line, safe_text
 
 log = logging.getLogger("x2dfd.demo")
 
@@ -51,10 +55,15 @@ class DemoConfig(ExplainConfig):
     quiet: bool = field(default=False, metadata={"cli": False})
     report: str | None = field(default=None, metadata={"cli": False})
     all_faces: bool = field(default=False, metadata={"cli": False})
+    force_new_run: bool = field(default=False, metadata={"cli": False})
     max_file_mb: float = 50.0
     """Largest upload accepted, in MB (images and videos)."""
     host: str = "127.0.0.1"
-    """Address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface; the page has no login)."""
+    """Address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface: anyone who can reach this machine can use it; see --auth)."""
+    auth: str | None = field(default=None, metadata={"metavar": "USER:PASS"})
+    """Require this user name and password (Gradio's login page) before the page can be used; the connection itself is plain HTTP."""
+    delete_uploads_after: int = 3600
+    """Seconds after which uploaded files are deleted from Gradio's cache (checked every few minutes; all are deleted when the demo stops)."""
     port: int = 7860
     """Port to listen on."""
     concurrency: int = 1
@@ -85,6 +94,37 @@ class DemoConfig(ExplainConfig):
             raise UsageError(f"--max-file-mb must be > 0, got {self.max_file_mb}")
         if self.cue_top < 1:
             raise UsageError(f"--cue-top must be >= 1, got {self.cue_top}")
+        if self.auth is not None:
+            user, sep, password = self.auth.partition(":")
+            if not sep or not user or not password:
+                raise UsageError("--auth must be USER:PASS (a user name and a password separated by ':')")
+        if self.delete_uploads_after < 1:
+            raise UsageError(f"--delete-uploads-after must be >= 1 second, got {self.delete_uploads_after}")
+
+    def auth_pair(self) -> tuple[str, str] | None:
+        if self.auth is None:
+            return None
+        user, _, password = self.auth.partition(":")
+        return user, password
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def exposure_warning(host: str, port: int, auth: bool) -> str | None:
+    """The warning printed when the page is reachable from other machines (None on loopback)."""
+    if is_loopback(host):
+        return None
+    where = f"{host}:{port}" + (" (every network interface)" if host in ("0.0.0.0", "::", "") else "")
+    if auth:
+        return (f"x2dfd demo: warning: listening on {where}: other machines can reach this page; it asks for the "
+                "--auth login, but the connection is plain HTTP (put it behind HTTPS to keep the password private)")
+    return (f"x2dfd demo: warning: listening on {where}: anyone who can reach this machine can use the page and the "
+            "model, with no login; add --auth USER:PASS, or listen on 127.0.0.1")
 
 
 # ---------------------------------------------------------------------------------------------- handler
@@ -139,7 +179,7 @@ def analyze(explainer, path: str | os.PathLike | None, score_cues: bool = False,
     try:
         record, artifacts = next(iter(explainer.run_with_artifacts([path])))
     except Exception as err:  # noqa: BLE001 - the page boundary: log the cause, show one line
-        log.exception("demo: analysing %s failed", path)
+        log.exception("demo: analysing %s failed", safe_text(path))
         cause = one_line(f"{type(err).__name__}: {err}", 300).replace(path, name)
         return DemoResult(False, f"'{name}' could not be analysed: {cause}")
     # the server's temp path means nothing to the visitor (and is none of their business)
@@ -227,9 +267,15 @@ def timeline_figure(timeline: list[dict[str, Any]] | None):
     return fig
 
 
+def plain_html(text: str | None) -> str:
+    """Untrusted text for an HTML component: escaped, so it shows as the characters it is (never markup)."""
+    return html.escape(safe_text(text or ""))
+
+
 def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.PathLike] | None = None,
-              cue_scorer=None, cue_top: int = 8):
-    """The page (a ``gradio.Blocks``), wired to ``explainer``; call ``launch_app`` (or ``.launch``) to serve it."""
+              cue_scorer=None, cue_top: int = 8, delete_uploads_after: int = 3600):
+    """The page (a ``gradio.Blocks``), wired to ``explainer``; call ``launch_app`` (or ``.launch``) to serve it.
+    Uploads are deleted ``delete_uploads_after`` seconds after they arrive (Gradio's ``delete_cache``)."""
     import gradio as gr
 
     def run(path, score_cues):
@@ -237,7 +283,7 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                       cue_top=cue_top)
         rec = res.record
         if not res.ok and path:
-            gr.Warning(res.message)
+            gr.Warning(html.escape(safe_text(res.message)))  # the toast renders HTML: the file name is shown as text
         verdict = (f"## {rec.label.upper()} · p_fake {rec.p_fake:.3f}" if res.ok else "") if rec else ""
         label = {"fake": rec.p_fake, "real": 1.0 - rec.p_fake} if res.ok else None
         message = "" if res.ok and not (rec and rec.error) else res.message
@@ -246,7 +292,7 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
         cues_visible = res.cues is not None
         return (
             gr.update(value=verdict),
-            gr.update(value=message),
+            gr.update(value=plain_html(message)),
             label,
             res.explanation,
             res.face,
@@ -258,7 +304,9 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
             gr.update(value=timeline_figure(res.timeline), visible=bool(res.timeline)),
         )
 
-    with gr.Blocks(title="x2dfd: explainable deepfake detection", analytics_enabled=False) as app:
+    age = int(delete_uploads_after)
+    with gr.Blocks(title="x2dfd: explainable deepfake detection", analytics_enabled=False,
+                   delete_cache=(max(1, min(age, 300)), age)) as app:
         gr.Markdown("# x2dfd: is this face real or fake, and why?\n"
                     f"Upload a face image or a short video ({_allowed()}, up to {max_file_mb:g} MB). "
                     "The verdict's p_fake is read from the model's logits; the explanation is the model's own text.")
@@ -276,7 +324,7 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                     gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload], label="Examples (made by x2dfd)")
             with gr.Column(scale=2):
                 verdict = gr.Markdown(elem_id="verdict")
-                message = gr.Markdown(elem_id="message")
+                message = gr.HTML(elem_id="message")  # plain text (escaped): file names are not markup
                 label = gr.Label(label="Verdict", num_top_classes=2, elem_id="verdict-label")
                 explanation = gr.Textbox(label="Explanation", lines=5, interactive=False, elem_id="explanation")
                 with gr.Row():
@@ -298,12 +346,26 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
 
 
 def launch_app(app, host: str = "127.0.0.1", port: int = 7860, max_file_mb: float = 50.0, concurrency: int = 1,
-               queue_size: int = 32, examples_dir: str | None = None, block: bool = True, quiet: bool = False):
-    """Queue and serve the page; with ``block=False`` return at once (tests, notebooks)."""
+               queue_size: int = 32, examples_dir: str | None = None, block: bool = True, quiet: bool = False,
+               auth: tuple[str, str] | None = None):
+    """Queue and serve the page; with ``block=False`` return at once (tests, notebooks). Gradio's own start-up
+    lines (and its "set share=True" hint: the demo never opens a public tunnel) are replaced by ours:
+    the URL, and a warning when ``host`` is not a loopback address."""
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    return app.launch(server_name=host, server_port=port, max_file_size=int(max_file_mb * 1024 * 1024),
-                      show_error=False, prevent_thread_lock=not block, quiet=quiet, ssr_mode=False, css=CSS,
-                      footer_links=[], allowed_paths=[examples_dir] if examples_dir else None)
+    warning = exposure_warning(host, port, auth is not None)
+    if warning:
+        print(warning, file=sys.stderr)
+        log.warning(warning)
+    result = app.launch(server_name=host, server_port=port, max_file_size=int(max_file_mb * 1024 * 1024),
+                        show_error=False, prevent_thread_lock=True, quiet=True, ssr_mode=False, css=CSS,
+                        footer_links=[], allowed_paths=[examples_dir] if examples_dir else None, share=False,
+                        auth=auth)
+    if not quiet:
+        url = getattr(app, "local_url", None) or f"http://{host}:{port}/"
+        print(f"x2dfd demo: serving on {url}{' (login required)' if auth else ''}; Ctrl-C stops it", file=sys.stderr)
+    if block:
+        app.block_thread()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - examples are a convenience; the demo works without them
             log.warning("demo: no examples: %s", one_line(f"{type(err).__name__}: {err}"))
     app = build_app(explainer, max_file_mb=cfg.max_file_mb, examples=examples,
-                    cue_scorer=build_cue_scorer(explainer, cfg.batch_size * 4), cue_top=cfg.cue_top)
+                    cue_scorer=build_cue_scorer(explainer, cfg.batch_size * 4), cue_top=cfg.cue_top,
+                    delete_uploads_after=cfg.delete_uploads_after)
     launch_app(app, cfg.host, cfg.port, cfg.max_file_mb, cfg.concurrency, cfg.queue_size,
-               examples_dir=cfg.examples_dir if examples else None)
+               examples_dir=cfg.examples_dir if examples else None, auth=cfg.auth_pair())
     return 0

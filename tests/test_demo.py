@@ -231,3 +231,48 @@ def test_examples_are_made_by_project_code(tmp_path):
     stamps = [f.stat().st_mtime_ns for f in files]
     assert make_examples(tmp_path / "ex", source_dir=photos) == files  # made once, reused at the next start
     assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_exposed_host_warns_auth_is_passed_and_no_share_hint(capsys):
+    from x2dfd.demo.app import exposure_warning, launch_app
+
+    assert exposure_warning("127.0.0.1", 7860, False) is None and exposure_warning("localhost", 1, False) is None
+    assert "no login" in exposure_warning("0.0.0.0", 7860, False) and "--auth" in exposure_warning("0.0.0.0", 7860, False)
+    assert "plain HTTP" in exposure_warning("192.168.1.5", 7860, True)
+
+    class FakeApp:
+        local_url = "http://0.0.0.0:7860/"
+
+        def queue(self, **kw):
+            self.queued = kw
+
+        def launch(self, **kw):
+            self.launched = kw
+
+        def block_thread(self):
+            self.blocked = True
+
+    app = FakeApp()
+    launch_app(app, host="0.0.0.0", port=7860, auth=("ann", "s3cret"), block=False)
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0:7860" in err and "share=True" not in err
+    assert app.launched["auth"] == ("ann", "s3cret") and app.launched["share"] is False
+    assert app.launched["quiet"] is True  # gradio's own banner (with its share=True hint) is not printed
+    cfg = DemoConfig(auth="ann:s3:cret", delete_uploads_after=60)
+    assert cfg.auth_pair() == ("ann", "s3:cret")
+    for bad in ("ann", ":x", "ann:"):
+        with pytest.raises(Exception, match="USER:PASS"):
+            DemoConfig(auth=bad)
+
+
+def test_uploads_are_deleted_and_names_are_plain_text(explainer, tmp_path):
+    import gradio as gr
+
+    app = build_app(explainer, max_file_mb=5, delete_uploads_after=90)
+    assert isinstance(app, gr.Blocks) and app.delete_cache == (90, 90)
+    hostile = tmp_path / "<img src=x onerror=alert(1)> [link](javascript:x) \x1b[31m.txt"
+    hostile.write_text("x")
+    _, message, *_ = app.x2dfd_run(str(hostile), False)
+    value = message["value"]
+    assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;" in value and "\x1b" not in value
+    assert "\\x1b" in value  # the control character is shown, escaped
