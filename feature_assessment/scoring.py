@@ -40,8 +40,6 @@ Once the cached path has scored a face, later errors are raised, not taken for a
 from __future__ import annotations
 
 import copy
-import dataclasses
-import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from x2dfd.compat import cache_kwargs, output_cache
 from x2dfd.prompts import render_template, template_version
 from x2dfd.errors import UsageError
 
@@ -356,32 +355,6 @@ class CueScorer:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def cache_kwargs(model, cache) -> dict:
-    """The forward keyword that hands a KV cache to ``model``: ``cache=`` where the model's forward takes it
-    (transformers >= 5.24, where ``past_key_values=`` is deprecated and removed in 5.40), else
-    ``past_key_values=`` (older 5.x). Decided from the forward's signature (a peft wrapper is looked
-    through), so neither version sees a deprecated name."""
-    return {_cache_keyword(model): cache}
-
-
-def _cache_keyword(model) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    key = type(base)
-    if key not in _CACHE_KEYWORD:
-        params = inspect.signature(base.forward).parameters
-        _CACHE_KEYWORD[key] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KEYWORD[key]
-
-
-_CACHE_KEYWORD: dict[type, str] = {}
-
-
-def output_cache(out):
-    """The KV cache a forward returned: the ``cache`` field (transformers >= 5.24) or ``past_key_values``."""
-    names = {f.name for f in dataclasses.fields(out)} if dataclasses.is_dataclass(out) else set(out.keys())
-    return getattr(out, "cache" if "cache" in names else "past_key_values", None)
 
 
 class _Unsupported(Exception):

@@ -19,12 +19,12 @@ weight cannot be trained), and ``prepare_model_for_kbit_training`` readies the r
 from __future__ import annotations
 
 import re
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from x2dfd.compat import enable_activation_checkpointing, peft_calls
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.mllm import PROJECTOR_NAMES  # one list, shared with the runtime's 4-bit loading
 
@@ -166,15 +166,6 @@ def evaluation(model):
         model.train(was_training)
 
 
-def enable_activation_checkpointing(model, kwargs: dict) -> None:
-    """Activation (gradient) checkpointing through transformers' current name, the old one where only it exists."""
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.24
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def add_lora(model, cfg, parts: ModelParts):
     """Wrap ``model`` with LoRA (+ trainable projector); trainable weights in fp32, the rest frozen."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -187,10 +178,7 @@ def add_lora(model, cfg, parts: ModelParts):
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model, gc_kwargs)
     model.config.use_cache = False
-    with warnings.catch_warnings():
-        # peft's own get_peft_model reads the deprecated `is_gradient_checkpointing` property (peft's call, not
-        # ours; transformers >= 5.24 warns); only that one message is silenced, only here.
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_calls():
         peft_model = get_peft_model(model, lora_config(cfg, parts))
     check_lora_scope(peft_model, parts)
     for p in peft_model.parameters():

@@ -73,8 +73,10 @@ def test_cached_scores_equal_full_prompt_forward(fixture, request):
         refs.append(ref)
     assert np.abs(three.score_image(images[0], [4, 0, 2]) - refs[0][[4, 0, 2]]).max() < 1e-4  # any subset, any order
     assert (one.method, three.method, padded.method) == ("packed", "packed", "padded") and one.fallback_reason is None
-    # one prefill per image, then ceil(5 / batch) suffix passes
-    assert one.calls == 2 * (1 + 5) and padded.calls == 2 * (1 + 2) and three.calls == 2 * (1 + 2) + (1 + 1)
+    # one prefill per image, then ceil(5 / batch) suffix passes (+1 once where this transformers version cannot
+    # keep per-row logit positions, e.g. 5.17: the padded path then retries that batch with the union of positions)
+    retry = 0 if padded._per_row_keep else 1
+    assert one.calls == 2 * (1 + 5) and padded.calls == 2 * (1 + 2) + retry and three.calls == 2 * (1 + 2) + (1 + 1)
     assert len({round(float(p), 7) for p in refs[0]}) > 1  # cues do change the answer
     assert np.abs(refs[0] - refs[1]).max() > 1e-6  # and so do images
 
@@ -264,12 +266,14 @@ def test_assess_with_face_crop_and_undecodable_file(tiny_llava, face_data, tmp_p
                   "--bootstrap", "20", "--quiet", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "ranking.json").read_text())["data"]
-    assert data["n_sampled"] == {"real": 4, "fake": 4}
+    # the undecodable file is dropped before sampling (reported), so both classes keep equal usable counts
+    assert data["n_sampled"] == {"real": 3, "fake": 3}
     assert data["face"] == {"crop": True, "scale": 1.3, "align": False, "min_score": 0.5}
-    assert data["undetermined"]["real"] >= 1 and sum(data["undetermined"].values()) == len(data["errors"])
-    assert data["n_scored"]["real"] + data["undetermined"]["real"] == 4
-    broken = [e for e in data["errors"] if e["path"].endswith("broken.jpg")]
-    assert len(broken) == 1 and broken[0]["label"] == "real" and "\n" not in broken[0]["error"]
+    assert sum(data["undetermined"].values()) == len(data["errors"])  # no face: kept in the sample, undetermined
+    assert data["n_scored"]["real"] + data["undetermined"]["real"] == 3
+    assert data["unreadable"]["real"] == 1 and data["unreadable"]["fake"] == 0
+    [broken] = data["unreadable"]["examples"]
+    assert broken["path"].endswith("broken.jpg") and broken["label"] == "real" and "\n" not in broken["error"]
     lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert sum(x["kind"] == "error" for x in lines) == len(data["errors"])  # cached: a rerun skips them
 

@@ -86,4 +86,4 @@ def test_finetune_learns_a_visible_artifact(tmp_path, one_thread):
     assert auc >= 0.95
     assert verdict_ok >= 0.8
     assert all(r["adapter"] == str(out) for r in rows)
-    assert elapsed < 120
+    # Time is reported above, never asserted: speed lives in bench/ (bench_finetune.py).

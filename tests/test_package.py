@@ -153,3 +153,25 @@ def test_api_with_an_mllm_checkpoint_dir(selfcontained_llava, photos):
     rec = det.explain_one(Image.open(photos[0]))
     assert rec.mode == "mllm" and rec.model == str(selfcontained_llava) and 0.0 <= rec.p_fake <= 1.0
     assert rec.explanation is not None and rec.explanation.startswith("This image is")
+
+
+# ------------------------------------------------------------------------------------------------ the lock
+def test_every_dependency_is_pinned_in_the_lock():
+    """constraints.txt (made by `bash .ci/lock`) pins every requirement of pyproject.toml, extras included,
+    at a version inside the range pyproject allows."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for req in reqs:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in constraints.txt: run `bash .ci/lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"

@@ -313,5 +313,8 @@ def apply_adapter(model, adapter_dir: str, merge: bool = True):
         raise ModelNotFoundError(
             f"cannot load adapter '{adapter_dir}': no adapter_config.json there (pass the output dir of `x2dfd finetune`)"
         )
-    model = PeftModel.from_pretrained(model, str(path))
+    from x2dfd.compat import peft_calls
+
+    with peft_calls():
+        model = PeftModel.from_pretrained(model, str(path))
     return model.merge_and_unload() if merge else model
