@@ -26,14 +26,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from x2dfd import __version__
 from x2dfd.cliargs import parse_config, to_jsonable
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.explain import ModelArgs
 from x2dfd.pipeline import PipelineOptions
-from x2dfd.records import one_line
+from x2dfd.records import one_line, terminal_line
 
 from x2dfd.feature_assessment.cache import SCORES_FILE, ScoreStore, setting_id
 
@@ -43,6 +43,8 @@ RANK_KEYS = ("auc", "balanced_accuracy")
 @dataclass
 class AssessConfig(ModelArgs):
     """Rank forgery cues by how well the MLLM's yes/no answers separate real from fake faces."""
+
+    early_model_check: ClassVar[bool] = False  # run_assess checks --model after DATA (whose errors come first)
 
     data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
     """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a DeepfakeBench dataset JSON."""
@@ -247,6 +249,8 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     from x2dfd.dataset import balanced_sample, load_labelled
 
     holder: dict[str, Any] = {}
+    if cfg.data is None or cfg.generate_cues:
+        cfg.check_model_paths()
     generated = _run_generation(cfg, holder) if cfg.generate_cues else None
     out_dir = Path(cfg.out)
     if cfg.data is None:
@@ -257,8 +261,8 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     full_bank = load_cues(cue_paths)  # the scorer's shared prefix depends on all cues, not on --only
     ds_all = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
     _refuse_videos(ds_all, cfg.data)
-    ds = balanced_sample(ds_all, cfg.per_class, cfg.seed)
-    rows = ds.to_list()
+    cfg.check_model_paths()  # after the data's own checks, still before anything heavy is imported
+    rows, unreadable = sample_readable(ds_all, cfg, balanced_sample)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     setting = build_setting(cfg)
@@ -269,8 +273,6 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
 
     store = ScoreStore(out_dir / SCORES_FILE)
     cue_ids = [c.id for c in bank.cues]
-    for row in rows:
-        row["sha256"] = _file_sha256(row["path"])
     todo = [(row, store.missing(sid, row["sha256"], cue_ids)) for row in rows]
     todo = [(row, missing) for row, missing in todo if missing]
     n_pairs = sum(len(m) for _, m in todo)
@@ -300,6 +302,10 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     elapsed = time.perf_counter() - t0
 
     ranking = _rank(cfg, bank, full_bank, rows, ds_all, store, sid, setting, scorer, holder.get("mllm"))
+    ranking["data"]["unreadable"] = {"real": sum(u["label"] == "real" for u in unreadable),
+                                     "fake": sum(u["label"] == "fake" for u in unreadable),
+                                     "examples": unreadable[:20],
+                                     "note": "dropped before sampling: other files of the class were drawn instead"}
     ranking["run"] = {"newly_scored": newly, "seconds": round(elapsed, 3),
                       "cues_per_second": round(newly / elapsed, 3) if newly and elapsed > 0 else None,
                       "model_calls": scorer.calls if scorer else 0, "failures": failures[:50]}
@@ -310,6 +316,58 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
                  title=f"{cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''}: cue AUC, "
                        f"{ranking['data']['n_scored']['real']} real / {ranking['data']['n_scored']['fake']} fake faces")
     return AssessResult(out_dir, ranking, newly, scorer.calls if scorer else 0, "mllm" in holder, generated)
+
+
+def _readable(path: str, cfg: AssessConfig) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` for a file that decodes as an image within the limits, else ``(None, why)``. A file
+    without a face is readable (it stays in the sample: face-detection rates per class are part of the data)."""
+    from x2dfd.errors import MediaError
+    from x2dfd.media import MediaLimits, load_image
+
+    try:
+        sha = _file_sha256(path)
+    except OSError as err:
+        return None, one_line(f"cannot read '{path}': {err.strerror or err}")
+    try:
+        load_image(path, MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb))
+    except MediaError as err:
+        return None, one_line(str(err))
+    return sha, None
+
+
+def sample_readable(ds_all, cfg: AssessConfig, balanced_sample) -> tuple[list[dict], list[dict[str, str]]]:
+    """The balanced, seeded sample of ``--per-class`` rows per class, with every file that cannot be read or
+    decoded replaced by another file of its class (drawn in a seeded order), so both classes keep the same
+    count of usable faces. When every file reads, the sample is exactly ``balanced_sample``'s. Returns the
+    rows (original order, each with its ``sha256``) and the dropped files."""
+    import numpy as np
+
+    sample = balanced_sample(ds_all, cfg.per_class, cfg.seed).to_list()
+    all_rows = ds_all.to_list()
+    chosen = {r["path"] for r in sample}
+    order = {r["path"]: i for i, r in enumerate(all_rows)}
+    rng = np.random.default_rng(cfg.seed + 1)
+    spare = {y: [all_rows[i] for i in rng.permutation(len(all_rows)) if all_rows[i]["label"] == y
+                 and all_rows[i]["path"] not in chosen] for y in (0, 1)}
+    kept: dict[int, list[dict]] = {0: [], 1: []}
+    dropped: list[dict[str, str]] = []
+    for row in sample:
+        candidate: dict | None = row
+        while candidate is not None:
+            sha, why = _readable(candidate["path"], cfg)
+            if why is None:
+                kept[candidate["label"]].append({**candidate, "sha256": sha})
+                break
+            dropped.append({"path": candidate["path"], "label": "fake" if candidate["label"] == 1 else "real",
+                            "error": why})
+            pool = spare[row["label"]]
+            candidate = pool.pop(0) if pool else None
+    n = min(len(kept[0]), len(kept[1]))
+    rows = sorted(kept[0][:n] + kept[1][:n], key=lambda r: order[r["path"]])
+    if dropped and not cfg.quiet:
+        print(f"x2dfd assess: {len(dropped)} unreadable file(s) replaced by others of their class (e.g. "
+              f"{terminal_line(dropped[0]['error'], 200)}); sampled {n} real and {n} fake", file=sys.stderr)
+    return rows, dropped
 
 
 def _refuse_videos(ds, data: str) -> None:

@@ -63,18 +63,28 @@ class ScoreStore:
         self._fh = None
 
     def _read(self) -> None:
-        with self.path.open(encoding="utf-8") as fh:
+        # newline="": no universal-newline translation, so a "\\r" inside a path is not a line break either
+        with self.path.open(encoding="utf-8", errors="replace", newline="") as fh:
             lines = fh.read().split("\n")
+        bad = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+                self._apply(rec)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 if n >= len(lines) - 1:  # a line torn by an interrupted write: drop it, rescore those cues
                     continue
-                raise UsageError(f"score file '{self.path}' line {n} is not valid JSON; remove that line or the file") from None
-            self._apply(rec)
+                bad.append(n)  # kept in the file; its scores are computed again
+        if bad:
+            import sys
+
+            print(f"x2dfd: score file '{self.path}': line(s) {', '.join(map(str, bad[:10]))}"
+                  f"{' ...' if len(bad) > 10 else ''} are not score lines; kept, and their scores computed again",
+                  file=sys.stderr)
 
     def _apply(self, rec: dict[str, Any]) -> None:
         kind = rec.get("kind")

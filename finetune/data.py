@@ -40,7 +40,7 @@ from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, ren
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.media import file_sha256
 from x2dfd.pipeline import QUESTION_TEMPLATE
-from x2dfd.records import one_line
+from x2dfd.records import one_line, read_jsonl_text
 
 ANSWER_TEMPLATE = "answer.jinja"
 RATIONALE_TEMPLATE = "rationale.jinja"
@@ -279,7 +279,12 @@ class DataBuilder:
         for group, rows in groups.items():
             todo = []
             for row in rows:
-                row["sha256"] = file_sha256(row["path"])
+                try:
+                    row["sha256"] = file_sha256(row["path"])
+                except OSError as err:  # missing, unreadable, a device: dropped and reported per class
+                    dropped[LABEL_NAMES[row["label"]]].append(
+                        {"path": row["path"], "error": one_line(f"cannot read '{row['path']}': {err.strerror or err}")})
+                    continue
                 if row["sha256"] in seen:
                     duplicates += 1  # the same file twice would leak across the split
                     continue
@@ -442,7 +447,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for r in rows:
-            fh.write(json.dumps({k: v for k, v in r.items() if k != "order"}, ensure_ascii=False) + "\n")
+            line = json.dumps({k: v for k, v in r.items() if k != "order"}, ensure_ascii=False)
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # a path with undecodable bytes: \\u-escaped, reads back the same
+                line = json.dumps({k: v for k, v in r.items() if k != "order"}, ensure_ascii=True)
+            fh.write(line + "\n")
     tmp.replace(path)
 
 
@@ -456,11 +466,13 @@ def data_fingerprint(data_dir: str | Path) -> str:
         h.update(f"{split}\0".encode())
         if path.is_file():
             h.update(path.read_bytes())
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+            for _, line in read_jsonl_text(path, errors="replace"):  # "\n" only: U+2028 in a path is no break
+                try:
                     image = json.loads(line).get("image")
-                    if isinstance(image, str) and (data_dir / image).is_file():
-                        h.update(file_sha256(data_dir / image).encode())
+                except (ValueError, AttributeError):
+                    continue  # load_training_data names the bad line
+                if isinstance(image, str) and (data_dir / image).is_file():
+                    h.update(file_sha256(data_dir / image).encode())
     return h.hexdigest()
 
 
@@ -507,9 +519,11 @@ def load_training_data(data_dir: str | Path):
         rows = []
         path = data_dir / name
         if path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
+            try:
+                lines = read_jsonl_text(path)
+            except UnicodeDecodeError as err:
+                raise UsageError(f"'{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+            for n, line in lines:
                 where = f"'{path}' line {n}"
                 try:
                     raw = json.loads(line)

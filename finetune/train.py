@@ -38,6 +38,7 @@ from x2dfd.finetune.config import FinetuneConfig, parse_args
 from x2dfd import __version__
 from x2dfd.cliargs import to_jsonable
 from x2dfd.errors import UsageError
+from x2dfd.records import one_line
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -56,12 +57,72 @@ class FinetuneResult:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def _step_of(p: Path) -> int | None:
+    try:
+        return int(p.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Checkpoint folders with a complete state, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and _step_of(p) is not None
+             and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: _step_of(p))
+
+
+STATE_KEYS = ("step", "epoch", "batches_in_epoch", "data_fingerprint")
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state; an unreadable or incomplete one is a one-line UsageError (never skipped in
+    silence: resuming from an older checkpoint would quietly redo, or lose, training)."""
+    path = checkpoint / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"--resume: cannot read '{path}' ({type(err).__name__}: {one_line(str(err), 200)}); remove "
+                         f"the folder '{checkpoint}' to resume from the checkpoint before it") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not all(isinstance(state[k], int) for k in ("step", "epoch", "batches_in_epoch")):
+        raise UsageError(f"--resume: '{path}' is not a complete trainer state (missing or bad: "
+                         f"{', '.join(missing) or 'step/epoch/batches_in_epoch'}); remove the folder '{checkpoint}' to "
+                         "resume from the checkpoint before it")
+    return state
+
+
+def resume_checkpoint(root: Path, quiet: bool = False) -> Path | None:
+    """The newest checkpoint to resume from. A newest folder whose state file is missing (a save cut off by a
+    kill) is reported and passed over; any other unreadable state is an error (see :func:`read_state`)."""
+    if not root.is_dir():
+        return None
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
+                      and _step_of(p) is not None), key=lambda p: _step_of(p))
+    while folders and not (folders[-1] / STATE_FILE).exists():
+        if not quiet:
+            print(f"x2dfd finetune: --resume: '{folders[-1]}' has no {STATE_FILE} (its save was cut off); "
+                  "resuming from the checkpoint before it", file=sys.stderr)
+        folders.pop()
+    return folders[-1] if folders else None
+
+
+def read_loss_lines(path: Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
+    """loss.jsonl entries (split on "\\n" only; a torn or corrupt line is skipped, and said so)."""
+    from x2dfd.records import read_jsonl_text
+
+    out = []
+    for n, text in read_jsonl_text(path, errors="replace"):
+        try:
+            entry = json.loads(text)
+            step = int(entry["step"])
+        except (ValueError, KeyError, TypeError):
+            print(f"x2dfd finetune: '{path}' line {n} is not a loss entry; skipped", file=sys.stderr)
+            continue
+        if up_to_step is None or step <= up_to_step:
+            out.append(entry)
+    return out
 
 
 class EpochSampler:
@@ -255,8 +316,10 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
     out_dir = Path(cfg.out)
     ckpt_root = out_dir / CHECKPOINTS_DIR
     checkpoints = list_checkpoints(ckpt_root)
-    if cfg.resume and not checkpoints:
+    resume_from = resume_checkpoint(ckpt_root, cfg.quiet) if cfg.resume else None
+    if cfg.resume and resume_from is None:
         raise UsageError(f"--resume: no checkpoint in '{ckpt_root}' (start without --resume)")
+    resume_state = read_state(resume_from) if resume_from is not None else None
     if checkpoints and not cfg.resume and not cfg.build_data_only:
         raise UsageError(f"'{out_dir}' holds checkpoints of an earlier run: pass --resume to continue it, "
                          "or choose another --out")
@@ -323,21 +386,30 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
     metrics: dict[str, Any] = {"eval_before": None, "epochs": []}
     loss_path = out_dir / LOSS_FILE
     if cfg.resume:
-        last = checkpoints[-1]
-        state = json.loads((last / STATE_FILE).read_text())
+        last, state = resume_from, resume_state
         if state.get("data_fingerprint") != fingerprint:
             raise UsageError(f"--resume: the training data changed since checkpoint '{last}' (fingerprint "
                              f"{str(state.get('data_fingerprint'))[:12]} vs {fingerprint[:12]}); start a new --out")
-        accelerator.load_state(str(last), strict=False)
+        if state["step"] > total_updates:
+            raise UsageError(f"--resume: checkpoint '{last}' is at step {state['step']}, past the {total_updates} steps "
+                             "that --max-steps/--epochs now ask for; give at least that many, or start a new --out")
+        if state["step"] == total_updates and state.get("total_updates") == total_updates:
+            raise UsageError(f"--resume: the run in '{out_dir}' already finished its {total_updates} steps; raise "
+                             "--max-steps or --epochs to train further")
+        try:
+            accelerator.load_state(str(last), strict=False)
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint: say which and what to do, in one line
+            raise UsageError(f"--resume: cannot load checkpoint '{last}' ({type(err).__name__}: "
+                             f"{one_line(str(err), 200)}); remove that folder to resume from the one before") from None
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
         metrics = state.get("metrics", metrics)
-        _log(cfg, accelerator, f"resuming from {last} (step {step} of {total_updates})")
+        before = state.get("total_updates")
+        extended = f"; the schedule now runs to {total_updates} (was {before})" if before not in (None, total_updates) else ""
+        _log(cfg, accelerator, f"resuming from {last} (step {step} of {total_updates}{extended})")
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if cfg.resume and loss_path.is_file():
-            kept = [ln for ln in loss_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        loss_path.write_text("".join(ln + "\n" for ln in kept))
+        kept = read_loss_lines(loss_path, step) if cfg.resume and loss_path.is_file() else []
+        loss_path.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     projector = "trained" if len(optimizer.param_groups) > 1 else "frozen"
     _log(cfg, accelerator, f"{type(mllm.model).__name__}: LoRA r={cfg.lora_r} on {len(lora_modules(model))} "
@@ -408,7 +480,11 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
             ev = {"epoch": epoch + 1, "step": step, **evaluate(judge, eval_ds, cfg.eval_batch_size, accelerator)}
             metrics["epochs"].append(ev)
             _log(cfg, accelerator, f"epoch {epoch + 1}: held-out AUC {ev['auc']}, accuracy {ev.get('accuracy')}")
-        _save_checkpoint(accelerator, ckpt_root, {"step": step, "epoch": epoch + 1, "batches_in_epoch": 0,
+        # A run that stops inside an epoch (--max-steps) records where: a --resume with more steps goes on from
+        # that batch, as the uninterrupted run would.
+        whole = seen >= len(loader)
+        _save_checkpoint(accelerator, ckpt_root, {"step": step, "epoch": epoch + 1 if whole else epoch,
+                                                  "batches_in_epoch": 0 if whole else seen,
                                                   "data_fingerprint": fingerprint, "total_updates": total_updates,
                                                   "metrics": metrics}, cfg.save_total_limit)
     bar.close()
@@ -424,7 +500,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
         ranking_src = data_dir / RANKING_FILE
         if ranking_src.is_file():
             shutil.copyfile(ranking_src, out_dir / "ranking.json")
-        losses = [json.loads(ln) for ln in loss_path.read_text().splitlines() if ln.strip()]
+        losses = read_loss_lines(loss_path)
         metrics["train"] = {"steps": step, "final_loss": losses[-1]["loss"] if losses else None,
                             "seconds": round(train_seconds, 2), "samples": len(train_ds)}
         (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -7,6 +7,7 @@ inheriting :class:`MLLMOptions`; ``x2dfd.mllm.load_mllm`` reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from x2dfd.errors import UsageError
 
@@ -35,11 +36,19 @@ class MLLMOptions:
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
 
-    def __post_init__(self):
+    # A command whose data checks should speak first (assess) sets this False and calls check_model_paths itself.
+    early_model_check: ClassVar[bool] = True
+
+    def check_model_paths(self) -> None:
+        """A path-looking --model/--adapter that does not exist: one line now, before torch is imported."""
         if getattr(self, "mllm", "auto") != "none":  # expert-only runs load no model: nothing to check
             check_local_path("--model", self.model, "a checkpoint directory saved with save_pretrained, or a hub id "
                              f"such as {DEFAULT_MODEL}")
             check_local_path("--adapter", self.adapter, "the --out folder of `x2dfd finetune`, or a hub id")
+
+    def __post_init__(self):
+        if self.early_model_check:
+            self.check_model_paths()
         if self.load_in_4bit and self.load_in_8bit:
             raise UsageError("--load-in-4bit and --load-in-8bit exclude each other; pick one")
         if self.dtype not in ("auto", *DTYPE_NAMES):
