@@ -137,7 +137,7 @@ def test_deepfakebench_json(tmp_path):
     ds = load_labelled(str(path), root=str(root))
     assert ds["label"] == [0, 0, 1, 1]
     assert ds["source"] == ["FF-real", "FF-real", "FF-DF", "FF-DF"]
-    assert ds["video_id"][2] == "FaceForensics++/000_003"
+    assert ds["video_id"][2] == "FaceForensics++/FF-DF/000_003"
     c40 = load_labelled(str(path), root=str(root), compression="c40")
     assert c40["label"] == [0, 1] and c40["path"][1].endswith("c40/000_003/0.png")
     celeb = tmp_path / "Celeb-DF-v2.json"
@@ -147,6 +147,31 @@ def test_deepfakebench_json(tmp_path):
     }}))
     ds2 = load_labelled(str(celeb))  # frame paths relative to the JSON's folder by default
     assert ds2["label"] == [0, 1] and ds2["source"] == ["CelebDFv2_real", "CelebDFv2_fake"]
+
+
+def test_combined_ff_json_keeps_each_manipulation_its_own_video(tmp_path):
+    """5 real + 5 Deepfakes + 5 Face2Face videos sharing the FF++ ids: 15 videos, 10 of them fake, at every
+    level (frames per video, videos per class), with Windows backslash paths in the JSON."""
+    root = tmp_path / "datasets"
+    entries: dict = {}
+    for label_name, folder in (("FF-real", "original"), ("FF-DF", "Deepfakes"), ("FF-F2F", "Face2Face")):
+        videos = {}
+        for v in range(5):
+            vid = f"{v:03d}" if label_name == "FF-real" else f"{v:03d}_{v + 100:03d}"
+            frames = [f"{folder}\\c23\\{vid}\\{i:03d}.png" for i in range(2)]
+            for f in frames:
+                _img(root / f.replace("\\", "/"))
+            videos[vid] = {"label": label_name, "frames": frames}
+        entries[label_name] = {"test": {"c23": videos}}
+    path = tmp_path / "FaceForensics++.json"
+    path.write_text(json.dumps({"FaceForensics++": entries}))
+    ds = load_labelled(str(path), root=str(root))
+    assert len(ds) == 30 and all(Path(p).is_file() for p in ds["path"])
+    videos = {(v, y) for v, y in zip(ds["video_id"], ds["label"])}
+    assert len(videos) == 15 and sum(y for _, y in videos) == 10
+    assert {v for v, y in videos if y} >= {"FaceForensics++/FF-DF/000_100", "FaceForensics++/FF-F2F/000_100"}
+    frames_per_video = {v: ds["video_id"].count(v) for v, _ in videos}
+    assert set(frames_per_video.values()) == {2}
 
 
 def test_deepfakebench_errors(tmp_path):

@@ -22,8 +22,10 @@ Layouts:
   ``{dataset: {label_name: {split: {[compression:] {video: {"label": label_name, "frames": [path, ...]}}}}}}``,
   the compression level (``c23``/``c40``/``raw``) only for FaceForensics++-family files. A label
   name containing "real" (``FF-real``, ``CelebDFv2_real``, ``DFDCP_Real``, ...) is 0, every other is 1,
-  as in DeepfakeBench's ``label_dict``. ``source`` is the label name, ``video_id`` the video key.
-  Frame paths are resolved against ``root`` (default: the JSON's folder).
+  as in DeepfakeBench's ``label_dict``. ``source`` is the label name, ``video_id`` is
+  ``dataset/label name/video`` (unique per manipulation: FF++'s Deepfakes and Face2Face fakes of
+  ``000_003`` are two videos). Frame paths are resolved against ``root`` (default: the JSON's folder);
+  backslash-separated paths written on Windows are read too.
 
 Anything malformed is a one-line :class:`~x2dfd.errors.UsageError` naming the file, the line or
 entry, and the fix. Files are checked to exist when loading, so a typo fails before any model runs.
@@ -74,12 +76,20 @@ def _opt_str(value: Any) -> str | None:
     return text or None
 
 
+def _local(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
 def _resolve(path_value: Any, base: Path, where: str) -> str:
     if not isinstance(path_value, str) or not path_value.strip():
         raise UsageError(f"{where}: empty or missing 'path'")
-    path = Path(path_value.strip()).expanduser()
-    if not path.is_absolute():
-        path = base / path
+    path = _local(Path(path_value.strip()).expanduser(), base)
+    if not path.is_file() and "\\" in path_value:
+        # Written on Windows (e.g. DeepfakeBench's rearrange.py there): backslash separators, maybe a drive.
+        parts = [p for p in path_value.strip().replace("\\", "/").split("/") if p]
+        if parts and len(parts[0]) == 2 and parts[0][1] == ":":
+            parts = parts[1:]  # C: means nothing here; the rest is taken relative to the base
+        path = _local(Path(*parts), base) if parts else path
     if not path.is_file():
         raise UsageError(f"{where}: file '{path}' does not exist (relative paths are resolved against '{base}')")
     return str(path.resolve())
@@ -174,8 +184,10 @@ def _load_deepfakebench(path: Path, data: dict, split: str, compression: str, ro
                 name = str(info.get("label", label_name))
                 label = 0 if "real" in name.lower() else 1
                 for frame in info["frames"]:
+                    # One video per (dataset, manipulation, video): FF++'s Deepfakes and Face2Face fakes of
+                    # 000_003 are two videos, not one.
                     rows.append({"path": _resolve(frame, base, vwhere), "label": label,
-                                 "video_id": f"{dataset_name}/{video}", "source": name})
+                                 "video_id": f"{dataset_name}/{label_name}/{video}", "source": name})
     return _to_dataset(rows, f"DeepfakeBench JSON '{path}' split '{split}'")
 
 
