@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("x2dfd.report:main", "re-render the HTML report (and CSV) of an explain JSONL file"),
     "demo": ("x2dfd.demo.app:main", "Gradio explain-this-image demo on the same pipeline"),
     "expert": ("x2dfd.experts.cli:main", "train or run the external expert detectors (x2dfd expert train|score ...)"),
+    "convert": ("x2dfd.convert:main", "turn a published release (x2dfd-release) into an adapter, experts and preset.json"),
 }
 
 
