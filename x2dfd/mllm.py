@@ -216,7 +216,7 @@ class MLLM:
         pair = torch.stack([first[:, self.real_id], first[:, self.fake_id]], dim=-1)
         p_fake = torch.softmax(pair, dim=-1)[:, 1]
         new_ids = out.sequences[:, inputs["input_ids"].shape[1]:]
-        prefix_ids = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
+        prefix_ids = self.tokenizer(getattr(self, "answer_prefix", ANSWER_PREFIX), add_special_tokens=False).input_ids
         n = len(images)
         results = []
         for i in range(n):
@@ -281,6 +281,9 @@ def load_mllm(options: MLLMOptions) -> MLLM:
     """Load processor + model (+ LoRA adapter) as ``options`` say; one-line errors for missing checkpoints."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from x2dfd.presets import attach_preset, prepare_options
+
+    options, preset = prepare_options(options)  # --preset / preset.json: checkpoint, prompt format, readout
     source, local_only = resolve_checkpoint(options.model, options.revision)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
@@ -301,7 +304,7 @@ def load_mllm(options: MLLMOptions) -> MLLM:
     if options.adapter:
         model = apply_adapter(model, options.adapter, merge=not (options.load_in_4bit or options.load_in_8bit))
     model.eval()
-    return MLLM(model, processor, options, source)
+    return attach_preset(MLLM(model, processor, options, source), preset)
 
 
 def apply_adapter(model, adapter_dir: str, merge: bool = True):
