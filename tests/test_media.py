@@ -289,3 +289,31 @@ def test_limits_validated():
         MediaLimits(max_file_mb=0)
     with pytest.raises(UsageError, match="--max-video-mb"):
         MediaLimits(max_video_mb=-1)
+
+
+def test_video_messages_say_what_is_really_wrong(tmp_path):
+    """A truncated .mp4 is called truncated (renaming would not help); a video under an image name is told to
+    take a video extension; devices are refused without being read."""
+    import cv2
+
+    from x2dfd.media import sample_video
+
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for i in range(6):
+        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:200])
+    with pytest.raises(MediaError) as err:
+        sample_video(cut, 2)
+    assert "truncated or corrupt" in _msg(err) and "video extension" not in _msg(err)
+    disguised = tmp_path / "holiday.jpg"
+    disguised.write_bytes(data)
+    with pytest.raises(MediaError) as err:
+        load_image(disguised)
+    assert "the content is a video: rename it with a video extension" in _msg(err)
+    with pytest.raises(MediaError) as err:
+        load_image("/dev/zero")
+    assert _msg(err) == "'/dev/zero' is a character device, not a regular file"
