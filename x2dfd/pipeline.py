@@ -126,7 +126,8 @@ class Explainer:
         self.options = options
         self.model_name = mllm.options.model if mllm is not None else None
         self.adapter = mllm.options.adapter if mllm is not None else None
-        self.template_version = template_version(QUESTION_TEMPLATE) if mllm is not None else None
+        self.template_version = (getattr(mllm, "preset_version", None) or template_version(QUESTION_TEMPLATE)
+                                 if mllm is not None else None)  # a preset's prompt is versioned by x2dfd.presets
 
     # ------------------------------------------------------------------------------------------ public
     def run(self, paths: Iterable[Input]) -> Iterator[Record]:
@@ -154,7 +155,9 @@ class Explainer:
             yield from self._finish_chunk(chunk, heatmaps)
 
     def question(self, experts: dict[str, float | None]) -> str:
-        """The explain question with the experts' scores in X2-DFD's wording."""
+        """The explain question with the experts' scores in X2-DFD's wording (a preset's own, when it has one)."""
+        if getattr(getattr(self.mllm, "preset", None), "question", None):
+            return self.mllm.preset.render_question(experts)
         shown = [
             {"prompt_name": e.prompt_name, "score": format_expert_score(experts.get(e.name))} for e in self.experts
         ]
