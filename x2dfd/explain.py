@@ -75,7 +75,9 @@ def build_explainer(cfg: ExplainConfig):
     """Load what ``cfg`` asks for (MLLM, experts) and return the pipeline (:func:`x2dfd.api.build_explainer`)."""
     from x2dfd.api import build_explainer as build
 
-    experts = [] if cfg.no_expert else (cfg.expert or None)
+    from x2dfd.presets import preset_expert_specs
+
+    experts = [] if cfg.no_expert else (cfg.expert or preset_expert_specs(cfg))  # None: the default set
     return build(None if cfg.mllm == "none" else cfg, experts, cfg, device=cfg.device)
 
 
