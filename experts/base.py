@@ -41,6 +41,8 @@ DEFAULT_EXPERTS: tuple[str, ...] = ("blend",)
 _BUILTIN: dict[str, str] = {
     "blend": "x2dfd.experts.blend:BlendExpert",
     "hf": "x2dfd.experts.hf:HFExpert",
+    "swinv2": "x2dfd.experts.swinv2:SwinV2Expert",  # X2-DFD release's blending detector (x2dfd convert)
+    "grip": "x2dfd.experts.grip:GripExpert",  # X2-DFD release's diffusion detector (x2dfd convert)
 }
 _RUNTIME: dict[str, Any] = {}  # register_expert(...) at run time (tests, notebooks)
 
