@@ -83,16 +83,15 @@ class MemoryPeak:
         self._sample()
 
 
-def worker(args) -> dict:
-    """One mode, in its own process: load, wrap, train ``warmup + steps`` steps on one batch."""
+def prepare(args, face=None) -> dict:
+    """Load the checkpoint ``args.ckpt`` for mode ``args.worker`` (lora / qlora), wrap it with LoRA, make the optimizer
+    and the sample; ``face`` (a PIL image) replaces the detected face of ../shared/data (e.g. where it is absent)."""
     import torch
 
     from x2dfd.finetune.batch import AnswerEncoder
     from x2dfd.finetune.config import FinetuneConfig
     from x2dfd.finetune.data import render_answer, render_question
     from x2dfd.finetune.lora import add_lora, find_parts, load_for_training, lora_modules, param_groups, trainable_share
-    from x2dfd.face import extract_faces
-    from x2dfd.media import load_image
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,13 +111,33 @@ def worker(args) -> dict:
     share = trainable_share(model)
     projector_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n)
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
-    face_path = sorted((SHARED / "data" / "faces-real-photos" / "real").glob("*.jpg"))[0]
-    face = extract_faces(load_image(face_path))[0].image
+    if face is None:
+        from x2dfd.face import extract_faces
+        from x2dfd.media import load_image
+
+        face_path = sorted((SHARED / "data" / "faces-real-photos" / "real").glob("*.jpg"))[0]
+        face = extract_faces(load_image(face_path))[0].image
     question = render_question([("blend", "blending")], {"blend": 0.912})
     answer = render_answer(1, ["the light reflections in the two eyes do not match each other",
                                "the skin looks waxy and too smooth", "a blending seam runs along the jawline"],
                            [{"prompt_name": "blending", "score": "0.912"}])
-    batch = encoder([{"image": face, "question": question, "answer": answer, "label": 1}] * args.batch_size)
+    info = {"mode": args.worker, "device": str(device), "dtype": str(mllm.dtype).replace("torch.", ""),
+            "quantization": "nf4" if qlora else None, "load_s": round(load_s, 2), "rss_at_start_mb": round(rss0),
+            "load_peak_private_mb": round(load_mem.peak["RssAnon"]), "load_peak_rss_mb": round(load_mem.peak["VmRSS"]),
+            "private_after_load_mb": round(after_load["RssAnon"]), "rss_after_load_mb": round(after_load["VmRSS"]),
+            "lora_layers": len(lora_modules(model)), "trainable": share, "projector_params": projector_params}
+    return {"mllm": mllm, "model": model, "encoder": encoder, "optimizer": optimizer, "device": device, "face": face,
+            "question": question, "answer": answer, "info": info}
+
+
+def train_steps(state: dict, batch_size: int, warmup: int, steps: int) -> dict:
+    """``warmup + steps`` training steps (forward + backward + AdamW) on one batch of ``batch_size`` copies of the
+    sample; times, peak memory (CUDA peak reset first) and losses."""
+    import torch
+
+    mllm, model, optimizer, device = state["mllm"], state["model"], state["optimizer"], state["device"]
+    sample = {"image": state["face"], "question": state["question"], "answer": state["answer"], "label": 1}
+    batch = state["encoder"]([sample] * batch_size)
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["pixel_values"] = batch["pixel_values"].to(mllm.dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -128,7 +147,7 @@ def worker(args) -> dict:
     times, losses = [], []
     train_mem = MemoryPeak().__enter__()
     cpu_times = []
-    for i in range(args.warmup + args.steps):
+    for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t, c = time.perf_counter(), time.process_time()
@@ -139,29 +158,37 @@ def worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - t)
             cpu_times.append(time.process_time() - c)
         losses.append(round(float(loss), 4))
     train_mem.__exit__(None, None, None)
     out = {
-        "mode": args.worker, "device": str(device), "dtype": str(mllm.dtype).replace("torch.", ""),
-        "quantization": "nf4" if qlora else None, "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "tokens_per_sample": int(batch["attention_mask"][0].sum()),
         "answer_tokens": int((batch["labels"][0] != -100).sum()),
         "step_s_mean": round(sum(times) / len(times), 3), "step_s_min": round(min(times), 3), "steps_timed": len(times),
         "step_cpu_s_mean": round(sum(cpu_times) / len(cpu_times), 3),
-        "load_s": round(load_s, 2), "rss_at_start_mb": round(rss0),
-        "load_peak_private_mb": round(load_mem.peak["RssAnon"]), "load_peak_rss_mb": round(load_mem.peak["VmRSS"]),
-        "private_after_load_mb": round(after_load["RssAnon"]), "rss_after_load_mb": round(after_load["VmRSS"]),
         "train_peak_private_mb": round(train_mem.peak["RssAnon"]), "train_peak_rss_mb": round(train_mem.peak["VmRSS"]),
-        "process_peak_rss_mb": round(_rss_mb()), "lora_layers": len(lora_modules(model)), "trainable": share,
-        "projector_params": projector_params,
-        "losses": losses,
+        "process_peak_rss_mb": round(_rss_mb()), "losses": losses,
     }
     if device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return out
+
+
+def worker(args, face=None) -> dict:
+    """One mode, in its own process: load, wrap, train ``warmup + steps`` steps on one batch."""
+    state = prepare(args, face)
+    info = state["info"]
+    steps = train_steps(state, args.batch_size, args.warmup, args.steps)
+    keys = ("mode", "device", "dtype", "quantization", "batch_size", "tokens_per_sample", "answer_tokens", "step_s_mean",
+            "step_s_min", "steps_timed", "step_cpu_s_mean", "load_s", "rss_at_start_mb", "load_peak_private_mb",
+            "load_peak_rss_mb", "private_after_load_mb", "rss_after_load_mb", "train_peak_private_mb",
+            "train_peak_rss_mb", "process_peak_rss_mb", "lora_layers", "trainable", "projector_params", "losses",
+            "peak_cuda_mb")
+    merged = {**info, **steps}
+    return {k: merged[k] for k in keys if k in merged}
 
 
 def _full_depth_share(full_config, shape, result: dict) -> dict:
