@@ -408,3 +408,16 @@ def test_report_into_a_new_folder_keeps_the_heatmaps(tmp_path, capsys):
     assert cli_main(["report", str(out), "--out", str(other)]) == 2
     assert "not an x2dfd report" in _last_err_line(capsys)
     assert [p.name for p in other.iterdir()] == ["index.html"] and "homepage" in (other / "index.html").read_text()
+
+
+def test_report_folder_may_hold_the_runs_own_files_and_is_checked_first(tmp_path, capsys):
+    imgs = _images(tmp_path / "in", 1)
+    both = tmp_path / "both"
+    for _ in range(2):  # a rerun finds its own JSONL, config and report there
+        assert explain(*imgs, "--out", both / "results.jsonl", "--report", both) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert explain(*imgs, "--out", tmp_path / "o.jsonl", "--report", other) == 2
+    assert "holds files that are not an x2dfd report ('notes.txt')" in _last_err_line(capsys)
+    assert not (tmp_path / "o.jsonl").exists()  # refused before anything was written

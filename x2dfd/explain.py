@@ -607,6 +607,10 @@ def execute(cfg: ExplainConfig, command: str = "explain") -> ExplainRun:
                     locks.append(OutputLock(shards.shard_path(shards.rank)).acquire())
                 if shards.is_main:
                     resolved = check_run(cfg, out, shards, command)
+            if cfg.report and shards.is_main:
+                from x2dfd.report import check_report_dir
+
+                check_report_dir(Path(cfg.report))  # before anything is written
         except X2DFDError as err:
             error = err
         shards.agree(error)
@@ -629,9 +633,8 @@ def execute(cfg: ExplainConfig, command: str = "explain") -> ExplainRun:
         writer = RecordWriter(shards.my_out())
         assets = None
         if cfg.report:
-            from x2dfd.report import ReportAssets, check_report_dir
+            from x2dfd.report import ReportAssets
 
-            check_report_dir(Path(cfg.report))
             assets = ReportAssets(Path(cfg.report))
         bar = tqdm(total=len(todo), unit="file", desc=f"{command}[{shards.rank}]" if shards.world > 1 else command,
                    disable=cfg.quiet or len(todo) < 2, file=sys.stderr, position=shards.rank)

@@ -47,7 +47,7 @@ from typing import Any
 
 from x2dfd import __version__
 from x2dfd.errors import EXIT_INPUTS_FAILED, EXIT_OK, OutputError, UsageError
-from x2dfd.records import Record, jsonl_lines, one_line, os_reason, safe_text, terminal_line
+from x2dfd.records import RECORD_PREFIX, Record, jsonl_lines, one_line, os_reason, safe_text, terminal_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 ASSET_SIZE = 192  # px, longest side of every asset: table cells show them at ~96 px, 2x for HiDPI
@@ -173,6 +173,9 @@ def check_report_dir(out_dir: str | os.PathLike) -> None:
         if name == "assets" and e.is_dir():
             continue
         marker = REPORT_FILES.get(name)
+        if marker is None and e.is_file():  # x2dfd's own run files may share the folder (--out DIR/results.jsonl)
+            marker = (RECORD_PREFIX if name.endswith(".jsonl") else b'"command"' if name.endswith(".json")
+                      else b"" if name.endswith(".lock") else None)
         if marker is None or not e.is_file():
             foreign.append(e.name)
             continue
@@ -183,7 +186,7 @@ def check_report_dir(out_dir: str | os.PathLike) -> None:
                 head = fh.read(8192)
         except OSError:
             head = b""
-        if marker not in head:
+        if marker not in head and not (name.endswith(".jsonl") and not head):  # an empty JSONL: a run starting
             foreign.append(e.name)
     if foreign:
         shown = ", ".join(f"'{safe_text(n)}'" for n in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
