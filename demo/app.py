@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from x2dfd.errors import UsageError
 from x2dfd.explain import ExplainConfig, ModelArgs
@@ -48,6 +48,8 @@ CSS = """
 @dataclass
 class DemoConfig(ExplainConfig):
     """Gradio demo: upload a face image or video; verdict, p_fake, explanation, face crop, heatmap, expert scores."""
+
+    cli_epilog: ClassVar[str | None] = None  # explain's exit statuses are a batch's
 
     # explain's batch-only options do not apply to a page that takes one upload at a time
     inputs: list[str] = field(default_factory=list, metadata={"cli": False})

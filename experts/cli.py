@@ -14,9 +14,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from x2dfd.cliargs import parse_config, to_jsonable
-from x2dfd.errors import UsageError
+from x2dfd.errors import EXIT_STATUS_HELP, UsageError
 from x2dfd.pipeline import PipelineOptions
 
 TRAINABLE = ("blend",)
@@ -121,6 +122,8 @@ def train_main(argv: list[str]) -> int:
 class ScoreConfig(PipelineOptions):
     """Score faces with the external experts alone (no MLLM): p_fake per input as JSON lines, the same
     inputs and face cropping as `x2dfd explain` (this is `x2dfd explain --mllm none`)."""
+
+    cli_epilog: ClassVar[str] = EXIT_STATUS_HELP
 
     inputs: list[str] = field(default_factory=list, metadata={"positional": True})
     """Images, videos, directories (searched recursively) or glob patterns."""

@@ -83,6 +83,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description or (inspect.getdoc(cls) or "").split("\n\n")[0],
+        epilog=getattr(cls, "cli_epilog", None),
         formatter_class=HelpFormatter,
     )
     hints = typing.get_type_hints(cls)

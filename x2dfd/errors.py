@@ -62,3 +62,8 @@ class OutputBusyError(X2DFDError):
     """Another x2dfd run holds the lock of this ``--out`` (exit status 5)."""
 
     exit_code = EXIT_BUSY
+
+
+EXIT_STATUS_HELP = ("exit status: 0 every input got a verdict; 3 some or all inputs got none (their records say "
+                    "why; the last stderr line counts them); 2 usage error; 4 the output could not be written; "
+                    "5 --out is being written by another run; 130 interrupted.")

@@ -30,11 +30,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from x2dfd import __version__
 from x2dfd.cliargs import parse_config, to_jsonable
-from x2dfd.errors import (EXIT_INPUTS_FAILED, EXIT_OK, OutputBusyError, OutputError, UsageError, X2DFDError)
+from x2dfd.errors import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_STATUS_HELP, OutputBusyError, OutputError, UsageError, X2DFDError)
 from x2dfd.inputs import expand_inputs
 from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
@@ -44,6 +44,8 @@ from x2dfd.records import Record, os_reason, safe_text, scan_jsonl, terminal_lin
 @dataclass
 class ExplainConfig(PipelineOptions, ModelArgs):
     """Explain face images and videos: verdict, p_fake and explanation per input, as JSON lines."""
+
+    cli_epilog: ClassVar[str] = EXIT_STATUS_HELP
 
     inputs: list[str] = field(default_factory=list, metadata={"positional": True})
     """Images, videos, directories (searched recursively) or glob patterns."""
