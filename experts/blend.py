@@ -149,11 +149,34 @@ def resolve_weights(weights: str | Path | None) -> Path:
     return path
 
 
+class _TorchThreads:
+    """Run a CPU forward with ``n`` intra-op threads, then restore the caller's count. (torch keeps the
+    count per thread once a thread has used it, so other threads' MLLM calls keep theirs.)"""
+
+    def __init__(self, n: int | None, device: str):
+        self.n = n if n and str(device).startswith("cpu") else None
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        if self.n is not None and self.n != self.before:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None and self.n != self.before:
+            torch.set_num_threads(self.before)
+
+
 class BlendExpert:
     """Self-blended-image blending detector (see module docstring). ``localize`` is supported."""
 
     name = "blend"
     prompt_name = "blending"
+    # CPU forwards run single-threaded. (1) Convolution results depend on the thread count (last-bit
+    # differences that can move p_fake's 6th decimal), so a fixed count gives the same scores whatever
+    # the core count or the pipeline's worker threads. (2) On a 2-core machine the explain pipeline's
+    # face-detection worker takes the other core: single-threaded lanes side by side measured ~3x
+    # faster than two-thread kernels waiting on each other when the machine is shared (bench_pipeline.py).
+    cpu_threads: int | None = 1
 
     def __init__(self, model: BlendNet, config: BlendConfig, device: str = "cpu", batch_size: int = 32):
         self.model = model.to(device).eval()
@@ -241,7 +264,8 @@ class BlendExpert:
         scores: list[ExpertScore] = []
         heatmaps: list[np.ndarray] = []
         for chunk, x in self._batches(faces):
-            logits, mask_logits = self.model(x)
+            with _TorchThreads(self.cpu_threads, self.device):
+                logits, mask_logits = self.model(x)
             p = torch.sigmoid(logits.float()).cpu().numpy()
             masks = torch.sigmoid(mask_logits.float())
             scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
@@ -251,11 +275,18 @@ class BlendExpert:
                 heatmaps.append(up.clamp_(0, 1).cpu().numpy().astype(np.float32))
         return scores, heatmaps
 
+    @torch.inference_mode()
     def score(self, faces: Sequence[Any]) -> list[ExpertScore]:
-        """p_fake per face (PIL images or uint8 RGB arrays), batched, in input order."""
-        if not faces:
-            return []
-        return self.predict(faces)[0]
+        """p_fake per face (PIL images or uint8 RGB arrays), batched, in input order. The same numbers
+        as ``predict``'s, without the mask head and the heatmaps (nobody looks at them here)."""
+        scores: list[ExpertScore] = []
+        for _, x in self._batches(faces):
+            with _TorchThreads(self.cpu_threads, self.device):
+                pooled, _ = self.model.backbone(x)
+                logits = self.model.cls_head(pooled).squeeze(-1)
+            p = torch.sigmoid(logits.float()).cpu().numpy()
+            scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
+        return scores
 
     def localize(self, faces: Sequence[Any]) -> list[np.ndarray]:
         """Where the model thinks a face was blended: float32 HxW in [0, 1] at each face's size."""

