@@ -111,6 +111,23 @@ def test_unreachable_hub_id_names_id_cache_and_fix(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "llava-hf/llava-1.5-7b-hf" in msg and "--model DIR" in msg and str(tmp_path / "hub") in msg
     assert "\n" not in msg
+    # HF_HUB_OFFLINE is named as the cause (the hub was never tried), and the default model's error
+    # offers what works right away: expert-only verdicts
+    assert "HF_HUB_OFFLINE is set" in msg and "is unreachable" not in msg
+    assert "--mllm none" in msg
+
+
+def test_unreachable_hub_without_offline_flag_says_unreachable(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("x2dfd.mllm._hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_checkpoint("llava-hf/llava-1.5-7b-hf")
+    msg = str(err.value)
+    assert "is unreachable" in msg and "HF_HUB_OFFLINE" not in msg and "--mllm none" in msg and "\n" not in msg
+    with pytest.raises(ModelNotFoundError) as err:  # another model: --mllm none is not offered as its substitute
+        resolve_checkpoint("someone/other-vlm")
+    assert "unreachable" in str(err.value) and "--mllm none" not in str(err.value)
 
 
 def test_4bit_qlora_path_on_cpu(tiny_llava):

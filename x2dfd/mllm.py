@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.modelargs import DEFAULT_MODEL, DTYPE_NAMES, MLLMOptions
 
 __all__ = ["DEFAULT_MODEL", "MLLM", "MLLMOptions", "Judgement", "load_mllm", "resolve_checkpoint", "resolve_device",
-           "resolve_dtype", "apply_adapter"]
+           "resolve_dtype", "apply_adapter", "CPUPrecision", "choose_cpu_precision"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 assert tuple(DTYPES) == DTYPE_NAMES
@@ -55,7 +56,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA (float16 on GPUs without bf16), float32 on CPU."""
+    """``auto``: bfloat16 on CUDA (float16 on GPUs without bf16), float32 on CPU (where ``load_mllm``
+    then picks by the model's size and the machine: :func:`choose_cpu_precision`)."""
     if dtype != "auto":
         return DTYPES[dtype]
     if device.type == "cuda":
@@ -63,13 +65,130 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+# ---------------------------------------------------------------------------- CPU precision (dtype auto)
+GIB = 2**30
+# What a run needs beside the weights: activations and KV cache of a batch of 4 at LLaVA-1.5-7B's width
+# (576 image tokens + prompt + 128 new tokens: ~1.5 GiB in bf16), the processor, experts, face models and
+# Python (~1 GiB measured for `x2dfd explain --mllm none`); rounded up.
+CPU_HEADROOM_BYTES = 3 * GIB
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, an 8-bit absmax per 64 weights, an fp32 per 256 blocks
+
+
+@dataclass(frozen=True)
+class CPUPrecision:
+    """How ``dtype=auto`` loads a model on the CPU, and why (the line printed before loading)."""
+
+    dtype: str  # "float32" or "bfloat16": weights that stay unquantized and the compute dtype
+    quantization: str | None  # None or "nf4" (bitsandbytes 4-bit)
+    need_bytes: int  # estimated weights + CPU_HEADROOM_BYTES
+    available_bytes: int
+    reason: str
+
+    def line(self, model: str) -> str:
+        what = f"{self.dtype} weights" if self.quantization is None else f"4-bit NF4 weights ({self.dtype} compute)"
+        return (f"x2dfd: CPU run of {model}: {what}, ~{self.need_bytes / GIB:.1f} GiB of "
+                f"{self.available_bytes / GIB:.1f} GiB available; {self.reason} "
+                "(--dtype float32/bfloat16 or --load-in-4bit choose yourself)")
+
+
+def choose_cpu_precision(params: int, linear_params: int, available_bytes: int, bf16_native: bool) -> CPUPrecision:
+    """``dtype=auto`` on the CPU: float32 when the model fits in float32; else bfloat16 when the CPU
+    computes it natively (AVX512-BF16 / AMX) and it fits; else 4-bit NF4 (bitsandbytes, computing in
+    bfloat16 where native, float32 otherwise). ``params`` counts every weight, ``linear_params`` the
+    ones NF4 quantizes (linear layers outside the projector and the output head)."""
+    def need(bytes_per_param: float, quantized: float | None = None) -> int:
+        if quantized is None:
+            return int(params * bytes_per_param) + CPU_HEADROOM_BYTES
+        return int(linear_params * quantized + (params - linear_params) * bytes_per_param) + CPU_HEADROOM_BYTES
+
+    billions = f"{params / 1e9:.2f}B parameters"
+    fp32 = need(4)
+    if fp32 <= available_bytes:
+        return CPUPrecision("float32", None, fp32, available_bytes, f"{billions} fit in float32")
+    bf16 = need(2)
+    if bf16_native and bf16 <= available_bytes:
+        return CPUPrecision("bfloat16", None, bf16, available_bytes,
+                            f"{billions} need {fp32 / GIB:.1f} GiB in float32; this CPU has native bfloat16")
+    compute = "bfloat16" if bf16_native else "float32"
+    nf4 = need(2 if bf16_native else 4, NF4_BYTES_PER_PARAM)
+    why = (f"{billions} need {fp32 / GIB:.1f} GiB in float32"
+           + (f", {bf16 / GIB:.1f} GiB in bfloat16" if bf16_native else ", and this CPU has no native bfloat16"))
+    if nf4 > available_bytes:
+        why += "; even 4-bit may not fit: close other programs or use a GPU"
+    return CPUPrecision(compute, "nf4", nf4, available_bytes, why)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether the CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16 (/proc/cpuinfo flags, else
+    what oneDNN reports). torch's get_cpu_capability() says only "AVX512", which does not imply it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still use: MemAvailable, capped by a cgroup (container) limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            import psutil
+
+            avail = int(psutil.virtual_memory().available)
+        except ImportError:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(avail))
+
+
+def count_parameters(source: str, **common) -> tuple[int, int]:
+    """(all weights, weights in linear layers NF4 would quantize) of a checkpoint, from its config on the
+    meta device: nothing is allocated and no weight file is read."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(source, **common)
+    with init_empty_weights():
+        model = AutoModelForImageTextToText.from_config(config, trust_remote_code=common.get("trust_remote_code", False))
+    skip = (*PROJECTOR_NAMES, "lm_head")
+    total = sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and not any(k in name.split(".") for k in skip))
+    return total, linear
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A TCP probe of the hub endpoint, so an offline machine fails in seconds instead of minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _hub_offline():
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
@@ -103,11 +222,15 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[str, bo
         return model, True
     if _hub_reachable():
         return model, False
+    if _hub_offline():
+        why = "HF_HUB_OFFLINE is set (unset it to let x2dfd download the checkpoint)"
+    else:
+        why = f"the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is unreachable"
     raise ModelNotFoundError(
         f"cannot load model '{model}': not a local directory, not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is "
-        f"unreachable. Fix: on a machine with hub access run `hf download {model} --local-dir DIR`, "
-        "copy DIR here and pass --model DIR"
+        f"({constants.HF_HUB_CACHE}), and {why}. Fix: on a machine with hub access run "
+        f"`hf download {model} --local-dir DIR`, copy DIR here and pass --model DIR"
+        + ("; or run `--mllm none` now for expert-only verdicts (nothing to download)" if model == DEFAULT_MODEL else "")
     )
 
 
@@ -249,7 +372,8 @@ class MLLM:
             "architecture": type(self.model).__name__,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
-            "quantization": "4bit" if self.options.load_in_4bit else "8bit" if self.options.load_in_8bit else None,
+            "quantization": getattr(self, "quantization", None)
+            or ("4bit" if self.options.load_in_4bit else "8bit" if self.options.load_in_8bit else None),
         }
 
 
@@ -288,12 +412,21 @@ def load_mllm(options: MLLMOptions) -> MLLM:
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     common = dict(revision=options.revision, trust_remote_code=options.trust_remote_code, local_files_only=local_only)
+    quant = quantization_config(options, dtype)
+    choice = None
     try:
+        if device.type == "cpu" and options.dtype == "auto" and quant is None:
+            choice = choose_cpu_precision(*count_parameters(source, **common), available_memory_bytes(),
+                                          cpu_bf16_native())
+            print(choice.line(options.model), file=sys.stderr, flush=True)
+            dtype = DTYPES[choice.dtype]
+            if choice.quantization == "nf4":
+                quant = quantization_config(MLLMOptions(load_in_4bit=True), dtype)
         processor = AutoProcessor.from_pretrained(source, **common)
         model = AutoModelForImageTextToText.from_pretrained(
             source,
             dtype=dtype,
-            quantization_config=quantization_config(options, dtype),
+            quantization_config=quant,
             device_map={"": str(device)},
             **common,
         )
@@ -301,10 +434,14 @@ def load_mllm(options: MLLMOptions) -> MLLM:
         raise ModelNotFoundError(f"cannot load model '{options.model}' as an image-text-to-text model: {err}") from err
     except OSError as err:
         raise ModelNotFoundError(f"cannot load model '{options.model}': {err}") from err
+    quantized = options.load_in_4bit or options.load_in_8bit or (choice is not None and choice.quantization is not None)
     if options.adapter:
-        model = apply_adapter(model, options.adapter, merge=not (options.load_in_4bit or options.load_in_8bit))
+        model = apply_adapter(model, options.adapter, merge=not quantized)
     model.eval()
-    return attach_preset(MLLM(model, processor, options, source), preset)
+    mllm = MLLM(model, processor, options, source)
+    if choice is not None and choice.quantization == "nf4":
+        mllm.quantization = "4bit"
+    return attach_preset(mllm, preset)
 
 
 def apply_adapter(model, adapter_dir: str, merge: bool = True):
