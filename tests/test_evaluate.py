@@ -188,7 +188,7 @@ def test_fit_split_names_a_deepfakebench_split(tmp_path):
     data = tmp_path / "FF.json"
     data.write_text(json.dumps(spec))
     items = load_items(str(data))
-    assert len(items) == 4 and all("/test/" in i.path for i in items) and {i.video_id for i in items} >= {"FF/FF-DF_0"}
+    assert len(items) == 4 and all("/test/" in i.path for i in items) and {i.video_id for i in items} >= {"FF/FF-DF/FF-DF_0"}
     plan = plan_fit(EvaluateConfig(data=str(data), fit_split="train"), items)
     assert plan.mode == "external" and len(plan.extra_items) == 4 and all("/train/" in i.path for i in plan.extra_items)
     assert plan.report_paths == {i.path for i in items} and "split 'train'" in plan.description

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def test_wheel_holds_one_import_name_and_its_data(tmp_path):
     for needed in ("x2dfd/experts/blend.py", "x2dfd/experts/weights/blend_efficientnet_lite0.safetensors",
                    "x2dfd/experts/weights/blend_efficientnet_lite0.json", "x2dfd/prompts/explain.jinja",
                    "x2dfd/prompts/cues.yaml", "x2dfd/feature_assessment/scoring.py", "x2dfd/finetune/train.py",
-                   "x2dfd/demo/app.py", "x2dfd/templates/report.html.jinja"):
+                   "x2dfd/demo/app.py", "x2dfd/templates/report.html.jinja",
+                   "x2dfd/prompts/presets/x2dfd-release.json", "x2dfd/experts/swinv2.py"):
         assert needed in names, needed
 
 
@@ -117,7 +119,7 @@ def test_api_takes_paths_pil_and_numpy_and_returns_the_cli_records(detector, pho
     # ... and the CLI writes the very same record for the file.
     out = tmp_path / "cli.jsonl"
     explain_main([str(photos[0]), "--mllm", "none", "--out", str(out), "--quiet"])
-    cli = Record.from_dict(__import__("json").loads(out.read_text(encoding="utf-8").splitlines()[-1]))
+    cli = Record.from_dict(json.loads([ln for ln in out.read_text(encoding="utf-8").split("\n") if ln][-1]))
     api = records[0]
     assert (cli.path, cli.sha256, cli.label, cli.p_fake, cli.experts, cli.face) == (
         api.path, api.sha256, api.label, api.p_fake, api.experts, api.face)
@@ -175,3 +177,31 @@ def test_every_dependency_is_pinned_in_the_lock():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in constraints.txt: run `bash .ci/lock`"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+
+
+# ------------------------------------------------------------------------------------------------ README truth
+def test_readme_main_job_runs_as_written(tmp_path):
+    """The README's main-job line, run as written in a folder holding `photos/`: offline it stops with one
+    line that names the way forward (`--mllm none`); with `--mllm none` added it explains every photo."""
+    import re
+
+    if not SHARED_PHOTOS.is_dir():
+        pytest.skip("../shared is absent")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## The three commands\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    main_job = [ln for ln in block.splitlines() if ln and not ln.startswith("#")][1]
+    (tmp_path / "photos").mkdir()
+    for src in sorted(SHARED_PHOTOS.glob("*.jpg"))[:2]:
+        (tmp_path / "photos" / src.name).write_bytes(src.read_bytes())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    argv = main_job.split()
+    assert argv[0] == "x2dfd"
+    cmd = [sys.executable, "-m", "x2dfd", *argv[1:]]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "--mllm none" in lines[0] and "llava-hf/llava-1.5-7b-hf" in lines[0]
+    res = subprocess.run([*cmd, "--mllm", "none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text(encoding="utf-8").split("\n") if ln]
+    assert sorted(Path(r["path"]).name for r in rows if "path" in r) == sorted(p.name for p in (tmp_path / "photos").iterdir())

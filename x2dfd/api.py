@@ -56,6 +56,11 @@ def build_explainer(mllm_options: MLLMOptions | None, expert_names: Sequence[str
     from x2dfd.mllm import load_mllm, resolve_device
 
     device = str(resolve_device(mllm_options.device if mllm_options is not None else device))
+    if expert_names is None:
+        from x2dfd.presets import preset_expert_specs
+
+        # A preset's own experts (--preset, or preset.json in the adapter/model folder); else None: the default set.
+        expert_names = preset_expert_specs(mllm_options if mllm_options is not None else pipeline_options)
     mllm = None if mllm_options is None else load_mllm(mllm_options)
     return Explainer(mllm, load_experts(expert_names, device), pipeline_options)
 

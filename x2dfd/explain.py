@@ -77,9 +77,7 @@ def build_explainer(cfg: ExplainConfig):
     """Load what ``cfg`` asks for (MLLM, experts) and return the pipeline (:func:`x2dfd.api.build_explainer`)."""
     from x2dfd.api import build_explainer as build
 
-    from x2dfd.presets import preset_expert_specs
-
-    experts = [] if cfg.no_expert else (cfg.expert or preset_expert_specs(cfg))  # None: the default set
+    experts = [] if cfg.no_expert else (cfg.expert or None)  # None: the preset's experts, else the default set
     return build(None if cfg.mllm == "none" else cfg, experts, cfg, device=cfg.device)
 
 
