@@ -5,6 +5,8 @@ robustness sweeps and explanation checks, on labelled data.
     x2dfd evaluate ff.json --split test --fit-split train --out eval/    # DeepfakeBench JSON, fusion fitted on train
     x2dfd evaluate manifest.csv --mllm none --expert blend --perturb jpeg:90,70,50,30 blur:1,2 resize:0.5,0.25 noise:0.02
     x2dfd evaluate data/ --model ./llava --adapter ./x2dfd-lora --fit-split 0.3 --no-cue-check
+    x2dfd evaluate data/ --system release=preset:x2dfd-release --system fakevlm=model=./fakeVLM,preset=fakevlm \
+        --system mine=adapter=runs/x2dfd-lora --references refs.jsonl --out eval/     # side by side, + text metrics
 
 DATA is what ``x2dfd assess`` reads (``x2dfd.dataset.load_labelled``): a folder with real/ and fake/,
 a CSV/JSONL/JSON manifest (path,label[,video_id,source]; images or video files) or a DeepfakeBench
@@ -45,6 +47,20 @@ Protocol (stated in every output, because numbers are only comparable when it is
   real/fake") against the label from p_fake, and with ``--cue-check`` (clean run only) cue grounding:
   the cues whose present/absent phrase (``prompts/cues.yaml``) the explanation mentions against the
   ``--cue-top-k`` cues with the highest P(yes) on that face (``feature_assessment`` scoring).
+
+Side by side (``--system NAME=SPEC``, repeatable): every item is decoded, face-cropped and scored by the experts
+ONCE per condition (``prepared/<condition>.<hash>/``: the crops as lossless PNG and the expert scores), then each
+MLLM system is loaded in turn (one model in memory at a time), judges those very crops through the pipeline
+(prompt with its own preset's wording and experts, video aggregation, explanation) and is freed. Systems are named
+``mllm:NAME`` in every table and plot, next to ``expert:NAME``; paired AUC deltas are against the first system;
+records are cached per system and condition (adding a system to a finished run judges only with the new one).
+There are no fusions with ``--system``. SPEC: ``preset:NAME``, a folder (adapter folder if it holds
+adapter_config.json, else a checkpoint) or ``KEY=VALUE[,KEY=VALUE...]`` with keys model, adapter, preset, revision,
+dtype; the command line's --model/--revision/--dtype/--device/quantization apply where a SPEC is silent.
+
+Explanation metrics (``--references FILE``): see :mod:`x2dfd.textmetrics`; per MLLM system, on the clean run's
+explained items of the report set, with the same kind of bootstrap intervals (``explanation_metrics`` in
+metrics.json, a table in ``table_frame.md``, ``table_explanations.csv`` and evaluate.html).
 
 Outputs in ``--out``: ``metrics.json`` (everything, with model/adapter/expert ids and the data
 fingerprint), ``table_frame.md/.csv`` and ``table_video.md/.csv`` (a paper's table), ``roc_frame.png``
@@ -127,6 +143,10 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Cue bank YAML file(s) for the cue check (default: the shipped prompts/cues.yaml)."""
     cue_batch_size: int = 16
     """Cues scored per forward pass against one face's cached prefix."""
+    system: list[str] = field(default_factory=list, metadata={"metavar": "NAME=SPEC"})
+    """Evaluate several MLLM setups side by side over the same face crops and expert scores (one model in memory at a time; reported as mllm:NAME). SPEC: preset:NAME (a built-in preset: x2dfd-release, fakevlm, x2dfd), a folder (an adapter folder, i.e. one with adapter_config.json, else a model checkpoint; its preset.json applies), or KEY=VALUE[,KEY=VALUE...] with keys model, adapter, preset, revision, dtype (e.g. lora=model=./llava,adapter=runs/x2dfd-lora,preset=x2dfd). --model, --revision, --dtype, --device and the quantization options apply to every system a SPEC does not override; --adapter and --preset go into each SPEC instead."""
+    references: str | None = None
+    """Reference explanations (CSV or JSONL: path, reference[, label]; DD-VQA-style rows path, question, answer are accepted, several per path = several references): per MLLM system, verdict accuracy and F1 parsed from the text, agreement of that verdict with p_fake, ROUGE-L and BLEU against the references, with bootstrap intervals (clean run, reported items). Paths match DATA by resolved path (relative to the references file, then the working directory), else by unique file name (reported). Caveat: DD-VQA's answers were written knowing the true label and state it, so ROUGE-L/BLEU against them reward echoing the right verdict, not only the reasoning: read them with the verdict accuracy."""
     title: str | None = None
     """Title of evaluate.html (default: from DATA)."""
     quiet: bool = field(default=False, metadata={"store_true": True})
@@ -153,12 +173,105 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
             raise UsageError(f"--cue-top-k must be >= 1, got {self.cue_top_k}")
         if self.fusion_l2 < 0:
             raise UsageError(f"--fusion-l2 must be >= 0, got {self.fusion_l2}")
+        if self.system:
+            if self.mllm == "none":
+                raise UsageError("--system names MLLM setups; --mllm none evaluates no MLLM (leave one of them out)")
+            for flag, value in (("--adapter", self.adapter), ("--preset", self.preset)):
+                if value:
+                    raise UsageError(f"with --system, give the adapter and the preset in each SPEC ({flag} {value} "
+                                     f"applies to no system), e.g. --system NAME=adapter=DIR,preset=NAME")
+            parse_system_specs(self)  # every SPEC is checked before any model loads
+        if self.references is not None:
+            if self.mllm == "none":
+                raise UsageError("--references scores the MLLM's explanations; --mllm none has none")
+            if self.max_new_tokens == 0:
+                raise UsageError("--references scores the explanations; --max-new-tokens 0 generates none")
         from x2dfd.perturb import parse_perturbations
 
         parse_perturbations(self.perturb, self.seed)  # fail on a bad spec before any model loads
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path(f"evaluate-{Path(self.data).stem or 'data'}")
+
+
+# --------------------------------------------------------------------------------------------- systems
+SPEC_KEYS = ("model", "adapter", "preset", "revision", "dtype")
+_SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class SystemSpec:
+    """One ``--system NAME=SPEC``: an MLLM setup, reported as ``mllm:NAME``."""
+
+    name: str
+    spec: str
+    options: Any  # x2dfd.modelargs.MLLMOptions
+    expert_specs: list[str] | None  # NAME[=WEIGHTS] of the experts its prompt shows (None: the default set)
+
+    @property
+    def system(self) -> str:
+        return f"mllm:{self.name}"
+
+
+def _spec_overrides(name: str, spec: str) -> dict[str, Any]:
+    where = f"--system {name}={spec}"
+    if spec.startswith("preset:"):
+        preset = spec.split(":", 1)[1].strip()
+        if not preset:
+            raise UsageError(f"{where}: preset: needs a name (x2dfd-release, fakevlm, x2dfd or a preset JSON file)")
+        return {"preset": preset}
+    head = spec.split(",", 1)[0]
+    if "=" in head:
+        out: dict[str, Any] = {}
+        for part in spec.split(","):
+            key, eq, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not eq or key not in SPEC_KEYS or not value:
+                raise UsageError(f"{where}: '{part}' is not KEY=VALUE with KEY one of {', '.join(SPEC_KEYS)} "
+                                 "(SPEC: preset:NAME, a folder, or KEY=VALUE[,KEY=VALUE...])")
+            if key in out:
+                raise UsageError(f"{where}: '{key}' is given twice")
+            out[key] = value
+        return out
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return {"adapter": spec} if (folder / "adapter_config.json").is_file() else {"model": spec}
+    if folder.exists():
+        raise UsageError(f"{where}: '{spec}' is a file, not a model or adapter folder")
+    from x2dfd.modelargs import looks_like_path
+
+    if looks_like_path(spec):
+        raise UsageError(f"{where}: no such folder '{spec}' (SPEC: preset:NAME, a folder, or KEY=VALUE[,...])")
+    return {"model": spec}  # a hub id
+
+
+def parse_system_specs(cfg: EvaluateConfig) -> list[SystemSpec]:
+    """The ``--system NAME=SPEC`` setups (see the option's help), each checked (names, keys, folders, presets)
+    without loading anything."""
+    import dataclasses
+
+    from x2dfd.modelargs import MLLMOptions
+    from x2dfd.presets import preset_expert_specs
+
+    base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(MLLMOptions)} | {"adapter": None, "preset": None}
+    out: list[SystemSpec] = []
+    for arg in cfg.system:
+        name, eq, spec = arg.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not eq or not spec or not _SYSTEM_NAME.match(name):
+            raise UsageError(f"--system '{arg}': give NAME=SPEC, NAME made of letters, digits and . _ + - "
+                             "(e.g. --system release=preset:x2dfd-release)")
+        if any(s.name == name for s in out):
+            raise UsageError(f"--system: the name '{name}' is used twice; give each system its own name")
+        options = MLLMOptions(**(base | _spec_overrides(name, spec)))
+        if cfg.no_expert:
+            experts = []
+        elif cfg.expert:
+            experts = list(cfg.expert)
+        else:
+            experts = preset_expert_specs(options)
+        out.append(SystemSpec(name, spec, options, experts))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -248,13 +361,15 @@ def build_explainer(cfg: EvaluateConfig):
     return build(None if cfg.mllm == "none" else cfg, experts, cfg, device=cfg.device)
 
 
-def run_settings(cfg: EvaluateConfig, explainer, condition: Condition) -> dict[str, Any]:
-    """Everything a cached record depends on (a change starts a new cache file instead of mixing)."""
+def run_settings(cfg: EvaluateConfig, explainer, condition: Condition, options=None) -> dict[str, Any]:
+    """Everything a cached record depends on (a change starts a new cache file instead of mixing). ``options``: the
+    MLLM options of a ``--system`` (default: the command line's)."""
+    o = cfg if options is None else options
     return {
         "model": explainer.model_name, "adapter": explainer.adapter,
-        "revision": cfg.revision if explainer.mllm is not None else None,
-        "dtype": cfg.dtype if explainer.mllm is not None else None,
-        "quantization": (cfg.load_in_4bit, cfg.load_in_8bit) if explainer.mllm is not None else None,
+        "revision": o.revision if explainer.mllm is not None else None,
+        "dtype": o.dtype if explainer.mllm is not None else None,
+        "quantization": (o.load_in_4bit, o.load_in_8bit) if explainer.mllm is not None else None,
         "template_version": explainer.template_version,
         "experts": [[e.name, (e.info() or {}).get("sha256") or (e.info() or {}).get("weights")] for e in explainer.experts],
         "face_crop": cfg.face_crop, "align": cfg.align, "face_scale": cfg.face_scale,
@@ -274,17 +389,17 @@ def _sha(path: str) -> str | None:
 
 
 def run_condition(explainer, paths: list[str], condition: Condition, cache_path: Path, hashes: dict[str, str | None],
-                  cue_scorer=None, quiet: bool = False) -> dict[str, Record]:
+                  cue_scorer=None, quiet: bool = False, label: str | None = None) -> dict[str, Record]:
     """Records of ``paths`` under ``condition``: those in ``cache_path`` are reused, the rest computed through
     the pipeline (with ``condition``'s perturbation as its transform) and appended, one flushed line each."""
     from x2dfd.explain import OutputLock
 
     with OutputLock(cache_path):  # a second evaluate on the same --out refuses instead of interleaving lines
-        return _run_condition(explainer, paths, condition, cache_path, hashes, cue_scorer, quiet)
+        return _run_condition(explainer, paths, condition, cache_path, hashes, cue_scorer, quiet, label)
 
 
 def _run_condition(explainer, paths: list[str], condition: Condition, cache_path: Path, hashes: dict[str, str | None],
-                   cue_scorer=None, quiet: bool = False) -> dict[str, Record]:
+                   cue_scorer=None, quiet: bool = False, label: str | None = None) -> dict[str, Record]:
     from tqdm.auto import tqdm
 
     from x2dfd.explain import RecordWriter, read_records
@@ -301,13 +416,14 @@ def _run_condition(explainer, paths: list[str], condition: Condition, cache_path
 
     have = {r.path: r for r in read_records(cache_path) if done(r)}
     todo = [p for p in paths if p not in have]
+    tag = condition.name if label is None else f"{label}, {condition.name}"
     if todo and not quiet and have:
-        print(f"evaluate[{condition.name}]: {len(have)} items cached in {cache_path}, {len(todo)} to go", file=sys.stderr)
+        print(f"evaluate[{tag}]: {len(have)} items cached in {cache_path}, {len(todo)} to go", file=sys.stderr)
     if not todo:
         return have
     explainer.transform = condition.perturbation
     writer = RecordWriter(cache_path)
-    bar = tqdm(total=len(todo), unit="item", desc=f"evaluate[{condition.name}]", disable=quiet or len(todo) < 2,
+    bar = tqdm(total=len(todo), unit="item", desc=f"evaluate[{tag}]", disable=quiet or len(todo) < 2,
                file=sys.stderr)
     try:
         for record, artifacts in explainer.run_with_artifacts(todo, heatmaps=False):
@@ -334,6 +450,184 @@ def score_cues(cue_scorer, face) -> list[dict[str, Any]]:
     cues = cue_scorer.cues
     order = sorted(range(len(cues)), key=lambda i: -float(p_yes[i]))
     return [{"id": cues[i].id, "phrase": cues[i].present, "p_yes": round(float(p_yes[i]), 5)} for i in order]
+
+
+# ------------------------------------------------------------------------- shared crops (--system runs)
+class StoredCrop:
+    """A face crop read back from the prepared store: the same pixels (lossless PNG) and face info."""
+
+    def __init__(self, image, info: dict[str, Any] | None):
+        self.image = image
+        self._info = info
+        self.face = True if info is not None else None  # the pipeline only asks whether there was a face
+
+    def info(self) -> dict[str, Any] | None:
+        return json.loads(json.dumps(self._info)) if self._info is not None else None
+
+
+class PreparedStore:
+    """Decode + face crop + expert scores of each item, computed once per condition and shared by every
+    ``--system``: ``prepared/<condition>.<hash>/units.jsonl`` (one line per item) and ``crops/*.png``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.index = folder / "units.jsonl"
+        self.units: dict[str, dict[str, Any]] = {}
+
+    def load(self, hashes: dict[str, str | None]) -> None:
+        self.units = {}
+        if not self.index.is_file():
+            return
+        data = self.index.read_bytes()
+        if data and not data.endswith(b"\n"):  # a line torn by an interrupted run: cut it, its item is redone
+            data = data[: data.rfind(b"\n") + 1]
+            with self.index.open("r+b") as fh:
+                fh.truncate(len(data))
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                u = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of an interrupted run: that item is prepared again
+            if not isinstance(u, dict) or u.get("sha256") != hashes.get(u.get("path")):
+                continue
+            if all((self.folder / s["file"]).is_file() for s in u.get("samples", [])):
+                self.units[u["path"]] = u
+
+    def add(self, unit, fh) -> None:
+        """Store a prepared pipeline unit (crops as PNG first, then its index line, flushed)."""
+        key = hashlib.sha256(unit.record.path.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+        samples = []
+        for k, smp in enumerate(unit.samples):
+            name = f"crops/{key}_{k}.png"
+            tmp = self.folder / (name + ".tmp")
+            smp.crop.image.save(tmp, format="PNG", compress_level=1)
+            os.replace(tmp, self.folder / name)
+            samples.append({"file": name, "face": smp.crop.info() if smp.crop.face is not None else None,
+                            "face_index": smp.face_index, "experts": dict(smp.experts), "error": smp.error,
+                            "timings": dict(smp.timings),
+                            "frame": None if smp.frame is None else {"index": smp.frame.index,
+                                                                     "time_s": smp.frame.time_s}})
+        r = unit.record
+        entry = {"path": r.path, "sha256": r.sha256, "kind": r.kind, "media": r.media, "error": r.error,
+                 "timings": dict(r.timings), "frame_errors": unit.frame_errors, "samples": samples}
+        fh.write(json.dumps(entry, allow_nan=False) + "\n")
+        fh.flush()
+        self.units[r.path] = entry
+
+    def expert_record(self, path: str) -> Record | None:
+        """The experts' scores of an item as a record (``frame_units`` reads expert systems from it)."""
+        u = self.units.get(path)
+        if u is None:
+            return None
+        rec = Record(path=path, kind=u["kind"], sha256=u["sha256"], error=u["error"])
+        if u["error"] is not None or not u["samples"]:
+            return rec
+
+        def mean(scores: dict[str, float | None]) -> float | None:
+            vals = [v for v in scores.values() if v is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        if u["kind"] == "video":
+            rec.frames = list(u["frame_errors"]) + [{"index": s["frame"]["index"], "p_fake": mean(s["experts"]),
+                                                     "experts": dict(s["experts"])} for s in u["samples"]]
+            rec.frames.sort(key=lambda f: f["index"])
+            rec.p_fake = mean({str(f["index"]): f["p_fake"] for f in rec.frames})
+        else:
+            s = u["samples"][0]
+            rec.experts = dict(s["experts"])
+            rec.p_fake = mean(s["experts"])
+        return rec
+
+
+def _preparer_class():
+    from x2dfd.pipeline import Explainer
+
+    class Preparer(Explainer):
+        """The pipeline's own decode + face crop (worker threads) and expert pass, without an MLLM: yields each
+        prepared unit (crops and expert scores) instead of records."""
+
+        def __init__(self, experts: list, options, transform=None):  # noqa: D107 - no MLLM, maybe no expert
+            self.transform = transform
+            self.mllm, self.experts, self.options = None, list(experts), options
+            self.model_name = self.adapter = self.template_version = None
+
+        def _finish_chunk(self, units, heatmaps):
+            samples = [s for u in units if u.record.error is None for s in u.samples]
+            bs = self.options.batch_size
+            if self.experts:
+                for i in range(0, len(samples), bs):
+                    self._score_experts(samples[i: i + bs])
+            for unit in units:
+                yield unit, None
+
+    return Preparer
+
+
+def _replay_class():
+    from x2dfd.pipeline import Explainer, _Sample
+    from x2dfd.media import VideoFrame
+
+    class ReplayExplainer(Explainer):
+        """An MLLM system fed from the prepared store: the stored crops (and expert scores) instead of decoding and
+        detecting again; everything after (prompt, MLLM, records, video aggregation) is the pipeline's own."""
+
+        def __init__(self, mllm, experts: list, options, store: PreparedStore):
+            super().__init__(mllm, experts, options)
+            self.store = store
+            self._names = {e.name for e in experts}
+
+        def _prepare_any(self, item, n):
+            from PIL import Image
+
+            path = os.fspath(item)
+            u = self.store.units.get(path)
+            unit = self._new_unit(path, u["kind"] if u else "image")
+            if u is None:
+                unit.record.error = f"'{path}': not prepared (internal error)"
+                return unit
+            rec = unit.record
+            rec.sha256, rec.media, rec.error = u["sha256"], u["media"], u["error"]
+            rec.timings.update(u["timings"])
+            unit.frame_errors = [dict(f) for f in u["frame_errors"]]
+            for s in u["samples"]:
+                with Image.open(self.store.folder / s["file"]) as im:
+                    image = im.copy()
+                frame = None if s["frame"] is None else VideoFrame(s["frame"]["index"], s["frame"]["time_s"], None)
+                unit.samples.append(_Sample(crop=StoredCrop(image, s["face"]), face_index=s["face_index"], frame=frame,
+                                            experts={k: v for k, v in s["experts"].items() if k in self._names},
+                                            error=s["error"], timings=dict(s["timings"])))
+            return unit
+
+        def _score_experts(self, samples, heatmaps=False):
+            return  # scored once, in the preparation pass
+
+    return ReplayExplainer
+
+
+def prepare_condition(preparer, paths: list[str], condition: Condition, store: PreparedStore,
+                      hashes: dict[str, str | None], quiet: bool = False) -> None:
+    """Decode, crop and score with the experts every path the store lacks (under ``condition``)."""
+    from tqdm.auto import tqdm
+
+    from x2dfd.explain import OutputLock
+
+    with OutputLock(store.index):
+        store.load(hashes)
+        todo = [p for p in paths if p not in store.units]
+        if not todo:
+            return
+        (store.folder / "crops").mkdir(parents=True, exist_ok=True)
+        preparer.transform = condition.perturbation
+        bar = tqdm(total=len(todo), unit="item", desc=f"evaluate[{condition.name}] crops+experts",
+                   disable=quiet or len(todo) < 2, file=sys.stderr)
+        try:
+            with store.index.open("a", encoding="utf-8") as fh:
+                for unit, _ in preparer.run_with_artifacts(todo, heatmaps=False):
+                    store.add(unit, fh)
+                    bar.update(1)
+        finally:
+            bar.close()
+            preparer.transform = None
 
 
 # ------------------------------------------------------------------------------------------ score table
@@ -733,11 +1027,28 @@ def _system_order(comps: list[str], has_logistic: bool) -> list[str]:
     return systems
 
 
+@dataclass
+class RunRecords:
+    """What the pipeline runs produced, in the form the metrics need (one MLLM or several ``--system``)."""
+
+    comps: list[str]  # components: "mllm" or "mllm:NAME"..., then "expert:NAME"...
+    frames_for: Any  # (condition name, items) -> list[Unit] with every component's scores
+    mllm_records: dict[str, dict[str, dict[str, Record]]]  # system -> condition -> path -> record (MLLM systems)
+    cache_files: dict[str, str]  # condition -> records file (the first system's)
+    cache_by_system: dict[str, dict[str, str]]  # system -> condition -> records file (--system runs)
+    models: dict[str, Any]
+    bank: Any = None
+    kinds: dict[str, str] = field(default_factory=dict)  # path -> record kind (clean)
+    fusions: bool = True
+    checks_records: dict[str, dict[str, Record]] = field(default_factory=dict)  # single run: condition -> records
+
+
 def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     """Everything ``x2dfd evaluate`` does, callable from Python; returns the metrics.json content.
-    ``explainer``: an already loaded pipeline (tests, notebooks); default: built from ``cfg``."""
+    ``explainer``: an already loaded pipeline (tests, notebooks; not with ``--system``); default: built from ``cfg``."""
     out = cfg.out_dir()
     items = load_items(cfg.data, cfg.split, cfg.compression, cfg.data_root, cfg.per_class, cfg.seed)
+    references = match_reference_file(cfg.references, items) if cfg.references else None  # before any model loads
     plan = plan_fit(cfg, items)
     conditions = conditions_for(cfg)
     notes = list(plan.notes)
@@ -746,8 +1057,24 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    if explainer is None:
-        explainer = build_explainer(cfg)
+    all_items = items + plan.extra_items
+    if cfg.system:
+        if explainer is not None:
+            raise UsageError("run_evaluate: --system loads its own systems; pass no explainer")
+        specs = parse_system_specs(cfg)
+        hashes = {i.path: _sha(i.path) for i in all_items}
+        run = run_systems(cfg, specs, items, all_items, conditions, hashes, out, notes)
+    else:
+        if explainer is None:
+            explainer = build_explainer(cfg)
+        hashes = {i.path: _sha(i.path) for i in all_items}
+        run = run_single(cfg, explainer, items, all_items, conditions, hashes, out, notes)
+    return assemble_metrics(cfg, run, items, all_items, plan, conditions, hashes, notes, references, out)
+
+
+def run_single(cfg: EvaluateConfig, explainer, items: list[Item], all_items: list[Item], conditions: list[Condition],
+               hashes: dict[str, str | None], out: Path, notes: list[str]) -> RunRecords:
+    """The classic run: one pipeline (the MLLM, if any, and the experts) over every condition."""
     comps = components(explainer.mllm is not None, [e.name for e in explainer.experts])
     bank = cue_scorer = None
     if cfg.cue_check and explainer.mllm is not None and cfg.max_new_tokens > 0:
@@ -759,8 +1086,6 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     elif cfg.cue_check and explainer.mllm is not None:
         notes.append("no cue grounding: --max-new-tokens 0 generates no explanations")
 
-    all_items = items + plan.extra_items
-    hashes = {i.path: _sha(i.path) for i in all_items}
     (out / "records").mkdir(parents=True, exist_ok=True)
     per_condition: dict[str, dict[str, Record]] = {}
     cache_files: dict[str, str] = {}
@@ -771,31 +1096,231 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
         per_condition[cond.name] = run_condition(explainer, paths, cond, cache, hashes,
                                                  cue_scorer if cond.name == "clean" else None, cfg.quiet)
         cache_files[cond.name] = str(cache.relative_to(out))
+    models = {"mllm": explainer.mllm.describe() if explainer.mllm is not None else None,
+              "adapter": explainer.adapter, "template_version": explainer.template_version,
+              "experts": [e.info() for e in explainer.experts]}
+    return RunRecords(comps=comps, frames_for=lambda cond, its: frame_units(its, per_condition[cond], comps),
+                      mllm_records={"mllm": per_condition} if explainer.mllm is not None else {},
+                      cache_files=cache_files, cache_by_system={}, models=models, bank=bank,
+                      kinds={p: r.kind for p, r in per_condition["clean"].items()},
+                      fusions=True, checks_records=per_condition)
 
-    clean = per_condition["clean"]
-    fit_frames = frame_units(all_items, clean, comps)
-    logistic = fit_fusion(cfg, plan, fit_frames, comps)
-    systems = _system_order(comps, logistic is not None)
+
+def prepare_settings(cfg: EvaluateConfig, experts: list, condition: Condition) -> dict[str, Any]:
+    """Everything a prepared crop and its expert scores depend on."""
+    return {"experts": [[e.name, (e.info() or {}).get("sha256") or (e.info() or {}).get("weights")] for e in experts],
+            "face_crop": cfg.face_crop, "align": cfg.align, "face_scale": cfg.face_scale,
+            "min_face_score": cfg.min_face_score, "frames": cfg.frames, "perturbation": condition.describe(),
+            "limits": [cfg.max_pixels, cfg.max_file_mb, cfg.max_video_mb]}
+
+
+def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item], all_items: list[Item],
+                conditions: list[Condition], hashes: dict[str, str | None], out: Path, notes: list[str]) -> RunRecords:
+    """``--system``: decode + face crop + experts once per item and condition (the prepared store), then each MLLM
+    system in turn (loaded, run over the stored crops, freed), its records cached per system and condition."""
+    import gc
+
+    from x2dfd.api import load_experts
+    from x2dfd.experts import DEFAULT_EXPERTS
+    from x2dfd.mllm import load_mllm, resolve_device
+
+    device = str(resolve_device(cfg.device))
+    wanted: dict[str, str] = {}  # expert name -> spec, over every system
+    for spec in specs:
+        for e in (list(DEFAULT_EXPERTS) if spec.expert_specs is None else spec.expert_specs):
+            name = e.partition("=")[0].strip()
+            if name in wanted and wanted[name] != e:
+                raise UsageError(f"--system {spec.name}: its expert '{e}' differs from another system's '{wanted[name]}'; "
+                                 "every system shares one set of experts (name them with --expert)")
+            wanted[name] = e
+    experts = load_experts(list(wanted.values()), device) if wanted else []
+    by_name = {e.name: e for e in experts}
+    Preparer, ReplayExplainer = _preparer_class(), _replay_class()
+    preparer = Preparer(experts, cfg)
+    stores: dict[str, PreparedStore] = {}
+    for cond in conditions:
+        h = settings_hash(prepare_settings(cfg, experts, cond))
+        store = PreparedStore(out / "prepared" / f"{cond.slug}.{h}")
+        paths = [i.path for i in (all_items if cond.name == "clean" else items)]
+        prepare_condition(preparer, paths, cond, store, hashes, cfg.quiet)
+        stores[cond.name] = store
+
+    bank = None
+    if cfg.cue_check and cfg.max_new_tokens > 0:
+        from x2dfd.feature_assessment.cues import load_cues
+
+        bank = load_cues(cfg.cues or None).cues
+    elif cfg.cue_check:
+        notes.append("no cue grounding: --max-new-tokens 0 generates no explanations")
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict[str, dict[str, Record]]] = {}
+    cache_by_system: dict[str, dict[str, str]] = {}
+    described: dict[str, Any] = {}
+    for spec in specs:
+        own = [by_name[e.partition("=")[0].strip()] for e in
+               (list(DEFAULT_EXPERTS) if spec.expert_specs is None else spec.expert_specs)]
+        mllm = load_mllm(spec.options)
+        try:
+            cue_scorer = None
+            if bank is not None:
+                from x2dfd.feature_assessment.scoring import CueScorer
+
+                cue_scorer = CueScorer(mllm, bank, batch_size=cfg.cue_batch_size)
+            records[spec.system], cache_by_system[spec.system] = {}, {}
+            for cond in conditions:
+                explainer = ReplayExplainer(mllm, own, cfg, stores[cond.name])
+                h = settings_hash(run_settings(cfg, explainer, cond, spec.options))
+                cache = out / "records" / f"{cond.slug}.{h}.jsonl"
+                paths = [i.path for i in (all_items if cond.name == "clean" else items)]
+                records[spec.system][cond.name] = run_condition(
+                    explainer, paths, cond, cache, hashes, cue_scorer if cond.name == "clean" else None, cfg.quiet,
+                    label=spec.system)
+                cache_by_system[spec.system][cond.name] = str(cache.relative_to(out))
+            described[spec.system] = {
+                "spec": spec.spec, "mllm": mllm.describe(), "adapter": spec.options.adapter,
+                "preset": getattr(getattr(mllm, "preset", None), "name", None),
+                "template_version": explainer.template_version, "experts": [e.name for e in own]}
+        finally:
+            del mllm, cue_scorer
+            explainer = None
+            gc.collect()
+            _empty_device_cache()
+
+    expert_comps = [f"expert:{e.name}" for e in experts]
+    comps = [s.system for s in specs] + expert_comps
+
+    def frames_for(cond: str, its: list[Item]) -> list[Unit]:
+        merged: dict[str, Unit] = {}
+        sources = [(records[s.system][cond], ["mllm"], {"mllm": s.system}) for s in specs]
+        expert_recs = {p: r for p in stores[cond].units if (r := stores[cond].expert_record(p)) is not None}
+        sources.append((expert_recs, expert_comps, {}))
+        for recs, cs, rename in sources:
+            for u in frame_units(its, recs, cs):
+                tgt = merged.setdefault(u.key, Unit(u.key, u.label, u.source, u.group, u.item_paths, {}))
+                for c, v in u.scores.items():
+                    tgt.scores[rename.get(c, c)] = v
+        for u in merged.values():
+            for c in comps:
+                u.scores.setdefault(c, None)
+        return list(merged.values())
+
+    first = specs[0].system
+    models = {"mllm": None, "adapter": None, "template_version": None, "systems": described,
+              "experts": [e.info() for e in experts]}
+    notes.append(f"{len(specs)} MLLM systems side by side ({', '.join(s.system for s in specs)}) over the same face "
+                 "crops and expert scores (decoded, cropped and scored once per item; prepared/ holds them)")
+    if len(experts) + len(specs) >= 2:
+        notes.append("no fusions with --system (each system's fusion with the experts: run it alone)")
+    return RunRecords(comps=comps, frames_for=frames_for, mllm_records=records,
+                      cache_files=dict(cache_by_system[first]), cache_by_system=cache_by_system, models=models,
+                      bank=bank, kinds={p: u["kind"] for p, u in stores["clean"].units.items()}, fusions=False)
+
+
+def _empty_device_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - freeing memory is best effort
+        pass
+
+
+def match_reference_file(path: str, items: list[Item]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``--references``: the file's rows matched to DATA's items; none matching is a one-line error."""
+    from x2dfd.textmetrics import load_references, match_references
+
+    refs = load_references(path)
+    matched, report = match_references(refs, [i.path for i in items], base=Path(path).expanduser().parent)
+    report["file"] = str(path)
+    if not matched:
+        example = next(iter(refs))
+        raise UsageError(f"--references '{path}': none of its {len(refs)} paths matches an item of DATA, by resolved "
+                         f"path (relative paths against the file's folder, then the working directory) or by file "
+                         f"name (e.g. '{example}')")
+    labels = {i.path: i.label for i in items}
+    from x2dfd.textmetrics import _label_name
+
+    report["label_conflicts"] = sum(
+        1 for p, e in matched.items() if e.get("label") not in (None, "")
+        and _label_name(e["label"]) != ("fake" if labels[p] else "real"))
+    return matched, report
+
+
+REFERENCE_CAVEAT = ("DD-VQA-style references were written knowing the true label and state it: ROUGE-L/BLEU against "
+                    "them reward a text that echoes the right verdict as much as its reasoning; read them with the "
+                    "verdict accuracy")
+
+
+def text_metrics(cfg: EvaluateConfig, run: RunRecords, report_items: list[Item], references, video: bool) -> dict | None:
+    """``--references``: per MLLM system, on the reported items it explained (clean run)."""
+    from x2dfd.textmetrics import bootstrap_explanation_metrics
+
+    if references is None:
+        return None
+    matched, report = references
+    out: dict[str, Any] = {"references": report, "caveat": REFERENCE_CAVEAT, "systems": {},
+                           "definition": "verdict parsed from the text (x2dfd.textmetrics.parse_verdict) vs the true "
+                                         "label (no verdict = wrong; F1 of the fake class); agreement: that verdict vs "
+                                         f"p_fake >= {cfg.threshold}; ROUGE-L F (rouge-score, stemmed, best reference), "
+                                         "corpus BLEU 0-100 (sacrebleu 13a); on the explained items of the report "
+                                         "set, clean run; intervals: percentile bootstrap over "
+                                         + ("whole videos" if video else "items") + ", stratified by class"}
+    for system, by_cond in run.mllm_records.items():
+        recs = by_cond["clean"]
+        explained = [(i, recs[i.path]) for i in report_items if i.path in recs and recs[i.path].explanation]
+        block = bootstrap_explanation_metrics(
+            [r.explanation for _, r in explained], [i.label for i, _ in explained], [r.p_fake for _, r in explained],
+            [matched[i.path]["references"] if i.path in matched else None for i, _ in explained],
+            groups=[group_key(i) for i, _ in explained] if video else None, threshold=cfg.threshold,
+            n=cfg.bootstrap, seed=cfg.seed, alpha=1.0 - cfg.ci)
+        block["n_unexplained"] = len(report_items) - len(explained)
+        out["systems"][system] = block
+    return out
+
+
+def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], all_items: list[Item], plan: FitPlan,
+                     conditions: list[Condition], hashes: dict[str, str | None], notes: list[str], references,
+                     out: Path) -> dict[str, Any]:
+    comps = run.comps
+    fit_frames = run.frames_for("clean", all_items)
+    logistic = fit_fusion(cfg, plan, fit_frames, comps) if run.fusions else None
+    systems = _system_order(comps, logistic is not None) if run.fusions else list(comps)
     report_items = [i for i in items if i.path in plan.report_paths]
-    video = has_video_level(frame_units(report_items, clean, comps))
+    video = has_video_level(run.frames_for("clean", report_items))
     levels = ["frame", "video"] if video else ["frame"]
     if not video:
         notes.append("no video level: every item is a single image without a video_id")
 
     results = []
+    clean_frames = None
     for cond in conditions:
-        recs = per_condition[cond.name]
-        frames = frame_units(report_items, recs, comps)
-        add_fusions(frames, comps, logistic)
+        frames = run.frames_for(cond.name, report_items)
+        if run.fusions:
+            add_fusions(frames, comps, logistic)
+        if cond.name == "clean":
+            clean_frames = frames
         by_level = {"frame": frames}
         if video:
             by_level["video"] = video_units(frames, cfg.aggregate, cfg.topk)
-        entry = {"name": cond.name, "perturbation": cond.describe(), "records": cache_files[cond.name],
+        entry = {"name": cond.name, "perturbation": cond.describe(), "records": run.cache_files[cond.name],
                  "levels": {lv: evaluate_level(us, systems, cfg, groups=(lv == "frame" and video),
                                                paired=cond.name == "clean") for lv, us in by_level.items()}}
-        checks = explanation_checks(items, recs, bank if cond.name == "clean" else None, cfg.cue_top_k)
-        if checks is not None:
-            entry["explanations"] = checks
+        if run.cache_by_system:
+            entry["records_by_system"] = {s: files[cond.name] for s, files in run.cache_by_system.items()}
+            by_system = {}
+            for s, by_cond in run.mllm_records.items():
+                checks = explanation_checks(items, by_cond[cond.name], run.bank if cond.name == "clean" else None,
+                                            cfg.cue_top_k)
+                if checks is not None:
+                    by_system[s] = checks
+            if by_system:
+                entry["explanations_by_system"] = by_system
+        else:
+            checks = explanation_checks(items, run.checks_records[cond.name],
+                                        run.bank if cond.name == "clean" else None, cfg.cue_top_k)
+            if checks is not None:
+                entry["explanations"] = checks
         results.append(entry)
 
     for lv in levels:
@@ -806,6 +1331,19 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
                          f"(no face / undecodable); with --undetermined {cfg.undetermined} this biases the metrics")
     robustness = {lv: {s: {c["name"]: _value(c["levels"][lv]["systems"][s]["all"], "auc") for c in results}
                        for s in systems} for lv in levels}
+    explanations = text_metrics(cfg, run, report_items, references, video)
+    if explanations is not None:
+        rep = explanations["references"]
+        if rep["matched_by_file_name"]:
+            notes.append(f"--references: {rep['matched_by_file_name']} row(s) matched DATA by file name only "
+                         "(their paths did not resolve to a DATA item): check them")
+        if rep["unmatched"] or rep["ambiguous_file_name"]:
+            notes.append(f"--references: {rep['unmatched']} row(s) match no DATA item and {rep['ambiguous_file_name']} "
+                         f"match several by file name; they are not used (e.g. "
+                         f"{', '.join(repr(x) for x in (rep['unmatched_examples'] + rep['ambiguous_examples'])[:3])})")
+        if rep["label_conflicts"]:
+            notes.append(f"--references: {rep['label_conflicts']} row(s) carry a label that contradicts DATA's; "
+                         "DATA's label is used")
     n_fake = sum(i.label for i in items)
     metrics = {
         "command": "evaluate",
@@ -815,12 +1353,10 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
                  "n_items": len(items), "n_real": len(items) - n_fake, "n_fake": n_fake,
                  "n_reported": len(report_items), "per_class_sample": cfg.per_class,
                  "sources": dict(Counter(i.source or "(none)" for i in items)),
-                 "kinds": dict(Counter(clean[i.path].kind for i in items if i.path in clean)),
+                 "kinds": dict(Counter(run.kinds[i.path] for i in items if i.path in run.kinds)),
                  "fingerprint": data_fingerprint(items, hashes),
                  "fingerprint_method": "sha256 over the sorted lines '<file sha256>\\t<label>' of DATA's items"},
-        "models": {"mllm": explainer.mllm.describe() if explainer.mllm is not None else None,
-                   "adapter": explainer.adapter, "template_version": explainer.template_version,
-                   "experts": [e.info() for e in explainer.experts]},
+        "models": run.models,
         "protocol": {
             "levels": levels, "face_crop": cfg.face_crop, "face_scale": cfg.face_scale, "align": cfg.align,
             "min_face_score": cfg.min_face_score, "frames_per_video_file": cfg.frames,
@@ -833,14 +1369,17 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
             "max_new_tokens": cfg.max_new_tokens,
         },
         "systems": systems,
-        "fusion": {"mean": "mean of the available p_fake of " + ", ".join(comps) if len(comps) >= 2 else None,
+        "fusion": {"mean": "mean of the available p_fake of " + ", ".join(comps)
+                   if run.fusions and len(comps) >= 2 else None,
                    "logistic": logistic.to_dict() if logistic is not None else None,
                    "fit_split": cfg.fit_split, "fit_plan": plan.description},
         "conditions": results,
         "robustness_auc": robustness,
         "notes": notes,
     }
-    write_outputs(cfg, metrics, per_condition, report_items, comps, logistic, out)
+    if explanations is not None:
+        metrics["explanation_metrics"] = explanations
+    write_outputs(cfg, metrics, clean_frames, out)
     return metrics
 
 
@@ -913,6 +1452,8 @@ def markdown_table(metrics: dict[str, Any], level: str) -> str:
     cov = clean["coverage"]
     lines += ["", f"Coverage (scored / total): real {cov['real']['scored']}/{cov['real']['n']}, "
                   f"fake {cov['fake']['scored']}/{cov['fake']['n']}; undetermined items: {metrics['protocol']['undetermined']}."]
+    if level == "frame" and "explanation_metrics" in metrics:
+        lines += ["", explanation_markdown(metrics).rstrip("\n")]
     if len(metrics["conditions"]) > 1:
         names = [c["name"] for c in metrics["conditions"]]
         lines += ["", f"### {level} level: AUC per condition", "", "| system | " + " | ".join(names) + " |",
@@ -923,8 +1464,51 @@ def markdown_table(metrics: dict[str, Any], level: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], per_condition: dict[str, dict[str, Record]],
-                  report_items: list[Item], comps: list[str], logistic, out: Path) -> None:
+EXPLANATION_METRICS = {"verdict_accuracy": "verdict ACC", "verdict_f1": "verdict F1", "agreement": "text = p_fake",
+                       "rouge_l": "ROUGE-L", "bleu": "BLEU"}
+EXPLANATION_COLUMNS = ["system", "n_explained", "n_real", "n_fake", "n_unexplained", "no_verdict", "n_with_reference"] + [
+    f"{k}{suffix}" for k in EXPLANATION_METRICS for suffix in ("", "_lo", "_hi")]
+
+
+def explanation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for system, b in metrics["explanation_metrics"]["systems"].items():
+        row = {"system": system, "n_explained": b["n"], "n_real": b["n_real"], "n_fake": b["n_fake"],
+               "n_unexplained": b["n_unexplained"], "no_verdict": b["no_verdict"],
+               "n_with_reference": b["n_with_reference"]}
+        for k in EXPLANATION_METRICS:
+            v = b.get(k)
+            row[k] = v["value"] if isinstance(v, dict) else None
+            row[f"{k}_lo"], row[f"{k}_hi"] = v["ci"] if isinstance(v, dict) and v.get("ci") else (None, None)
+        rows.append(row)
+    return rows
+
+
+def explanation_markdown(metrics: dict[str, Any]) -> str:
+    """The --references table: per MLLM system, the text's verdict and its overlap with the references."""
+    em = metrics["explanation_metrics"]
+    rep = em["references"]
+    pct = int(round(metrics["protocol"]["ci"] * 100))
+    head = ["system", "explained (real/fake)", "no verdict", "with reference"] + [
+        f"{name} [{pct}% CI]" for name in EXPLANATION_METRICS.values()]
+    lines = [f"## Explanations vs references (clean, {rep['file']})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for system, b in em["systems"].items():
+        cells = [system, f"{b['n']} ({b['n_real']}/{b['n_fake']})", str(b["no_verdict"]), str(b["n_with_reference"])]
+        cells += [_fmt_metric(b, k) if k != "bleu" or not isinstance(b.get(k), dict) else
+                  f"{b[k]['value']:.2f}" + (f" [{b[k]['ci'][0]:.2f}, {b[k]['ci'][1]:.2f}]" if b[k].get("ci") else "")
+                  for k in EXPLANATION_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"References: {rep['entries']} paths in the file, {rep['matched_by_path']} matched by path, "
+                  f"{rep['matched_by_file_name']} by file name only, {rep['unmatched']} unmatched, "
+                  f"{rep['ambiguous_file_name']} ambiguous by file name. {em['definition']}.", "",
+              f"Caveat: {em['caveat']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: list[Unit], out: Path) -> None:
+    """metrics.json, the tables, the plots and evaluate.html; ``clean_frames``: the reported frame units of the clean
+    run with every system's score (fusions included), for the ROC curves."""
     import csv
 
     out.mkdir(parents=True, exist_ok=True)
@@ -940,13 +1524,17 @@ def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], per_condition: d
             w.writeheader()
             w.writerows(table_rows(metrics, level))
         os.replace(tmp, out / f"table_{level}.csv")
-        clean = per_condition["clean"]
-        frames = frame_units(report_items, clean, comps)
-        add_fusions(frames, comps, logistic)
-        units = frames if level == "frame" else video_units(frames, cfg.aggregate, cfg.topk)
+        units = clean_frames if level == "frame" else video_units(clean_frames, cfg.aggregate, cfg.topk)
         images[level] = {"roc": plot_roc(units, metrics["systems"], out / f"roc_{level}.png", cfg, level)}
         if len(metrics["conditions"]) > 1:
             images[level]["robustness"] = plot_robustness(metrics, level, out / f"robustness_{level}.png")
+    if "explanation_metrics" in metrics:
+        tmp = out / "table_explanations.csv.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=EXPLANATION_COLUMNS)
+            w.writeheader()
+            w.writerows(explanation_rows(metrics))
+        os.replace(tmp, out / "table_explanations.csv")
     render_html(metrics, images, out / "evaluate.html", cfg.title)
 
 
@@ -1051,6 +1639,13 @@ def summary_text(metrics: dict[str, Any]) -> str:
             for system, by_cond in metrics["robustness_auc"][level].items():
                 lines.append(f"  AUC {system}: " + "  ".join(f"{n}={'–' if v is None else f'{v:.3f}'}"
                                                              for n, v in by_cond.items()))
+    em = metrics.get("explanation_metrics")
+    if em:
+        lines.append(f"explanations vs references ({em['references']['items_with_reference']} items with a reference):")
+        for system, b in em["systems"].items():
+            lines.append(f"  {system:<18} " + "  ".join(
+                f"{name} {'–' if not isinstance(b.get(k), dict) else format(b[k]['value'], '.3f')}"
+                for k, name in EXPLANATION_METRICS.items()))
     return "\n".join(lines)
 
 
@@ -1095,10 +1690,16 @@ def outcome(cfg: EvaluateConfig, metrics: dict[str, Any]) -> int:
     from x2dfd.explain import read_records
 
     clean = next((c for c in metrics.get("conditions", []) if c.get("name") == "clean"), None)
-    records = read_records(cfg.out_dir() / clean["records"], repair=False, warn=False) if clean else []
-    judged = {r.path for r in records if r.p_fake is not None}
-    paths = list(dict.fromkeys(r.path for r in records))
-    failed = [p for p in paths if p not in judged]
+    files = list((clean.get("records_by_system") or {"": clean["records"]}).values()) if clean else []
+    paths: list[str] = []
+    failed_set: set[str] = set()
+    for f in files:  # --system: an item counts as failed when some system gave it no verdict
+        records = read_records(cfg.out_dir() / f, repair=False, warn=False)
+        judged = {r.path for r in records if r.p_fake is not None}
+        paths += [r.path for r in records]
+        failed_set |= {r.path for r in records if r.path not in judged}
+    paths = list(dict.fromkeys(paths))
+    failed = [p for p in paths if p in failed_set]
     line = f"x2dfd evaluate: {len(paths)} items, {len(paths) - len(failed)} with a verdict, {len(failed)} failed"
     if failed:
         line += f" (no verdict: see {clean['records']} under {cfg.out_dir()})"
