@@ -417,3 +417,33 @@ def test_evaluate_tiny_llava_end_to_end_with_explanation_checks(tmp_path, selfco
     rows = [json.loads(x) for x in cache.read_text().splitlines()]
     assert all(len(r["cues"]) == 3 and r["explanation"].startswith("This image is") for r in rows)
     assert "Explanation checks" in (out / "evaluate.html").read_text()
+
+
+def test_evaluate_references_with_one_mllm(tmp_path, selfcontained_llava):
+    """--references without --system: the one MLLM is 'mllm'; a CSV with path,reference,label is read, paths
+    relative to the CSV's folder; the detection outputs are those of a run without --references."""
+    data = _folder(tmp_path / "data", 1, size=32)
+    files = sorted(data.rglob("*.png"))
+    refs = tmp_path / "data" / "refs.csv"
+    with refs.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "reference", "label"])
+        for f in files:
+            w.writerow([str(f.relative_to(data)), f"This image is {f.parts[-3]}. The skin is smooth.", f.parts[-3]])
+    out = tmp_path / "eval"
+    args = ["evaluate", str(data), "--model", str(selfcontained_llava), "--no-face-crop", "--no-expert",
+            "--max-new-tokens", "3", "--bootstrap", "20", "--no-cue-check", "--out", str(out), "--quiet"]
+    assert cli_main(args) == 0
+    plain = json.loads((out / "metrics.json").read_text())
+    assert "explanation_metrics" not in plain and not (out / "table_explanations.csv").exists()
+    assert cli_main(args + ["--references", str(refs)]) == 0
+    met = json.loads((out / "metrics.json").read_text())
+    em = met["explanation_metrics"]
+    assert set(em["systems"]) == {"mllm"} and em["references"]["matched_by_path"] == 4
+    b = em["systems"]["mllm"]
+    assert (b["n"], b["n_with_reference"], b["n_unexplained"]) == (4, 4, 0)
+    assert 0.0 <= b["rouge_l"]["value"] <= 1.0 and 0.0 <= b["bleu"]["value"] <= 100.0
+    assert b["rouge_l"]["ci"][0] <= b["rouge_l"]["value"] <= b["rouge_l"]["ci"][1]
+    assert met["conditions"] == plain["conditions"] and met["systems"] == plain["systems"] == ["mllm"]
+    assert "Explanations vs references" in (out / "table_frame.md").read_text()
+    assert "Caveat" in (out / "evaluate.html").read_text()

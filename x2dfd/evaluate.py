@@ -145,8 +145,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Cues scored per forward pass against one face's cached prefix."""
     system: list[str] = field(default_factory=list, metadata={"metavar": "NAME=SPEC"})
     """Evaluate several MLLM setups side by side over the same face crops and expert scores (one model in memory at a time; reported as mllm:NAME). SPEC: preset:NAME (a built-in preset: x2dfd-release, fakevlm, x2dfd), a folder (an adapter folder, i.e. one with adapter_config.json, else a model checkpoint; its preset.json applies), or KEY=VALUE[,KEY=VALUE...] with keys model, adapter, preset, revision, dtype (e.g. lora=model=./llava,adapter=runs/x2dfd-lora,preset=x2dfd). --model, --revision, --dtype, --device and the quantization options apply to every system a SPEC does not override; --adapter and --preset go into each SPEC instead."""
-    references: str | None = None
-    """Reference explanations (CSV or JSONL: path, reference[, label]; DD-VQA-style rows path, question, answer are accepted, several per path = several references): per MLLM system, verdict accuracy and F1 parsed from the text, agreement of that verdict with p_fake, ROUGE-L and BLEU against the references, with bootstrap intervals (clean run, reported items). Paths match DATA by resolved path (relative to the references file, then the working directory), else by unique file name (reported). Caveat: DD-VQA's answers were written knowing the true label and state it, so ROUGE-L/BLEU against them reward echoing the right verdict, not only the reasoning: read them with the verdict accuracy."""
+    references: str | None = field(default=None, metadata={"metavar": "FILE"})
+    """Reference explanations (CSV or JSONL: path, reference[, label]; DD-VQA-style rows path, question, answer are accepted, several per path = several references): per MLLM system, verdict accuracy and F1 parsed from the text, agreement of that verdict with p_fake, ROUGE-L and BLEU against the references, with bootstrap intervals (clean run, reported items). Paths match DATA by resolved path (relative to the references file, then the working directory), else by unique file name (reported). Caveat: DD-VQA's reference answers come from prompts that contain the true label, so they state (leak) it: a model scored against them is rewarded for echoing the right verdict, not only for its reasoning; read ROUGE-L/BLEU with the verdict accuracy."""
     title: str | None = None
     """Title of evaluate.html (default: from DATA)."""
     quiet: bool = field(default=False, metadata={"store_true": True})
@@ -1247,9 +1247,9 @@ def match_reference_file(path: str, items: list[Item]) -> tuple[dict[str, dict[s
     return matched, report
 
 
-REFERENCE_CAVEAT = ("DD-VQA-style references were written knowing the true label and state it: ROUGE-L/BLEU against "
-                    "them reward a text that echoes the right verdict as much as its reasoning; read them with the "
-                    "verdict accuracy")
+REFERENCE_CAVEAT = ("DD-VQA's reference answers come from prompts that contain the true label, so they state (leak) "
+                    "it: ROUGE-L/BLEU against such references reward a text for echoing the right verdict as much as "
+                    "for its reasoning; read them with the verdict accuracy, and compare systems of similar accuracy")
 
 
 def text_metrics(cfg: EvaluateConfig, run: RunRecords, report_items: list[Item], references, video: bool) -> dict | None:

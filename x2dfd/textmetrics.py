@@ -10,10 +10,10 @@ References file: CSV or JSON lines (or a JSON array) with ``path`` (or ``image``
 of texts) and optionally ``label``. Several rows (or answers) for one path are several references: ROUGE-L
 takes the best-matching one, BLEU uses them all (sacrebleu's multi-reference BLEU).
 
-**Caveat (label leak).** DD-VQA's annotators wrote their answers knowing the true label (it is in the
-annotation prompt), so its references state the label ("... looks fake because ..."): ROUGE-L / BLEU against
-them reward a text for echoing the right verdict words as much as for its reasoning. Read them next to the
-verdict accuracy, and compare systems at similar accuracy.
+**Caveat (label leak).** DD-VQA's reference answers come from prompts that contain the true label, so its
+references state the label ("... looks fake because ..."): ROUGE-L / BLEU against them reward a text for echoing
+the right verdict words as much as for its reasoning. Read them next to the verdict accuracy, and compare systems
+at similar accuracy.
 
 * ROUGE-L (F-measure, mean over inputs, the best of an input's references; Google's ``rouge-score`` with its Porter stemmer, as FakeVLM /
   DD-VQA-style explanation benchmarks report it) and corpus BLEU (``sacrebleu``'s default 13a tokenizer,
