@@ -188,7 +188,7 @@ def test_two_systems_and_the_expert_side_by_side_with_references(tmp_path, face_
     rep = em["references"]
     assert (rep["entries"], rep["matched_by_path"], rep["unmatched"], rep["items_with_reference"]) == (4, 3, 1, 3)
     assert rep["unmatched_examples"] == ["real/elsewhere.png"]
-    assert any("1 row(s) match no DATA item" in n for n in met["notes"])
+    assert any("1 path(s) match no DATA item" in n for n in met["notes"])
     assert set(em["systems"]) == {"mllm:a", "mllm:b"} and "label" in em["caveat"]
     for b in em["systems"].values():
         assert (b["n"], b["n_real"], b["n_fake"], b["n_with_reference"]) == (4, 2, 2, 3)
@@ -288,11 +288,16 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
     spy = _Spy(monkeypatch)
     out = tmp_path / "eval"
     assert cli_main(["evaluate", str(tmp_path / "m.csv"), "--system", f"one={selfcontained_llava}", "--system",
-                     f"two=model={other}", "--no-expert", "--no-face-crop", "--frames", "3", "--perturb", "jpeg:50",
+                     f"two=model={other}", "--system", f"rel=model={selfcontained_llava},preset=x2dfd-release",
+                     "--no-expert", "--no-face-crop", "--frames", "3", "--perturb", "jpeg:50",
                      "--max-new-tokens", "2", "--bootstrap", "10", "--no-cue-check", "--device", "cpu",
                      "--out", str(out), "--quiet"]) == 0
     met = json.loads((out / "metrics.json").read_text())
-    assert met["systems"] == ["mllm:one", "mllm:two"] and met["protocol"]["levels"] == ["frame", "video"]
+    assert met["systems"] == ["mllm:one", "mllm:two", "mllm:rel"] and met["protocol"]["levels"] == ["frame", "video"]
+    rel = met["models"]["systems"]["mllm:rel"]
+    assert rel["preset"] == "x2dfd-release" and rel["template_version"].startswith("preset:x2dfd-release@")
+    assert set(spy.seen) == {str(selfcontained_llava), str(other)}
+    assert len(spy.seen[str(selfcontained_llava)]) == 2 * len(spy.seen[str(other)])  # one and rel: the same model
     assert len(spy.detections) == 2 * (4 + 4 * 3)  # (4 images + 4 videos x 3 frames) per condition, once
     assert [c["name"] for c in met["conditions"]] == ["clean", "jpeg:50"]
     video = met["conditions"][1]["levels"]["video"]["systems"]["mllm:two"]["all"]
@@ -304,5 +309,6 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
         clip = rows["clip10.mp4"]
         assert clip["kind"] == "video" and len(clip["frames"]) == 3 and clip["explanation"]
         assert sum(f.get("explained", False) for f in clip["frames"]) == 1 and clip["aggregate"] == "mean"
-    assert set(met["robustness_auc"]["video"]) == {"mllm:one", "mllm:two"}
+    assert set(met["robustness_auc"]["video"]) == {"mllm:one", "mllm:two", "mllm:rel"}
+    assert len(set(met["conditions"][0]["records_by_system"].values())) == 3  # the preset's prompt: its own cache
     assert (out / "roc_video.png").is_file() and (out / "robustness_frame.png").is_file()

@@ -547,9 +547,8 @@ def _preparer_class():
         prepared unit (crops and expert scores) instead of records."""
 
         def __init__(self, experts: list, options, transform=None):  # noqa: D107 - no MLLM, maybe no expert
-            self.transform = transform
-            self.mllm, self.experts, self.options = None, list(experts), options
-            self.model_name = self.adapter = self.template_version = None
+            super().__init__(None, list(experts) or [None], options, transform)  # (no expert is fine here)
+            self.experts = list(experts)
 
         def _finish_chunk(self, units, heatmaps):
             samples = [s for u in units if u.record.error is None for s in u.samples]
@@ -1335,14 +1334,14 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
     if explanations is not None:
         rep = explanations["references"]
         if rep["matched_by_file_name"]:
-            notes.append(f"--references: {rep['matched_by_file_name']} row(s) matched DATA by file name only "
+            notes.append(f"--references: {rep['matched_by_file_name']} path(s) matched DATA by file name only "
                          "(their paths did not resolve to a DATA item): check them")
         if rep["unmatched"] or rep["ambiguous_file_name"]:
-            notes.append(f"--references: {rep['unmatched']} row(s) match no DATA item and {rep['ambiguous_file_name']} "
+            notes.append(f"--references: {rep['unmatched']} path(s) match no DATA item and {rep['ambiguous_file_name']} "
                          f"match several by file name; they are not used (e.g. "
                          f"{', '.join(repr(x) for x in (rep['unmatched_examples'] + rep['ambiguous_examples'])[:3])})")
         if rep["label_conflicts"]:
-            notes.append(f"--references: {rep['label_conflicts']} row(s) carry a label that contradicts DATA's; "
+            notes.append(f"--references: {rep['label_conflicts']} path(s) carry a label that contradicts DATA's; "
                          "DATA's label is used")
     n_fake = sum(i.label for i in items)
     metrics = {
