@@ -121,7 +121,11 @@ def test_demo_upload_shows_verdict_and_explanation(driver, demo_url, tmp_path):
     broken.write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
     driver.get(demo_url)
     _upload(driver, broken)
-    message = _wait(driver, lambda d: d.find_element(By.ID, "message").text.strip() or None, what="the error message")
+    def final_message(d):  # the message box shows Gradio's "processing | 0.1s" status until the answer lands
+        text = d.find_element(By.ID, "message").text.strip()
+        return text if text and not text.startswith("processing") else None
+
+    message = _wait(driver, final_message, what="the error message")
     assert message.startswith("No verdict for 'broken.jpg':"), message
     assert "Traceback" not in driver.page_source
     driver.save_screenshot(str(ARTIFACTS / "demo-bad-file.png"))

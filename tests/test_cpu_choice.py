@@ -50,14 +50,26 @@ def test_small_model_is_float32():
     assert (c.dtype, c.quantization) == ("float32", None) and "fit in float32" in c.reason
 
 
-def test_auto_dtype_on_cpu_prints_the_choice_up_front(tiny_llava, capsys):
+def test_auto_dtype_on_cpu_says_up_front_only_what_is_not_plain_float32(tiny_llava, capsys, monkeypatch):
     mllm = load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu"))
-    err = capsys.readouterr().err.strip().splitlines()
-    lines = [l for l in err if l.startswith("x2dfd: CPU run of")]
-    assert len(lines) == 1 and "float32 weights" in lines[0] and "fit in float32" in lines[0]
+    assert "x2dfd: CPU run of" not in capsys.readouterr().err  # a small model in float32: nothing to say
     assert mllm.describe()["dtype"] == "float32" and mllm.describe()["quantization"] is None
+    monkeypatch.setattr("x2dfd.mllm.available_memory_bytes", lambda: 1 * GIB)  # as the 7B model on 24 GiB
+    monkeypatch.setattr("x2dfd.mllm.cpu_bf16_native", lambda: True)
+    monkeypatch.setattr("x2dfd.mllm.CPU_HEADROOM_BYTES", 1 * GIB - 10_000_000)
+    load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu"))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("x2dfd: CPU run of")]
+    assert len(lines) == 1 and "bfloat16 weights" in lines[0]
     load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu", dtype="float32"))  # chosen by the user: no line
     assert "x2dfd: CPU run of" not in capsys.readouterr().err
+    from x2dfd.log import quiet
+
+    quiet()  # --quiet
+    try:
+        load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu"))
+        assert "x2dfd: CPU run of" not in capsys.readouterr().err
+    finally:
+        quiet(False)
 
 
 def test_auto_dtype_follows_the_choice(tiny_llava, capsys, monkeypatch):

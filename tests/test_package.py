@@ -175,6 +175,8 @@ def test_every_dependency_is_pinned_in_the_lock():
             pins[canonicalize_name(name)] = version.strip()
     for req in reqs:
         name = canonicalize_name(req.name)
+        if name == canonicalize_name(project["name"]):  # x2dfd[metrics] inside `test`: its extra is checked itself
+            continue
         assert name in pins, f"{req.name} is not in constraints.txt: run `bash .ci/lock`"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
 

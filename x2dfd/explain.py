@@ -585,8 +585,11 @@ def execute(cfg: ExplainConfig, command: str = "explain") -> ExplainRun:
     if cfg.quiet:
         from transformers.utils import logging as hf_logging
 
+        from x2dfd.log import quiet as quiet_notices
+
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        quiet_notices()  # e.g. the CPU precision line of x2dfd.mllm
     out = Path(cfg.out) if cfg.out else None
     shards = Shards(out)
     regular = out is not None and _is_regular_or_absent(out)

@@ -19,6 +19,7 @@ continues from the same KV cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ from PIL import Image
 
 from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS
 from x2dfd.errors import ModelNotFoundError, UsageError
+from x2dfd.log import get_logger
 from x2dfd.modelargs import DEFAULT_MODEL, DTYPE_NAMES, MLLMOptions
 
 __all__ = ["DEFAULT_MODEL", "MLLM", "MLLMOptions", "Judgement", "load_mllm", "resolve_checkpoint", "resolve_device",
@@ -418,7 +420,9 @@ def load_mllm(options: MLLMOptions) -> MLLM:
         if device.type == "cpu" and options.dtype == "auto" and quant is None:
             choice = choose_cpu_precision(*count_parameters(source, **common), available_memory_bytes(),
                                           cpu_bf16_native())
-            print(choice.line(options.model), file=sys.stderr, flush=True)
+            # Said up front when it is not plain float32 (the 7B default on a 24 GiB machine); --quiet silences it.
+            plain = choice.dtype == "float32" and choice.quantization is None
+            get_logger("mllm").log(logging.INFO if plain else logging.WARNING, choice.line(options.model))
             dtype = DTYPES[choice.dtype]
             if choice.quantization == "nf4":
                 quant = quantization_config(MLLMOptions(load_in_4bit=True), dtype)

@@ -36,7 +36,7 @@ class MLLMOptions:
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
     preset: str | None = None
-    """Prompt format, experts and verdict readout of a published detector: x2dfd-release, fakevlm, x2dfd, or a preset JSON file (default: the preset.json inside --adapter, then --model, if any; else x2dfd's own prompt)."""
+    """Prompt format, experts and verdict readout of a published detector: x2dfd-release, fakevlm, x2dfd, or a preset JSON file (default: a preset.json inside the adapter folder, then the model folder, if any; else x2dfd's own prompt)."""
 
     # A command whose data checks should speak first (assess) sets this False and calls check_model_paths itself.
     early_model_check: ClassVar[bool] = True
