@@ -284,6 +284,8 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
             frames = [np.clip(rng.normal(90 + 60 * label, 30, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(3)]
             write_video(frames, tmp_path / f"clip{label}{k}.mp4")
             lines.append(f"clip{label}{k}.mp4,{label}")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # undecodable: one error record per system
+    lines.append("broken.png,0")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     spy = _Spy(monkeypatch)
     out = tmp_path / "eval"
@@ -291,7 +293,7 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
                      f"two=model={other}", "--system", f"rel=model={selfcontained_llava},preset=x2dfd-release",
                      "--no-expert", "--no-face-crop", "--frames", "3", "--perturb", "jpeg:50",
                      "--max-new-tokens", "2", "--bootstrap", "10", "--no-cue-check", "--device", "cpu",
-                     "--out", str(out), "--quiet"]) == 0
+                     "--out", str(out), "--quiet"]) == 3  # 3: an input got no verdict
     met = json.loads((out / "metrics.json").read_text())
     assert met["systems"] == ["mllm:one", "mllm:two", "mllm:rel"] and met["protocol"]["levels"] == ["frame", "video"]
     rel = met["models"]["systems"]["mllm:rel"]
@@ -303,12 +305,13 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
     video = met["conditions"][1]["levels"]["video"]["systems"]["mllm:two"]["all"]
     assert (video["n_real"], video["n_fake"]) == (4, 4)
     frame = met["conditions"][0]["levels"]["frame"]["systems"]["mllm:one"]["all"]
-    assert (frame["n_real"], frame["n_fake"]) == (8, 8)
+    assert (frame["n_real"], frame["n_fake"], frame["n_excluded_real"]) == (8, 8, 1)
     for system, rel in met["conditions"][0]["records_by_system"].items():
         rows = {Path(r["path"]).name: r for r in map(json.loads, (out / rel).read_text().splitlines())}
         clip = rows["clip10.mp4"]
         assert clip["kind"] == "video" and len(clip["frames"]) == 3 and clip["explanation"]
         assert sum(f.get("explained", False) for f in clip["frames"]) == 1 and clip["aggregate"] == "mean"
+        assert rows["broken.png"]["label"] == "undetermined" and "broken.png" in rows["broken.png"]["error"]
     assert set(met["robustness_auc"]["video"]) == {"mllm:one", "mllm:two", "mllm:rel"}
     assert len(set(met["conditions"][0]["records_by_system"].values())) == 3  # the preset's prompt: its own cache
     assert (out / "roc_video.png").is_file() and (out / "robustness_frame.png").is_file()
