@@ -70,6 +70,16 @@ class PipelineOptions:
     """Video files larger than this are refused."""
     workers: int | None = None
     """Threads that decode inputs and detect faces ahead of the experts and the MLLM (default: one per CPU core, at most 4; 0: everything in the calling thread)."""
+    uncertain_band: str = "0.35,0.65"
+    """LOW,HIGH: a record's three-way verdict is real below LOW, fake at or above HIGH, uncertain in between (a convention around --threshold: the shipped expert is not calibrated; LOW=HIGH: no uncertain band)."""
+    localize: bool = True
+    """Compute the localizing expert's heatmap for every face, so the evidence says where it concentrates (--no-localize: about a third less expert time, no location sentence)."""
+
+    def band(self) -> tuple[float, float]:
+        """``uncertain_band`` as (low, high)."""
+        from x2dfd.evidence import parse_band
+
+        return parse_band(self.uncertain_band)
 
     def media_limits(self):
         """The decoding limits these options set (one place: every command decodes through them)."""
@@ -92,6 +102,12 @@ class PipelineOptions:
             raise UsageError(f"--face-scale must be >= 1.0, got {self.face_scale}")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        try:
+            lo, hi = self.band()
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if not lo <= self.threshold <= hi:
+            raise UsageError(f"--uncertain-band {self.uncertain_band} must contain --threshold {self.threshold:g}")
 
     def resolved_workers(self) -> int:
         """``workers``, with None (auto) resolved: one per usable CPU core, at most 4. (On 2 cores, 2 workers
@@ -118,6 +134,7 @@ class Artifacts:
     heatmap: Any = None  # numpy.ndarray
     frame_index: int | None = None
     frame_image: Any = None  # PIL.Image.Image of the explained video frame
+    landmarks: Any = None  # numpy (68, 2) landmarks in face-crop pixels (None without a face crop)
 
 
 @dataclass
@@ -171,7 +188,9 @@ class Explainer:
 
     def run_with_artifacts(self, paths: Iterable[Input], heatmaps: bool = True) -> Iterator[tuple[Record, Artifacts]]:
         """Like :meth:`run`, also yielding the face crop (and the first localizing expert's heatmap) that
-        each record's verdict is about: what the report and the demo show."""
+        each record's verdict is about: what the report and the demo show. Heatmaps are made whenever
+        ``options.localize`` is on (the evidence says where they concentrate), whatever ``heatmaps`` says."""
+        heatmaps = heatmaps or self.options.localize
         items = iter(paths)
         head = list(itertools.islice(items, 2))  # a single input (the demo) gains nothing from workers
         items = itertools.chain(head, items)
@@ -396,9 +415,12 @@ class Explainer:
                     s.p_fake = _expert_only_p(s.experts)
                     if s.p_fake is None and s.error is None:
                         s.error = "no expert could score this face"
+        from x2dfd.evidence import annotate
+
         for unit in units:
             for record, sample in self._records(unit):
-                yield record, self._artifacts(sample, heatmaps)
+                artifacts = self._artifacts(sample, heatmaps)
+                yield annotate(record, artifacts, self), artifacts
 
     def _artifacts(self, sample: _Sample | None, heatmaps: bool) -> Artifacts:
         if sample is None:
@@ -419,7 +441,7 @@ class Explainer:
                     break
         frame = sample.frame
         return Artifacts(face=sample.crop.image, heatmap=heatmap, frame_index=frame.index if frame else None,
-                         frame_image=frame.image if frame else None)
+                         frame_image=frame.image if frame else None, landmarks=sample.crop.landmarks)
 
     def _records(self, unit: _Unit) -> Iterator[tuple[Record, _Sample | None]]:
         base = unit.record
