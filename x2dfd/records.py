@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 LABELS = ("real", "fake", "undetermined")
+VERDICTS = ("real", "uncertain", "fake", "undetermined")  # Record.verdict: the label with an uncertain band
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -56,10 +57,18 @@ class Record:
     template_version: str | None = None
     error: str | None = None  # one line, or None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # What an analyst acts on (x2dfd.evidence, x2dfd.segments); records of older versions load with the defaults.
+    verdict: str | None = None  # "real" | "uncertain" | "fake" | "undetermined": p_fake against verdict_band
+    verdict_band: list[float] | None = None  # [low, high]: real below low, fake at or above high, uncertain between
+    disagreement: list[dict[str, Any]] = field(default_factory=list)  # [{"a", "b", "a_p", "b_p"}]: a >= 0.7, b <= 0.3
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # [{"kind", "text", "numbers"}]: measured only
+    segments: list[dict[str, Any]] | None = None  # video: [{"start_s", "end_s", "peak_p_fake", "mean_p_fake", ...}]
 
     def __post_init__(self):
         if self.label not in LABELS:
             raise ValueError(f"Record.label must be one of {LABELS}, got {self.label!r}")
+        if self.verdict is not None and self.verdict not in VERDICTS:
+            raise ValueError(f"Record.verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +92,7 @@ class Record:
     @classmethod
     def failed(cls, path: str, error: str, **kw: Any) -> "Record":
         """An input that got no verdict: ``undetermined`` with a one-line reason."""
+        kw.setdefault("verdict", "undetermined")
         return cls(path=path, label="undetermined", p_fake=None, error=one_line(error), **kw)
 
 
