@@ -289,3 +289,23 @@ def annotate(record: Record, artifacts=None, explainer=None, *, band: tuple[floa
     except Exception as err:  # noqa: BLE001 - evidence must never cost the verdict
         record.evidence = [{"kind": "note", "text": f"No evidence: {type(err).__name__}.", "numbers": {}}]
     return record
+
+
+def complete(record: Record, threshold: float = 0.5, band: tuple[float, float] | None = None) -> Record:
+    """A record from an older x2dfd (or made by hand) given what :func:`annotate` would have added, from its own
+    numbers (no heatmap: no location sentence). Fields already there are kept."""
+    if band is None:
+        vb = record.verdict_band
+        band = (float(vb[0]), float(vb[1])) if isinstance(vb, (list, tuple)) and len(vb) == 2 else DEFAULT_BAND
+    if record.verdict is None:
+        record.verdict = verdict_from_p(record.p_fake, band)
+        record.verdict_band = [band[0], band[1]]
+    if not record.disagreement and record.p_fake is not None:
+        record.disagreement = disagreements(judges(record))
+    if record.kind == "video" and record.frames and record.segments is None:
+        from x2dfd.segments import find_segments
+
+        record.segments = find_segments(record.frames, duration_s=(record.media or {}).get("duration_s"))
+    if not record.evidence and record.p_fake is not None:
+        record.evidence = build_evidence(record, threshold=threshold, band=band)
+    return record

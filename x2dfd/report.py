@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from x2dfd import __version__
 from x2dfd.errors import EXIT_INPUTS_FAILED, EXIT_OK, OutputError, UsageError
 from x2dfd.records import RECORD_PREFIX, Record, jsonl_lines, one_line, os_reason, safe_text, terminal_line
@@ -376,6 +378,16 @@ def _problem(r: Record) -> str | None:
             isinstance(f, dict) and (f.get("p_fake") is None or num(f["p_fake"])) for f in r.frames))),
         ("face", r.face is None or isinstance(r.face, dict)),
         ("face_index", r.face_index is None or (isinstance(r.face_index, int) and not isinstance(r.face_index, bool))),
+        ("verdict_band", r.verdict_band is None or (isinstance(r.verdict_band, list) and len(r.verdict_band) == 2
+                                                    and all(num(v) for v in r.verdict_band))),
+        ("disagreement", isinstance(r.disagreement, list) and all(
+            isinstance(d, dict) and isinstance(d.get("a"), str) and isinstance(d.get("b"), str)
+            and num(d.get("a_p")) and num(d.get("b_p")) for d in r.disagreement)),
+        ("evidence", isinstance(r.evidence, list) and all(
+            isinstance(e, dict) and isinstance(e.get("text"), str) for e in r.evidence)),
+        ("segments", r.segments is None or (isinstance(r.segments, list) and all(
+            isinstance(g, dict) and all(g.get(k) is None or num(g.get(k)) for k in ("start_s", "end_s", "peak_p_fake"))
+            for g in r.segments))),
     ]
     bad = [name for name, ok in checks if not ok]
     return f"the record's field(s) {', '.join(bad)} have values x2dfd never writes" if bad else None
@@ -473,6 +485,9 @@ class Summary:
     metrics_note: str | None = None
     roc: list[tuple[float, float]] = field(default_factory=list)
     experts: list[str] = field(default_factory=list)
+    uncertain: int = 0
+    disagreements: int = 0
+    misclassified: int = 0
 
 
 def summarize(records: list[Record], y_true: list[int | None]) -> Summary:
@@ -488,6 +503,10 @@ def summarize(records: list[Record], y_true: list[int | None]) -> Summary:
     s.errors = len(errors)
     s.top_errors = Counter(_error_kind(e) for e in errors).most_common(8)
     s.experts = sorted({k for r in records for k in r.experts})
+    s.uncertain = sum(r.verdict == "uncertain" for r in records)
+    s.disagreements = sum(bool(r.disagreement) for r in records)
+    s.misclassified = sum(1 for r, y in zip(records, y_true)
+                          if y is not None and r.label != "undetermined" and (r.label == "fake") != (y == 1))
     bins = [{"lo": i / HIST_BINS, "hi": (i + 1) / HIST_BINS, "real": 0, "fake": 0, "unlabeled": 0}
             for i in range(HIST_BINS)]
     for r, y in zip(records, y_true):
@@ -531,22 +550,110 @@ def _thin(points: list[tuple[float, float]], limit: int) -> list[tuple[float, fl
     return [points[round(i * step)] for i in range(limit)]
 
 
-def sparkline(frames: list[dict[str, Any]] | None, width: int = 120, height: int = 28) -> dict[str, Any] | None:
-    """Geometry of a video's per-frame p_fake timeline (numbers only: safe in SVG and JSON)."""
-    values = [(i, f.get("p_fake")) for i, f in enumerate(frames or [])]
-    if not values:
+def sparkline(frames: list[dict[str, Any]] | None, width: int = 160, height: int = 40,
+              segments: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Geometry of a video's per-frame timeline (numbers only: safe in SVG and JSON): the verdict's p_fake
+    (``pts``), each expert's per-frame p_fake (``experts``: [name, pts]), the manipulated segments
+    (``segs``: [x0, x1]) and the explained frame (``explained_x``). x is time when every frame has one."""
+    frames = list(frames or [])
+    if not frames:
         return None
-    n = max(1, len(values) - 1)
+    times = [f.get("time_s") for f in frames]
+    use_time = all(isinstance(t, (int, float)) for t in times) and len(set(times)) > 1
+    t0, t1 = (min(times), max(times)) if use_time else (0, max(1, len(frames) - 1))
+    span = (t1 - t0) or 1
+
+    def x_of(i: int, t: Any = None) -> float:
+        v = (t if t is not None else times[i]) if use_time else i
+        return round(2 + (width - 4) * (float(v) - t0) / span, 1)
+
+    def y_of(p: float) -> float:
+        return round(height - 2 - (height - 4) * float(p), 1)
+
     pts, dots = [], []
-    for i, p in values:
-        x = round(2 + (width - 4) * i / n, 1)
+    for i, f in enumerate(frames):
+        p = f.get("p_fake")
         if p is None:
-            dots.append([x, height - 2])
+            dots.append([x_of(i), height - 2])
             continue
-        pts.append(f"{x},{round(height - 2 - (height - 4) * float(p), 1)}")
-    explained = next((i for i, f in enumerate(frames or []) if f.get("explained")), None)
-    ex = round(2 + (width - 4) * explained / n, 1) if explained is not None else None
-    return {"w": width, "h": height, "pts": " ".join(pts), "missing": dots, "explained_x": ex, "n": len(values)}
+        pts.append(f"{x_of(i)},{y_of(p)}")
+    names = sorted({k for f in frames for k in (f.get("experts") or {}) if isinstance(k, str)})
+    experts = []
+    for name in names:
+        line = [f"{x_of(i)},{y_of(f['experts'][name])}" for i, f in enumerate(frames)
+                if isinstance((f.get("experts") or {}).get(name), (int, float))]
+        if line:
+            experts.append([name, " ".join(line)])
+    segs = []
+    for g in segments or []:
+        a, b = g.get("start_s"), g.get("end_s")
+        if use_time and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            segs.append([max(2.0, x_of(0, a)), min(width - 2.0, x_of(0, b))])
+    explained = next((i for i, f in enumerate(frames) if f.get("explained")), None)
+    ex = x_of(explained) if explained is not None else None
+    return {"w": width, "h": height, "pts": " ".join(pts), "missing": dots, "explained_x": ex, "n": len(frames),
+            "experts": experts, "segs": segs}
+
+
+def face_box(r: Record) -> list[float] | None:
+    """The judged face's box in the thumbnail, as fractions [x0, y0, x1, y1] of the input (or explained frame)."""
+    face = r.face if r.kind != "video" else ((explained_frame(r) or {}).get("face") or r.face)
+    media = r.media or {}
+    w, h = media.get("width"), media.get("height")
+    box = (face or {}).get("box") if isinstance(face, dict) else None
+    if not box or not isinstance(w, (int, float)) or not isinstance(h, (int, float)) or w <= 0 or h <= 0:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
+    except (TypeError, ValueError):
+        return None
+    return [round(min(max(x0 / w, 0.0), 1.0), 4), round(min(max(y0 / h, 0.0), 1.0), 4),
+            round(min(max(x1 / w, 0.0), 1.0), 4), round(min(max(y1 / h, 0.0), 1.0), 4)]
+
+
+def run_info(jsonl: str | os.PathLike | None, records: list[Record]) -> dict[str, Any]:
+    """What produced the records, for the page header: model, adapter, preset, mode, experts (with their weights'
+    sha256), threshold and uncertain band; from the run's config beside the JSONL when there is one, else from
+    the records (values the records cannot tell are None)."""
+    conf: dict[str, Any] = {}
+    if jsonl is not None:
+        src = Path(jsonl)
+        path = src.with_suffix(".config.json") if src.suffix else src.with_name(src.name + ".config.json")
+        try:
+            conf = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(conf, dict):
+                conf = {}
+        except (OSError, ValueError):
+            conf = {}
+    cfg = conf.get("config") if isinstance(conf.get("config"), dict) else {}
+    last = records[-1] if records else None
+    modes = sorted({r.mode for r in records if isinstance(r.mode, str)})
+    experts = []
+    for e in conf.get("experts") or []:
+        if isinstance(e, dict) and isinstance(e.get("name"), str):
+            sha = e.get("sha256")
+            experts.append({"name": e["name"], "sha256": sha if isinstance(sha, str) and _HEX.fullmatch(sha) else None,
+                            "weights": Path(str(e["weights"])).name if e.get("weights") else None})
+    if not experts:
+        experts = [{"name": n, "sha256": None, "weights": None} for n in sorted({k for r in records for k in r.experts})]
+    band = cfg.get("uncertain_band")
+    if not band:
+        vb = next((r.verdict_band for r in records if isinstance(r.verdict_band, list)), None)
+        band = f"{vb[0]:g},{vb[1]:g}" if vb else None
+    mllm = conf.get("mllm") if isinstance(conf.get("mllm"), dict) else {}
+    return {
+        "model": cfg.get("model") if "model" in cfg else (last.model if last else None),
+        "adapter": cfg.get("adapter") if "adapter" in cfg else (last.adapter if last else None),
+        "preset": cfg.get("preset"),
+        "dtype": mllm.get("dtype") if mllm else None,
+        "mode": ", ".join(modes) or None,
+        "experts": experts,
+        "threshold": cfg.get("threshold"),
+        "band": band,
+        "aggregate": cfg.get("aggregate") or next((r.aggregate for r in records if r.aggregate), None),
+        "template_version": conf.get("template_version") or (last.template_version if last else None),
+        "from_config": bool(conf),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -567,9 +674,17 @@ def _row(i: int, r: Record, y: int | None, urls: dict[str, str | None]) -> dict[
         "thumb": urls.get("thumb"),
         "face": urls.get("face"),
         "heat": urls.get("heat"),
-        "spark": sparkline(r.frames) if r.kind == "video" else None,
+        "spark": sparkline(r.frames, segments=r.segments) if r.kind == "video" else None,
         "frames": [f.get("p_fake") for f in r.frames] if r.frames else None,
         "mode": r.mode,
+        "face_index": r.face_index,
+        "verdict": r.verdict or "undetermined",
+        "band": r.verdict_band,
+        "disagreement": [[str(d.get("a")), str(d.get("b")), d.get("a_p"), d.get("b_p")] for d in r.disagreement or []],
+        "evidence": [[str(e.get("kind", "")), str(e.get("text", ""))] for e in r.evidence or []],
+        "segments": [[g.get("start_s"), g.get("end_s"), g.get("peak_p_fake")] for g in r.segments or []],
+        "box": face_box(r),
+        "group": (r.sha256 if isinstance(r.sha256, str) else None) or r.path,
     }
 
 
@@ -595,7 +710,8 @@ def csv_columns(experts: list[str]) -> list[str]:
     return (["path", "name", "face_index", "kind", "label", "p_fake", "label_true", "error", "explanation"]
             + [f"expert_{e}" for e in experts]
             + ["cues", "n_frames", "frames_p_fake", "aggregate", "mode", "model", "adapter", "template_version",
-               "sha256", "thumbnail", "face_crop", "heatmap"])
+               "sha256", "thumbnail", "face_crop", "heatmap", "verdict", "verdict_band", "disagreement", "evidence",
+               "segments"])
 
 
 def write_csv(path: Path, records: list[Record], y_true: list[int | None], urls: list[dict[str, str | None]],
@@ -617,6 +733,12 @@ def write_csv(path: Path, records: list[Record], y_true: list[int | None], urls:
                 "aggregate": r.aggregate, "mode": r.mode, "model": r.model, "adapter": r.adapter,
                 "template_version": r.template_version, "sha256": r.sha256,
                 "thumbnail": u.get("thumb"), "face_crop": u.get("face"), "heatmap": u.get("heat"),
+                "verdict": r.verdict,
+                "verdict_band": ",".join(f"{v:g}" for v in r.verdict_band) if r.verdict_band else "",
+                "disagreement": "; ".join(f"{d['a']} {d['a_p']} vs {d['b']} {d['b_p']}" for d in r.disagreement or []),
+                "evidence": " ".join(str(e.get("text", "")) for e in r.evidence or []),
+                "segments": "; ".join(f"{g.get('start_s')}-{g.get('end_s')} s peak {g.get('peak_p_fake')}"
+                                      for g in r.segments or []),
             }
             for e in experts:
                 row[f"expert_{e}"] = r.experts.get(e)
@@ -667,11 +789,16 @@ def expert_specs_for(jsonl: str | os.PathLike | None) -> dict[str, str]:
 
 
 def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.PathLike, title: str | None = None,
-                  labels: dict[str, int] | None = None, folder_labels: bool = True, heatmaps: bool = True) -> Path:
+                  labels: dict[str, int] | None = None, folder_labels: bool = True, heatmaps: bool = True,
+                  run: dict[str, Any] | None = None, inline: bool = False) -> Path:
     """Write ``out_dir/index.html``, ``records.js`` and ``records.csv`` for ``records`` (or a JSONL file);
     returns the path of ``index.html``. Pictures come from ``out_dir/assets`` (see :class:`ReportAssets`);
     missing ones are made again from the inputs that still exist (``heatmaps``: heatmaps too, by the
-    records' experts). A folder holding files that are not an x2dfd report is refused (UsageError)."""
+    records' experts). A folder holding files that are not an x2dfd report is refused (UsageError).
+
+    ``run``: header values (model, adapter, preset, experts, threshold, band) that override those read from the
+    run config beside the JSONL. ``inline``: one self-contained ``index.html`` (rows and pictures inside it,
+    pictures as data: URLs) that can be mailed or downloaded as one file; the folder keeps records.js too."""
     import datetime
 
     source = None
@@ -681,7 +808,11 @@ def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.P
     if isinstance(records, (str, os.PathLike)):
         source = Path(records)
         records, raws = load_records(source)
-    records = [sanitize(r) for r in records]
+    info = run_info(source, records) if run else run_info(None, records)
+    if run:
+        info.update({k: v for k, v in run.items() if v is not None})
+    threshold = info.get("threshold") if isinstance(info.get("threshold"), (int, float)) else 0.5
+    records = [_complete(sanitize(r), threshold) for r in records]
     out.mkdir(parents=True, exist_ok=True)
     y_true = true_labels(records, raws, labels, folders=folder_labels)
     assets = ReportAssets(out, experts=expert_specs_for(source) if heatmaps else None)
@@ -701,19 +832,69 @@ def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.P
                              y, {}))
     summary = summarize(records, y_true)
     title = title or (f"x2dfd report: {source.name}" if source is not None else "x2dfd report")
+    _group_faces(rows)
     data = {"version": 1, "title": title, "rows": rows, "experts": summary.experts,
-            "has_labels": summary.labeled > 0}
+            "has_labels": summary.labeled > 0, "run": info}
     _write_text(out / "records.js", "window.X2DFD_REPORT = " + script_json(data) + ";\n")
+    inline_data = None
+    if inline:
+        for row in rows:
+            for kind in ("thumb", "face", "heat"):
+                row[kind] = _data_url(out, row.get(kind))
+        inline_data = Markup("window.X2DFD_REPORT = " + script_json(data) + ";")
     write_csv(out / "records.csv", records, y_true, urls, summary.experts)
     html = _environment().get_template("report.html.jinja").render(
         title=title, s=summary, source=str(source) if source is not None else None, version=__version__,
         generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        css=_static("report.css"), script=_static("report.js"), hist_max=max(
+        css=_static("report.css"), script=_static("report.js"), run=info, inline_data=inline_data, hist_max=max(
             [b["real"] + b["fake"] + b["unlabeled"] for b in summary.hist] + [1]),
     )
     index = out / "index.html"
     _write_text(index, html)
     return index
+
+
+def _complete(record: Record, threshold: float) -> Record:
+    """Records of an older x2dfd get the verdict / disagreement / segments / evidence the pipeline adds now."""
+    from x2dfd.evidence import complete
+
+    if record.error is not None and record.p_fake is None:
+        record.verdict = record.verdict or "undetermined"
+        return record
+    try:
+        return complete(record, threshold=threshold)
+    except Exception:  # noqa: BLE001 - the row still shows what the record has
+        return record
+
+
+def _group_faces(rows: list[dict[str, Any]]) -> None:
+    """Each row's ``faces``: every face judged in the same input ([box, p_fake, face_index, row i]), so the
+    thumbnail shows all of them, each box coloured by its p_fake."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("box") and row.get("kind") == "image":
+            groups.setdefault(str(row.get("group")), []).append(row)
+    for row in rows:
+        members = groups.get(str(row.get("group"))) if row.get("kind") == "image" else None
+        if members:
+            row["faces"] = [[m["box"], m["p_fake"], m.get("face_index"), m["i"]] for m in members]
+        elif row.get("box"):
+            row["faces"] = [[row["box"], row["p_fake"], row.get("face_index"), row["i"]]]
+        else:
+            row["faces"] = []
+        row.pop("group", None)
+
+
+def _data_url(out: Path, url: str | None) -> str | None:
+    """An asset (``assets/NAME.jpg``) as a ``data:image/jpeg;base64,...`` URL, for the one-file report."""
+    import base64
+
+    if not url or not re.fullmatch(r"assets/[A-Za-z0-9._-]+\.jpg", url):
+        return None
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode((out / url).read_bytes()).decode("ascii")
+    except OSError:
+        return None
 
 
 def _write_text(path: Path, text: str) -> None:
