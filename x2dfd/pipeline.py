@@ -166,6 +166,7 @@ class Explainer:
 
     def __init__(self, mllm, experts: list, options: PipelineOptions, transform=None):
         self.transform = transform  # Callable[[PIL.Image], PIL.Image] | None: applied to each decoded image / frame
+        self.progress = None  # Callable[[str, int, int], None] | None: (stage "faces" | "judge", done, total); the demo's bar
         if mllm is None and not experts:
             raise UsageError("no MLLM (--mllm none) and no expert (--no-expert): nothing could give a verdict")
         self.mllm = mllm
@@ -334,7 +335,8 @@ class Explainer:
         frames, info = sample_video(unit.record.path, self.options.frames, limits)
         unit.record.media = dict(info)
         kwargs = self._face_kwargs() | {"all_faces": False}
-        for frame in frames:
+        for n_done, frame in enumerate(frames, 1):
+            self._tick("faces", n_done - 1, len(frames))
             try:
                 [crop] = extract_faces(self.transform(frame.image) if self.transform is not None else frame.image,
                                        **kwargs)
@@ -345,6 +347,14 @@ class Explainer:
             unit.samples.append(_Sample(crop=crop, frame=frame))
         if not unit.samples:
             raise NoFaceError(f"no face found in any of the {len(frames)} sampled frames of '{unit.record.path}'")
+
+    def _tick(self, stage: str, done: int, total: int) -> None:
+        """Report progress to ``self.progress`` (never lets a failing callback cost the input)."""
+        if self.progress is not None:
+            try:
+                self.progress(stage, done, total)
+            except Exception:  # noqa: BLE001 - a progress bar is not worth a record
+                pass
 
     def _face_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -400,6 +410,7 @@ class Explainer:
         bs = self.options.batch_size
         for i in range(0, len(samples), bs):
             batch = samples[i : i + bs]
+            self._tick("judge", i, len(samples))
             if self.experts:
                 self._score_experts(batch, heatmaps)
             if self.mllm is not None:
