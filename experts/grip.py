@@ -14,19 +14,17 @@ not supported (None).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from x2dfd.experts.swinv2 import (IMAGENET_MEAN, IMAGENET_STD, as_rgb, load_into, read_meta, resolve_weights,
-                                  save_state, sha256_file)
+from x2dfd.experts.converted import IMAGENET_MEAN, IMAGENET_STD, ConfigJSON, ConvertedExpert, as_rgb
 from x2dfd.records import ExpertScore
 
 
 @dataclass
-class GripConfig:
+class GripConfig(ConfigJSON):
     arch: str = "resnet50"
     layers: tuple[int, ...] = (3, 4, 6, 3)  # bottleneck blocks per stage (ResNet-50; read from the weights)
     num_classes: int = 1
@@ -35,16 +33,6 @@ class GripConfig:
     center_crop: int | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GripConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["mean"], out["std"], out["layers"] = list(self.mean), list(self.std), list(self.layers)
-        return out
 
 
 def build_resnet(config: GripConfig) -> torch.nn.Module:
@@ -62,45 +50,15 @@ def build_resnet(config: GripConfig) -> torch.nn.Module:
     return model
 
 
-class GripExpert:
+class GripExpert(ConvertedExpert):
     """GRIP-style ResNet diffusion detector (see the module docstring)."""
 
     name = "grip"
     prompt_name = "diffusion"
     weights_pattern = "grip_*.safetensors"
-
-    def __init__(self, model: torch.nn.Module, config: GripConfig, device: str = "cpu", batch_size: int = 16):
-        self.model = model.to(device).eval()
-        self.config = config
-        self.device = device
-        self.batch_size = int(batch_size)
-        self.weights_path: Path | None = None
-        self.weights_sha256: str | None = None
-        self.source: dict[str, Any] = {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | GripConfig | None = None, device: str = "cpu", **kw: Any):
-        cfg = config if isinstance(config, GripConfig) else GripConfig.from_dict(dict(config or {}))
-        return cls(build_resnet(cfg), cfg, device=device, **kw)
-
-    def load_weights(self, path: str | Path) -> "GripExpert":
-        path = Path(path)
-        load_into(self.name, self.model, path, ("num_batches_tracked",))
-        self.model.to(self.device).eval()
-        self.weights_path, self.weights_sha256 = path, sha256_file(path)
-        return self
-
-    @classmethod
-    def load(cls, weights: str | Path | None = None, device: str = "cpu", batch_size: int = 16, **_: Any):
-        path = resolve_weights(cls.name, weights, cls.weights_pattern)
-        meta = read_meta(cls.name, path)
-        expert = cls.from_config(meta.get("config", {}), device=device, batch_size=batch_size).load_weights(path)
-        expert.source = dict(meta.get("source", {}))
-        return expert
-
-    def save(self, path: str | Path, source: dict[str, Any] | None = None) -> Path:
-        meta = {"expert": self.name, "config": self.config.to_dict(), "source": source or self.source}
-        return save_state(self.model, Path(path), meta)
+    config_class = GripConfig
+    default_batch_size = 16
+    build = staticmethod(build_resnet)
 
     def preprocess(self, face: Any) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
@@ -133,11 +91,7 @@ class GripExpert:
             i = j
         return scores
 
-    def localize(self, faces: Sequence[Any]) -> None:
-        return None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "prompt_name": self.prompt_name, "architecture": self.config.arch,
-                "num_classes": self.config.num_classes, "stride0": self.config.stride0,
-                "weights": str(self.weights_path) if self.weights_path else None, "sha256": self.weights_sha256,
-                "source": self.source}
+        return {**super().info(), "architecture": self.config.arch, "num_classes": self.config.num_classes,
+                "stride0": self.config.stride0}

@@ -59,8 +59,14 @@ def test_decoy_modules_in_the_working_folder_break_nothing(tmp_path):
 
 def test_wheel_holds_one_import_name_and_its_data(tmp_path):
     """A built wheel: every stage under x2dfd/, prompts, cue bank, templates and expert weights inside."""
+    import shutil
+
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources, never into the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "test-artifacts",
+                                                             "__pycache__", ".whl", ".gpu_shared", "out"))
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     if res.returncode != 0 and "No module named" in res.stderr:
         pytest.skip(f"cannot build a wheel offline here: {res.stderr.strip().splitlines()[-1]}")
     assert res.returncode == 0, res.stderr

@@ -41,7 +41,6 @@ refuses any object that is not a tensor or a plain container; such a file stops 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -75,11 +74,9 @@ class ConversionError(UsageError):
 
 # ---------------------------------------------------------------------------------- safe reading
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from x2dfd.media import file_sha256  # the one file hash (media imports no torch)
+
+    return file_sha256(path)
 
 
 def load_tensors(path: Path) -> dict[str, Any]:
