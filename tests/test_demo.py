@@ -67,7 +67,9 @@ def test_image_gets_verdict_explanation_and_face(explainer, image):
     assert res.verdict in ("real", "fake") and 0.0 <= res.p_fake <= 1.0
     assert res.verdict == ("fake" if res.p_fake >= 0.5 else "real")
     assert res.explanation.startswith("This image is")
-    assert res.message == f"This image looks {res.verdict.upper()}: p_fake = {res.p_fake:.3f}"
+    looks = "UNCERTAIN" if res.record.verdict == "uncertain" else res.verdict.upper()
+    assert res.message.startswith(f"This image looks {looks}: p_fake = {res.p_fake:.3f}")
+    assert res.record.verdict == ("uncertain" if 0.35 <= res.p_fake < 0.65 else res.verdict)
     assert isinstance(res.face, Image.Image) and res.face.size == (64, 72)  # --no-face-crop: the whole upload
     assert res.heatmap is None and res.experts == [] and res.cues is None and res.timeline is None
     assert res.record.path == "upload.png"  # the server's temp folder is not shown
@@ -111,9 +113,15 @@ def test_expert_scores_heatmap_and_cues(explainer, image):
     res = analyze(with_expert, image, score_cues=True, cue_scorer=StubCues(), cue_top=3)
     assert res.ok
     assert res.experts == [["stub", 0.75]]
-    assert isinstance(res.heatmap, Image.Image) and res.heatmap.size == res.face.size
-    heat = np.asarray(res.heatmap, np.int32)
+    assert isinstance(res.heatmap, Image.Image) and res.heatmap.height == res.face.height
+    assert res.heatmap.width > res.face.width  # the colour scale sits on the right of the overlay
+    heat = np.asarray(res.heatmap, np.int32)[:, : res.face.width]
     assert heat[:, -1, 0].mean() > heat[:, 0, 0].mean() + 20  # the hot (right) side is redder
+    scale = np.asarray(res.heatmap, np.int32)[:, res.face.width + 6]
+    assert scale[2, 0] > scale[2, 2] and scale[-3, 2] > scale[-3, 0]  # 1 (red) at the top, 0 (blue) at the bottom
+    # the location sentence of the evidence: the ramp is hot on the right third of a crop without landmarks
+    where = [e for e in res.record.evidence if e["kind"] == "where"]
+    assert where and where[0]["numbers"]["by"] == "grid" and "right" in where[0]["numbers"]["regions"][0]["region"]
     assert res.cues == [["region.cue11", "evidence <11>", 0.95], ["region.cue10", "evidence <10>", 0.868],
                         ["region.cue9", "evidence <9>", 0.786]]
     assert res.record.cues[0] == {"id": "region.cue11", "phrase": "evidence <11>", "p_yes": 0.95}
@@ -153,8 +161,9 @@ def test_video_gets_a_frame_timeline(explainer, tmp_path):
     assert all(0.0 <= f["p_fake"] <= 1.0 for f in res.timeline)
     from x2dfd.demo.app import timeline_figure
 
-    fig = timeline_figure(res.timeline)
+    fig = timeline_figure(res.timeline, res.segments)
     assert fig.axes[0].get_ylim() == (0.0, 1.0) and len(fig.axes[0].lines[0].get_xdata()) == len(res.timeline)
+    assert res.record.segments is not None and res.record.verdict in ("real", "uncertain", "fake")
 
 
 def test_build_app_wires_the_handler_without_launching(explainer, image, tmp_path):
@@ -163,17 +172,31 @@ def test_build_app_wires_the_handler_without_launching(explainer, image, tmp_pat
     app = build_app(explainer, max_file_mb=5, examples=[image])
     assert isinstance(app, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
-    assert {"upload", "verdict", "explanation", "face", "heatmap", "experts", "cues", "timeline"} <= ids
+    assert {"upload", "verdict", "explanation", "face", "heatmap", "experts", "cues", "timeline", "evidence", "annotated",
+            "faces", "segments", "downloads", "gallery", "api-usage"} <= ids
     assert "score-cues" in ids and "cues-off" in ids  # no scorer: the control is hidden, with a note
-    verdict, message, label, explanation, face, heat, experts, cues, cue_note, timeline = app.x2dfd_run(str(image), False)
-    assert verdict["value"].startswith("## ") and "p_fake" in verdict["value"]
+    out = app.x2dfd_run([str(image)], False, progress=lambda *a, **k: None)
+    verdict, message, label, explanation, face, heat, experts, cues, cue_note, timeline = out[:10]
+    evidence, annotated, faces, segments, downloads, gallery = out[10:]
+    assert 'class="x2-badge"' in verdict["value"] and "p_fake" in verdict["value"]
     assert message["value"] == "" and set(label) == {"fake", "real"} and abs(sum(label.values()) - 1) < 1e-9
     assert explanation.startswith("This image is") and face is not None and heat is None
-    assert timeline["visible"] is False and cues["visible"] is False
+    assert timeline["visible"] is False and cues["visible"] is False and segments["visible"] is False
+    assert "Measured evidence" in evidence["value"]  # beside the model's own text
+    assert faces["value"][0][:3] == ["upload.png", "–", out[0]["value"].split('data-verdict="')[1].split('"')[0]]
+    names = sorted(Path(f).name for f in downloads["value"])
+    assert names == ["upload.report.html", "upload.x2dfd.json"]
+    import json
+
+    record = json.loads(Path([f for f in downloads["value"] if f.endswith(".json")][0]).read_text())
+    assert record["path"] == "upload.png" and record["verdict"] in ("real", "uncertain", "fake")
+    page = Path([f for f in downloads["value"] if f.endswith(".html")][0]).read_text()
+    assert "window.X2DFD_REPORT" in page and 'src="records.js"' not in page  # one file: rows inside it
+    assert gallery["visible"] is False  # one upload: no gallery
 
     text = tmp_path / "x.txt"
     text.write_text("x")
-    verdict, message, *_ = app.x2dfd_run(str(text), False)
+    verdict, message, *_ = app.x2dfd_run([str(text)], False, progress=lambda *a, **k: None)
     assert verdict["value"] == "" and "not a file type" in message["value"]
 
 
@@ -272,7 +295,105 @@ def test_uploads_are_deleted_and_names_are_plain_text(explainer, tmp_path):
     assert isinstance(app, gr.Blocks) and app.delete_cache == (90, 90)
     hostile = tmp_path / "<img src=x onerror=alert(1)> [link](javascript:x) \x1b[31m.txt"
     hostile.write_text("x")
-    _, message, *_ = app.x2dfd_run(str(hostile), False)
+    _, message, *_ = app.x2dfd_run([str(hostile)], False, progress=lambda *a, **k: None)
     value = message["value"]
     assert "<img" not in value and "&lt;img src=x onerror=alert(1)&gt;" in value and "\x1b" not in value
     assert "\\x1b" in value  # the control character is shown, escaped
+
+
+# ---------------------------------------------------------------------------------------------- issue 12
+class TwoExperts:
+    """Two stub experts that point opposite ways (disagreement), one localizing on the image-left jaw."""
+
+    def __init__(self):
+        class Fake(StubExpert):
+            name = "fakeish"
+
+            def score(self, faces):
+                return [ExpertScore(self.name, 0.9) for _ in faces]
+
+        class Real(StubExpert):
+            name = "realish"
+
+            def score(self, faces):
+                return [ExpertScore(self.name, 0.1) for _ in faces]
+
+            def localize(self, faces):
+                return None
+
+        self.experts = [Fake(), Real()]
+
+
+def test_every_face_boxes_disagreement_and_the_no_face_message(tmp_path):
+    """Two real portraits side by side: both faces judged (one row each), both boxes drawn in their p_fake colour,
+    the experts' opposite scores flagged; an image without a face tells a web user what to do."""
+    from x2dfd.demo.app import p_color
+    from x2dfd.pipeline import Explainer, PipelineOptions
+    from tests.conftest import shared_path
+
+    photos = sorted(shared_path("data", "faces-real-photos", "real").glob("*.jpg"))
+    from x2dfd.demo.examples import _portraits
+
+    (a, _), (b, _) = _portraits(photos[0].parent, n=2)
+    two = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
+    two.paste(a, (0, 0))
+    two.paste(b, (a.width, 0))
+    path = tmp_path / "two people.jpg"
+    two.save(path)
+    explainer = Explainer(None, TwoExperts().experts, PipelineOptions(all_faces=True, workers=0))
+    res = analyze(explainer, path)
+    assert res.ok and len(res.records) == 2 and [r.face_index for r in res.records] == [0, 1]
+    rows = res.face_rows()
+    assert [r[1] for r in rows] == [0, 1] and all(r[0] == "two people.jpg" for r in rows)
+    assert all(r[5] == "fakeish 0.90 vs realish 0.10" for r in rows)  # the disagreement, per face
+    assert res.record.disagreement == [{"a": "fakeish", "b": "realish", "a_p": 0.9, "b_p": 0.1}]
+    assert res.record.verdict == "uncertain"  # the mean 0.5 of two opposite experts is not a confident verdict
+    assert "looks UNCERTAIN" in res.message and "2 faces judged" in res.message
+    pic = np.asarray(res.annotated, np.int32)
+    for r in res.records:
+        x0, y0, x1, y1 = (int(round(v)) for v in r.face["box"])
+        edge = pic[min(max(y0 + (y1 - y0) // 2, 0), pic.shape[0] - 1), min(max(x0, 0), pic.shape[1] - 1)]
+        assert np.abs(edge - np.array(p_color(r.p_fake))).max() <= 3  # the box's left edge, in its p_fake colour
+
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (200, 160), (120, 160, 200)).save(blank)
+    res = analyze(explainer, blank)
+    assert not res.ok and res.message.startswith("No face found in 'wall.png'. Upload a photo in which a face")
+    assert "--no-face-crop" not in res.message and "--" not in res.message
+
+
+def test_progress_reports_frames_done_of_total(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from x2dfd.pipeline import Explainer, PipelineOptions
+
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        writer.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    writer.release()
+    explainer = Explainer(None, [StubExpert()], PipelineOptions(face_crop=False, frames=6, batch_size=4, workers=0))
+    seen = []
+    explainer.progress = lambda stage, done, total: seen.append((stage, done, total))
+    res = analyze(explainer, path)
+    assert res.ok
+    assert [s for s in seen if s[0] == "faces"] == [("faces", i, 6) for i in range(6)]
+    assert [s for s in seen if s[0] == "judge"] == [("judge", 0, 6), ("judge", 4, 6)]
+
+    app = build_app(explainer, max_file_mb=5)
+    calls = []
+    out = app.x2dfd_run([str(path)], False, progress=lambda *a, **k: calls.append((a, k)))
+    assert calls and all(isinstance(a[0], tuple) and a[0][1] > 0 for a, _ in calls)
+    assert any("frames: faces found" in k["desc"] for _, k in calls)
+    assert out[13]["visible"] is True  # the segments table shows for a video
+
+
+def test_several_files_in_one_request(explainer, image, tmp_path):
+    second = tmp_path / "second.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(second)
+    app = build_app(explainer, max_file_mb=5)
+    out = app.x2dfd_run([str(image), str(second)], False, progress=lambda *a, **k: None)
+    faces, gallery, downloads = out[12], out[15], out[14]
+    assert [r[0] for r in faces["value"]] == ["upload.png", "second.png"]
+    assert gallery["visible"] is True and len(gallery["value"]) == 2
+    assert any(Path(f).name == "upload-and-1-more.report.html" for f in downloads["value"])
