@@ -40,7 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from x2dfd.errors import MediaError, UsageError
 
 MB = 1024 * 1024
-AGGREGATES = ("mean", "median", "max", "topk")
+AGGREGATES = ("mean", "median", "max", "topk", "segments")
 DEFAULT_FRAMES = 16  # DeepfakeBench samples 8-32 frames per video (32 for training, 8-16 common at test)
 VIDEO_DECODER = "pyav"
 
@@ -571,7 +571,8 @@ def aggregate_frames(p_fakes: list[float | None], method: str = "mean", k: int =
 
     ``mean`` (default, DeepfakeBench's video-level metric), ``median`` (robust to a few odd frames),
     ``max`` (one manipulated frame is enough), ``topk`` (mean of the k most fake-looking frames: a
-    partly manipulated video without ``max``'s single-frame noise). None when no frame has a score.
+    partly manipulated video without ``max``'s single-frame noise), ``segments`` (the mean of the strongest
+    manipulated segment, see ``x2dfd.segments``; ``p_fakes`` in time order). None when no frame has a score.
     """
     if method not in AGGREGATES:
         raise UsageError(f"--aggregate '{method}' is unknown. Available: {', '.join(AGGREGATES)}.")
@@ -584,6 +585,10 @@ def aggregate_frames(p_fakes: list[float | None], method: str = "mean", k: int =
         return float(statistics.median(values))
     if method == "max":
         return max(values)
+    if method == "segments":
+        from x2dfd.segments import segment_score_values
+
+        return segment_score_values(list(p_fakes))
     if k < 1:
         raise UsageError(f"--topk must be >= 1, got {k}")
     top = sorted(values, reverse=True)[:k]
