@@ -35,7 +35,7 @@ from x2dfd.records import DEFAULT_THRESHOLD, Record, label_from_p, one_line
 
 QUESTION_TEMPLATE = "explain.jinja"
 Input = Any  # str | os.PathLike (a file) | PIL.Image.Image | numpy.ndarray | tuple[str, picture]
-AGGREGATES = ("mean", "median", "max", "topk")
+AGGREGATES = ("mean", "median", "max", "topk", "segments")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PipelineOptions:
     frames: int = 16
     """Frames sampled uniformly from each video."""
     aggregate: str = field(default="mean", metadata={"choices": list(AGGREGATES)})
-    """How frame p_fake values become the video's p_fake."""
+    """How frame p_fake values become the video's p_fake: mean (DeepfakeBench's video metric), median, max, topk, or segments (the mean of the strongest manipulated segment: for videos swapped only in part; bench/bench_video_aggregate.py)."""
     topk: int = 3
     """k for --aggregate topk (mean of the k most fake-looking frames)."""
     max_pixels: int = 64_000_000
