@@ -439,6 +439,23 @@ def part_quant(spec: dict, bits: int) -> dict:
             "judge_decode_ms_per_step": round(1000 * j.timings["generate"] / steps, 3)}
 
 
+def part_release(spec: dict) -> dict:
+    """``x2dfd convert x2dfd-release`` on a random-weight release in the original LLaVA format (bench/bench_convert.py):
+    full size = LoRA r16/alpha32 on all layers + the SwinV2-B and ResNet-50 experts, logits checked against
+    base + B·A·alpha/r by hand on a 4-layer full-width base; --tiny = 2 layers, no experts, no logits check
+    (tests/test_convert.py checks logits on tiny models)."""
+    from transformers import AutoConfig
+
+    import bench_convert
+
+    layers = 2 if spec["tiny"] else AutoConfig.from_pretrained(spec["source"]).text_config.num_hidden_layers
+    device = "cpu" if spec["tiny"] else spec["device"]
+    result = bench_convert.run(Path(spec["source"]), layers, experts=not spec["tiny"],
+                               verify_layers=0 if spec["tiny"] else 4, device=device, log=lambda m: print(m, flush=True))
+    result["memory"] = mem_now({**spec, "device": device})
+    return result
+
+
 PARTS = {
     "machine": part_machine,
     "build": part_build,
@@ -448,6 +465,7 @@ PARTS = {
     "qlora": lambda spec: part_train(spec, "qlora"),
     "load-4bit": lambda spec: part_quant(spec, 4),
     "load-8bit": lambda spec: part_quant(spec, 8),
+    "release": part_release,
 }
 
 

@@ -72,14 +72,14 @@ def write_release(folder: Path, cfg, layers: int, r: int, alpha: int, experts: b
     return {"lora": lora, "projector": projector}
 
 
-def verify(args, cfg_dir: Path, out: Path, tensors: dict, tmp: Path) -> dict:
+def verify(n: int, device: str, tolerance: float, r: int, alpha: int, cfg_dir: Path, out: Path, tensors: dict,
+           tmp: Path) -> dict:
     import torch
     from PIL import Image
 
     from x2dfd.mllm import MLLMOptions, load_mllm
     from x2dfd.tiny import build_checkpoint
 
-    n = args.verify_layers
     base = build_checkpoint(cfg_dir, tmp / "base", text_layers=n, text_width=None, text_heads=32,
                             vision_layers=1, vision_width=None, vision_heads=16, dtype=torch.float32)
     # the adapter names layers >= n, which this base lacks: check on a copy that keeps layers < n
@@ -100,7 +100,7 @@ def verify(args, cfg_dir: Path, out: Path, tensors: dict, tmp: Path) -> dict:
     (check / "adapter_config.json").write_text(json.dumps(acfg))
 
     t0 = time.perf_counter()
-    mllm = load_mllm(MLLMOptions(model=str(base), adapter=str(check), device=args.device, dtype="float32"))
+    mllm = load_mllm(MLLMOptions(model=str(base), adapter=str(check), device=device, dtype="float32"))
     load_s = time.perf_counter() - t0
     image = Image.new("RGB", (336, 336), (120, 90, 80))
     q = mllm.preset.render_question({"swinv2": 0.5, "grip": 0.5})
@@ -110,9 +110,9 @@ def verify(args, cfg_dir: Path, out: Path, tensors: dict, tmp: Path) -> dict:
     del mllm
     from transformers import AutoModelForImageTextToText
 
-    ref = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).to(args.device).eval()
+    ref = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).to(device).eval()
     sd = ref.state_dict()
-    scale = args.alpha / args.r
+    scale = alpha / r
     for key, a in tensors["lora"].items():
         if not key.endswith("lora_A.weight"):
             continue
@@ -129,7 +129,35 @@ def verify(args, cfg_dir: Path, out: Path, tensors: dict, tmp: Path) -> dict:
     with torch.inference_mode():
         want = ref(**inputs).logits[0, -1].float()
     diff = float((got - want).abs().max())
-    return {"verify_layers": n, "max_abs_logit_diff": diff, "ok": diff <= args.tolerance, "load_s": round(load_s, 3)}
+    return {"verify_layers": n, "max_abs_logit_diff": diff, "ok": diff <= tolerance, "load_s": round(load_s, 3)}
+
+
+def run(cfg_dir: Path, layers: int, r: int = 16, alpha: int = 32, experts: bool = True, verify_layers: int = 0,
+        device: str = "cpu", tolerance: float = 1e-3, log=None) -> dict:
+    """Write a random-weight release of this shape, convert it (time, size, peak RSS) and, with ``verify_layers``,
+    check logits through x2dfd against base + B·A·alpha/r added by hand (also used by bench/gpu_suite.sh)."""
+    from transformers import AutoConfig
+
+    from x2dfd.convert import convert_x2dfd_release
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    cfg = AutoConfig.from_pretrained(cfg_dir)
+    result = {"layers": layers, "r": r, "alpha": alpha, "experts": experts, "hidden": cfg.text_config.hidden_size,
+              "device": device}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        tensors = write_release(tmp / "release", cfg, layers, r, alpha, experts)
+        result["write_release_s"] = round(time.perf_counter() - t0, 3)
+        result["release_mb"] = round(sum(p.stat().st_size for p in (tmp / "release").rglob("*") if p.is_file()) / 2**20, 1)
+        t0 = time.perf_counter()
+        out = convert_x2dfd_release(tmp / "release", tmp / "converted", log=log)
+        result["convert_s"] = round(time.perf_counter() - t0, 3)
+        result["converted_mb"] = round(sum(p.stat().st_size for p in out.iterdir()) / 2**20, 1)
+        result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if verify_layers:
+            result.update(verify(verify_layers, device, tolerance, r, alpha, cfg_dir, out, tensors, tmp))
+    return result
 
 
 def main() -> int:
@@ -147,27 +175,8 @@ def main() -> int:
     if args.verify_layers > args.layers:
         raise SystemExit("--verify-layers must be <= --layers")
 
-    from transformers import AutoConfig
-
-    from x2dfd.convert import convert_x2dfd_release
-
-    cfg_dir = Path(args.config_dir)
-    cfg = AutoConfig.from_pretrained(cfg_dir)
-    result = {"layers": args.layers, "r": args.r, "alpha": args.alpha, "experts": not args.no_experts,
-              "hidden": cfg.text_config.hidden_size, "device": args.device}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        tensors = write_release(tmp / "release", cfg, args.layers, args.r, args.alpha, not args.no_experts)
-        result["write_release_s"] = round(time.perf_counter() - t0, 3)
-        result["release_mb"] = round(sum(p.stat().st_size for p in (tmp / "release").rglob("*") if p.is_file()) / 2**20, 1)
-        t0 = time.perf_counter()
-        out = convert_x2dfd_release(tmp / "release", tmp / "converted", log=lambda m: print(m, file=sys.stderr))
-        result["convert_s"] = round(time.perf_counter() - t0, 3)
-        result["converted_mb"] = round(sum(p.stat().st_size for p in out.iterdir()) / 2**20, 1)
-        result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        if args.verify_layers:
-            result.update(verify(args, cfg_dir, out, tensors, tmp))
+    result = run(Path(args.config_dir), args.layers, args.r, args.alpha, experts=not args.no_experts,
+                 verify_layers=args.verify_layers, device=args.device, tolerance=args.tolerance)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

@@ -21,7 +21,9 @@ a. explain: faces/s of ``MLLM.judge`` at batch 1/8/32 with 64 new tokens, prefil
 b. assess: CueScorer (cached prefix, packed cues) vs ``score_naive`` (one prompt per cue): (face, cue) pairs/s;
 c. LoRA and QLoRA training step (bench_finetune's step) at batch 2 and 8: step time, tokens/s, peak memory;
 d. 4-bit and 8-bit (bitsandbytes) load time and GPU memory;
-e. converted official-release checkpoint: a placeholder row until the converter exists.
+e. converted official-release checkpoint: a random-weight release in the original LLaVA format converted by
+   `x2dfd convert x2dfd-release` (time, size, peak memory) and, at full size, its logits through x2dfd checked
+   against base + B·A·alpha/r added by hand (bench/bench_convert.py).
 
 Outputs: gpu_suite.json, gpu_suite.md and gpu_suite.log in ``--out`` (default: ``$OUT`` when set, else
 bench/out/gpu_suite).
@@ -48,7 +50,6 @@ DEFAULT_SHARED = REPO.parent / "shared" / "checkpoints"
 CONFIG_NAME = "llava-1.5-7b-hf"
 GiB = 2**30
 ORDER = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "release")
-RELEASE_NOTE = "converted official-release checkpoint: not available (converter not implemented yet)"
 
 # Assumed peaks per card (dense bf16 tensor-core FLOP/s, HBM bandwidth), matched on the CUDA device name.
 PEAKS = (  # (substring, label, TFLOP/s, TB/s), first match wins
@@ -61,9 +62,9 @@ PEAKS = (  # (substring, label, TFLOP/s, TB/s), first match wins
 
 # Default timeouts (s) of each part on CUDA (full size) and in --tiny mode.
 TIMEOUTS = {"machine": 90, "build": 240, "explain": 150, "assess": 120, "lora": 150, "qlora": 180,
-            "load-4bit": 100, "load-8bit": 100}
+            "load-4bit": 100, "load-8bit": 100, "release": 150}
 TINY_TIMEOUTS = {"machine": 60, "build": 60, "explain": 90, "assess": 60, "lora": 60, "qlora": 60,
-                 "load-4bit": 45, "load-8bit": 45}
+                 "load-4bit": 45, "load-8bit": 45, "release": 60}
 
 
 # ------------------------------------------------------------------------------------------------ imports
@@ -468,7 +469,12 @@ def main(argv=None) -> int:
                         {"batch_size": bs, "skipped": f"does not fit: needs ~{need[bs] / GiB:.1f} GiB, {where}"}
                         for bs in dropped)
                 saved["holder"]["batch_sizes"] = saved["sizes"]
-        parts["release"] = {"status": "not available", "error": RELEASE_NOTE}
+        if "release" not in wanted:
+            skip("release", "not in --parts")
+        elif cuda_missing:
+            skip("release", "CUDA is not available on this machine")
+        else:
+            run("release")
     finally:
         if not args.keep_checkpoint:
             shutil.rmtree(work, ignore_errors=True)
@@ -628,9 +634,13 @@ def table_rows(report: dict) -> list[dict]:
         add(name, f"{'nf4' if bits == 4 else 'int8'} (bitsandbytes)", "ok", f"load {r['load_s']:.3g} s",
             f"weights {r['weights_gb']:.2f} GiB; judge() batch 1: prefill {r['judge_prefill_s']:.3g} s, "
             f"{r['judge_decode_ms_per_step']:.3g} ms/step", _mem(r["memory_after_load"]))
-    rel = parts.get("release")
-    add("release", "converted official-release checkpoint", rel["status"] if rel else "not run",
-        "", "not available (converter not implemented yet)")
+    if not failed("release", "converted official-release checkpoint"):
+        r = parts["release"]["result"]
+        check = (f"; logits vs base + B·A·alpha/r by hand ({r['verify_layers']} layers): max abs diff "
+                 f"{r['max_abs_logit_diff']:.2g} ({'ok' if r['ok'] else 'FAILED'})" if "verify_layers" in r else "")
+        add("release", f"{r['layers']} layers, r={r['r']}, {'with' if r['experts'] else 'no'} experts", "ok",
+            f"convert {r['convert_s']:.3g} s", f"release {r['release_mb']:.0f} MB -> {r['converted_mb']:.0f} MB"
+            + check, _mem(r.get("memory")))
     return rows
 
 

@@ -54,14 +54,16 @@ def test_limit_and_report_rows_without_running_anything():
               "parts": {"explain": {"status": "timeout", "error": "timed out after 150 s (killed)",
                                     "partial": {"prompt_tokens": 653, "max_new_tokens": 64, "rows": explain_rows}},
                         "lora": {"status": "error", "error": "exit 1: RuntimeError: boom"},
-                        "release": {"status": "not available", "error": g.RELEASE_NOTE}}}
+                        "release": {"status": "ok", "error": None, "result": {
+                            "layers": 32, "r": 16, "alpha": 32, "experts": True, "convert_s": 8.5, "release_mb": 538.0,
+                            "converted_mb": 537.8, "verify_layers": 4, "max_abs_logit_diff": 0.0, "ok": True}}}}
     rows = g.table_rows(report)
     explain = [r for r in rows if r["part"] == "explain"]
     assert [r["status"] for r in explain] == ["ok", "timeout"]  # the finished batch size survives the timeout
     assert "faces/s" in explain[0]["limit"] and "measured" in explain[0]["limit"]
     assert any(r["part"] == "lora" and "boom" in r["detail"] for r in rows)
     md = g.render_markdown(report, rows)
-    assert "not available (converter not implemented yet)" in md and "| explain |" in md
+    assert "| explain |" in md and "32 layers, r=16, with experts" in md and "max abs diff 0 (ok)" in md
 
 
 @pytest.mark.slow
@@ -72,7 +74,7 @@ def test_tiny_suite_end_to_end(tmp_path):
     env["PYTHON"] = sys.executable
     out = tmp_path / "out"
     # ~1-2 min; the generous per-part timeouts only matter on a CPU shared with other jobs
-    timeouts = ",".join(f"{p}=300" for p in PARTS[:-1])
+    timeouts = ",".join(f"{p}=300" for p in PARTS)
     res = subprocess.run(["bash", str(SCRIPT), "--tiny", "--out", str(out), "--work-dir", str(tmp_path),
                           "--budget-s", "1200", "--timeouts", timeouts],
                          capture_output=True, text=True, env=env, timeout=1500, cwd=REPO)
@@ -88,7 +90,8 @@ def test_tiny_suite_end_to_end(tmp_path):
         part = report["parts"][name]
         assert part["status"] in (("ok", "error") if has_bnb else ("skipped",)), (name, part)
         assert part["status"] == "ok" or part["error"]
-    assert report["parts"]["release"]["status"] == "not available"
+    release = report["parts"]["release"]
+    assert release["status"] == "ok" and release["result"]["layers"] == 2 and release["result"]["convert_s"] > 0
     explain = report["parts"]["explain"]["result"]
     assert [r["batch_size"] for r in explain["rows"]] == [1, 4, 8]
     assert all(r["new_tokens_max"] == explain["max_new_tokens"] for r in explain["rows"])  # nothing stopped early
@@ -96,5 +99,5 @@ def test_tiny_suite_end_to_end(tmp_path):
     md = (out / "gpu_suite.md").read_text()
     for name in PARTS:
         assert f"| {name} |" in md, name
-    assert "not available (converter not implemented yet)" in md
+    assert "2 layers, r=16, no experts" in md
     assert not list(tmp_path.glob("x2dfd-gpu-suite-*"))  # the built checkpoint is removed
