@@ -62,14 +62,13 @@ def test_auto_dtype_on_cpu_says_up_front_only_what_is_not_plain_float32(tiny_lla
     assert len(lines) == 1 and "bfloat16 weights" in lines[0]
     load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu", dtype="float32"))  # chosen by the user: no line
     assert "x2dfd: CPU run of" not in capsys.readouterr().err
-    from x2dfd.log import quiet
+    from x2dfd.log import quieted
 
-    quiet()  # --quiet
-    try:
+    with quieted():  # --quiet, for this run only
         load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu"))
-        assert "x2dfd: CPU run of" not in capsys.readouterr().err
-    finally:
-        quiet(False)
+    assert "x2dfd: CPU run of" not in capsys.readouterr().err
+    load_mllm(MLLMOptions(model=str(tiny_llava), device="cpu"))  # and said again afterwards
+    assert "x2dfd: CPU run of" in capsys.readouterr().err
 
 
 def test_auto_dtype_follows_the_choice(tiny_llava, capsys, monkeypatch):

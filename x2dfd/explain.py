@@ -576,7 +576,15 @@ class ExplainRun:
 
 
 def execute(cfg: ExplainConfig, command: str = "explain") -> ExplainRun:
-    """Everything ``x2dfd explain`` does; the CLI's exit status comes from the result."""
+    """Everything ``x2dfd explain`` does; the CLI's exit status comes from the result. ``--quiet`` silences
+    x2dfd's notices for this run only."""
+    from x2dfd.log import quieted
+
+    with quieted(cfg.quiet):
+        return _execute(cfg, command)
+
+
+def _execute(cfg: ExplainConfig, command: str) -> ExplainRun:
     from tqdm.auto import tqdm
 
     from x2dfd.media import file_sha256
@@ -585,11 +593,8 @@ def execute(cfg: ExplainConfig, command: str = "explain") -> ExplainRun:
     if cfg.quiet:
         from transformers.utils import logging as hf_logging
 
-        from x2dfd.log import quiet as quiet_notices
-
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-        quiet_notices()  # e.g. the CPU precision line of x2dfd.mllm
     out = Path(cfg.out) if cfg.out else None
     shards = Shards(out)
     regular = out is not None and _is_regular_or_absent(out)

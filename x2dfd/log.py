@@ -5,13 +5,15 @@
 
 The handler looks up ``sys.stderr`` when it writes (so redirections, pytest's capture and notebooks see
 the line) and does not propagate to the root logger (an application's own logging setup neither
-duplicates nor swallows it). ``quiet()`` raises the level to ERROR.
+duplicates nor swallows it). ``with quieted(True):`` raises the level to ERROR for one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -42,6 +44,14 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"x2dfd.{name}")
 
 
-def quiet(enabled: bool = True) -> None:
-    """``--quiet``: only errors from here on (the last line with the failure count is printed directly)."""
-    ROOT.setLevel(logging.ERROR if enabled else logging.WARNING)
+@contextlib.contextmanager
+def quieted(enabled: bool = True) -> Iterator[None]:
+    """``--quiet`` for one run: only errors inside the block (the last line with the failure count is printed
+    directly), the previous level afterwards."""
+    before = ROOT.level
+    if enabled:
+        ROOT.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ROOT.setLevel(before)
