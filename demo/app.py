@@ -645,7 +645,7 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                 label = gr.Label(label="Verdict", num_top_classes=2, elem_id="verdict-label")
                 with gr.Row():
                     explanation = gr.Textbox(label="Explanation (the model's own text)", lines=5, interactive=False,
-                                             elem_id="explanation")
+                                             elem_id="explanation", visible=explainer.mllm is not None)
                     evidence = gr.HTML(elem_id="evidence")
                 annotated = gr.Image(label="Faces found (boxes coloured by p_fake: blue real, red fake)", type="pil",
                                      interactive=False, height=300, visible=False, elem_id="annotated")
