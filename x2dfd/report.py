@@ -808,7 +808,7 @@ def render_report(records: list[Record] | str | os.PathLike, out_dir: str | os.P
     if isinstance(records, (str, os.PathLike)):
         source = Path(records)
         records, raws = load_records(source)
-    info = run_info(source, records) if run else run_info(None, records)
+    info = run_info(source, records)
     if run:
         info.update({k: v for k, v in run.items() if v is not None})
     threshold = info.get("threshold") if isinstance(info.get("threshold"), (int, float)) else 0.5
