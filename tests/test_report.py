@@ -243,3 +243,26 @@ def test_explain_writes_the_report_beside_its_jsonl(selfcontained_llava, tmp_pat
         assert rows[name]["heat"] is None and rows[name]["label_true"] == "real"
     assert rows["broken.jpg"]["error"] and rows["broken.jpg"]["face"] is None
     assert sum(1 for _ in (report / "records.csv").open(encoding="utf-8")) == 4
+
+
+def test_header_from_the_run_config_and_older_records_completed(tmp_path):
+    """The page header names model, adapter, preset, experts with their weights' hashes, threshold and band from
+    the run config beside the JSONL; records of an older x2dfd get verdict / disagreement / evidence at render time."""
+    jsonl = tmp_path / "results.jsonl"
+    old = {"path": "in/a.jpg", "sha256": _sha("a"), "kind": "image", "label": "fake", "p_fake": 0.92, "mode": "mllm",
+           "experts": {"blend": 0.05}, "error": None, "explanation": "This image is fake."}
+    jsonl.write_text(json.dumps(old) + "\n")
+    conf = {"command": "explain", "config": {"model": "./llava", "adapter": "runs/lora", "preset": "x2dfd",
+                                             "threshold": 0.5, "uncertain_band": "0.3,0.7", "aggregate": "mean"},
+            "experts": [{"name": "blend", "sha256": "cd" * 32, "weights": "/w/blend.safetensors"}]}
+    (tmp_path / "results.config.json").write_text(json.dumps(conf))
+    index = render_report(jsonl, tmp_path / "rep")
+    html = index.read_text(encoding="utf-8")
+    for text in ("./llava", "runs/lora", "x2dfd", "cdcdcdcdcdcd", "fake at p_fake ≥ 0.5", "0.3,0.7"):
+        assert text in html, text
+    [row] = _data(tmp_path / "rep")["rows"]
+    assert row["verdict"] == "fake" and row["disagreement"] == [["mllm", "blend", 0.92, 0.05]]
+    assert [k for k, _ in row["evidence"]] == ["verdict", "expert", "disagreement"]
+    assert 'id="count-disagreement">1<' in html
+    rows = list(csv.DictReader((tmp_path / "rep" / "records.csv").open(encoding="utf-8")))
+    assert rows[0]["verdict"] == "fake" and rows[0]["disagreement"] == "mllm 0.92 vs blend 0.05"
