@@ -228,10 +228,11 @@ def test_aggregate_frames():
     assert aggregate_frames(p, "topk", k=10) == pytest.approx(aggregate_frames(p))  # k beyond the frames
     assert aggregate_frames([None, None]) is None and aggregate_frames([]) is None
     assert aggregate_frames([float("nan"), 0.2], "mean") == pytest.approx(0.2)
-    assert AGGREGATES == ("mean", "median", "max", "topk")
+    assert AGGREGATES == ("mean", "median", "max", "topk", "segments")
+    assert aggregate_frames([0.1, 0.2, 0.9, 0.95, None, 0.1], "segments") == pytest.approx(0.925)  # x2dfd.segments
     for method in AGGREGATES:
         assert aggregate_frames([0.3], method) == pytest.approx(0.3)
-    with pytest.raises(UsageError, match="Available: mean, median, max, topk"):
+    with pytest.raises(UsageError, match="Available: mean, median, max, topk, segments"):
         aggregate_frames([0.5], "mode")
     with pytest.raises(UsageError, match="--topk"):
         aggregate_frames([0.5], "topk", k=0)
