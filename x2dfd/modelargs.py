@@ -28,7 +28,7 @@ class MLLMOptions:
     device: str = "auto"
     """auto (CUDA if available, else CPU), cpu, cuda or cuda:N."""
     dtype: str = field(default="auto", metadata={"choices": ["auto", *DTYPE_NAMES]})
-    """auto: bfloat16 on CUDA, float32 on CPU."""
+    """auto: bfloat16 on CUDA; on CPU float32 when the model fits in memory, else bfloat16 (CPUs with AVX512-BF16/AMX) or 4-bit NF4, said on one stderr line."""
     load_in_4bit: bool = False
     """Quantize the MLLM to 4-bit NF4 with bitsandbytes (works on CPU too)."""
     load_in_8bit: bool = False
