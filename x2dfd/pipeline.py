@@ -70,15 +70,17 @@ class PipelineOptions:
     """Video files larger than this are refused."""
     workers: int | None = None
     """Threads that decode inputs and detect faces ahead of the experts and the MLLM (default: one per CPU core, at most 4; 0: everything in the calling thread)."""
-    uncertain_band: str = field(default="0.35,0.65", metadata={"metavar": "LOW,HIGH"})
-    """LOW,HIGH: a record's three-way verdict is real below LOW, fake at or above HIGH, uncertain in between (a convention around --threshold: the shipped expert is not calibrated; LOW=HIGH: no uncertain band)."""
+    uncertain_band: str = field(default="auto", metadata={"metavar": "LOW,HIGH"})
+    """LOW,HIGH: a record's three-way verdict is real below LOW, fake at or above HIGH, uncertain in between; auto (default): --threshold -/+ 0.15, i.e. 0.35,0.65 (a convention: the shipped expert is not calibrated); LOW=HIGH: no uncertain band."""
     localize: bool = True
     """Compute the localizing expert's heatmap for every face, so the evidence says where it concentrates (--no-localize: about a third less expert time, no location sentence)."""
 
     def band(self) -> tuple[float, float]:
         """``uncertain_band`` as (low, high)."""
-        from x2dfd.evidence import parse_band
+        from x2dfd.evidence import band_around, parse_band
 
+        if str(self.uncertain_band).strip().lower() == "auto":
+            return band_around(self.threshold)
         return parse_band(self.uncertain_band)
 
     def media_limits(self):
