@@ -475,7 +475,7 @@ def explainer_run_info(explainer) -> dict[str, Any]:
             "mode": "mllm" if explainer.mllm is not None else "expert-only",
             "experts": [{"name": n, "sha256": i.get("sha256"), "weights": Path(str(i["weights"])).name if i.get("weights") else None}
                         for n, i in infos.items()],
-            "threshold": opts.threshold, "band": opts.uncertain_band, "aggregate": opts.aggregate}
+            "threshold": opts.threshold, "band": "{:g},{:g}".format(*opts.band()), "aggregate": opts.aggregate}
 
 
 def write_downloads(results: list[DemoResult], folder: str | os.PathLike, run: dict[str, Any] | None = None) -> list[str]:

@@ -78,7 +78,8 @@ def test_band_option_is_checked_against_the_threshold():
     from x2dfd.errors import UsageError
     from x2dfd.pipeline import PipelineOptions
 
-    assert PipelineOptions().band() == (0.35, 0.65)
+    assert PipelineOptions().band() == (0.35, 0.65) and PipelineOptions().uncertain_band == "auto"
+    assert PipelineOptions(threshold=0.7).band() == (0.55, 0.85)  # auto follows --threshold
     assert PipelineOptions(uncertain_band="0.2,0.8").band() == (0.2, 0.8)
     with pytest.raises(UsageError, match="must contain --threshold"):
         PipelineOptions(uncertain_band="0.6,0.8")

@@ -40,6 +40,15 @@ COVERS = {
 }
 
 
+BAND_HALF_WIDTH = 0.15
+
+
+def band_around(threshold: float) -> tuple[float, float]:
+    """The default band: ``threshold`` -/+ 0.15, kept inside (0, 1) (0.35, 0.65 at the default threshold 0.5)."""
+    t = float(threshold)
+    return round(max(0.01, t - BAND_HALF_WIDTH), 6), round(min(0.99, t + BAND_HALF_WIDTH), 6)
+
+
 def parse_band(text: str | tuple[float, float] | list[float] | None) -> tuple[float, float]:
     """``"0.35,0.65"`` -> (0.35, 0.65); raises ValueError with a one-line reason."""
     if text is None:

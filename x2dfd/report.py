@@ -637,7 +637,12 @@ def run_info(jsonl: str | os.PathLike | None, records: list[Record]) -> dict[str
     if not experts:
         experts = [{"name": n, "sha256": None, "weights": None} for n in sorted({k for r in records for k in r.experts})]
     band = cfg.get("uncertain_band")
-    if not band:
+    if isinstance(band, str) and band.strip().lower() == "auto" and isinstance(cfg.get("threshold"), (int, float)):
+        from x2dfd.evidence import band_around
+
+        lo, hi = band_around(cfg["threshold"])
+        band = f"{lo:g},{hi:g} (auto)"
+    if not band or band == "auto":
         vb = next((r.verdict_band for r in records if isinstance(r.verdict_band, list)), None)
         band = f"{vb[0]:g},{vb[1]:g}" if vb else None
     mllm = conf.get("mllm") if isinstance(conf.get("mllm"), dict) else {}
