@@ -341,6 +341,22 @@ def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(
     assert "| expert:bright | all | 4 | 4 |" in md and "AUC per condition" in md
     html = (out / "evaluate.html").read_text()
     assert "roc_frame.png" in html and "Robustness" in html and "fusion:logistic" in html
+    # worst errors: per system the reals scored most fake and the fakes scored most real, linked to report rows
+    worst = met["worst_errors"]
+    assert set(worst) == set(met["systems"]) and worst["expert:bright"]["report"] == "reports/run/index.html"
+    report = out / "reports" / "run"
+    assert (report / "index.html").is_file() and (report / "records.js").is_file()
+    rows = json.loads((report / "records.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))["rows"]
+    for system, entry in worst.items():
+        kinds = [it["kind"] for it in entry["items"]]
+        assert kinds == ["real scored fake"] * 4 + ["fake scored real"] * 4, system  # the 8 reported items
+        scores = [it["score"] for it in entry["items"]]
+        assert scores[:4] == sorted(scores[:4], reverse=True) and scores[4:] == sorted(scores[4:])
+        for it in entry["items"]:
+            n = int(it["href"].rsplit("#row=", 1)[1])
+            assert rows[n]["path"] == it["path"] and it["href"].startswith("reports/run/index.html#row=")
+            assert f'href="{it["href"]}"' in html
+    assert "Worst errors" in html
     records = sorted((out / "records").glob("*.jsonl"))
     assert len(records) == 3 and sum(len(p.read_text().splitlines()) for p in records) == 48
     # rerun: everything comes from the record caches, nothing is scored again

@@ -9,6 +9,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from x2dfd.cli import main as cli_main
@@ -315,3 +316,20 @@ def test_videos_and_perturbations_with_systems(tmp_path, selfcontained_llava, mo
     assert set(met["robustness_auc"]["video"]) == {"mllm:one", "mllm:two", "mllm:rel"}
     assert len(set(met["conditions"][0]["records_by_system"].values())) == 3  # the preset's prompt: its own cache
     assert (out / "roc_video.png").is_file() and (out / "robustness_frame.png").is_file()
+
+
+def test_stored_crops_keep_the_landmarks_the_evidence_names_regions_by():
+    """A crop read back from the prepared store maps the stored source landmarks into crop pixels as FaceCrop has
+    them (to the 0.1 px the record rounds to); a rotated (aligned) crop gives None rather than wrong points."""
+    photos = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-real-photos" / "real"
+    if not photos.is_dir():
+        pytest.skip("../shared is absent")
+    from x2dfd.evaluate import StoredCrop
+    from x2dfd.face import extract_faces
+    from x2dfd.media import load_image
+
+    [crop] = extract_faces(load_image(sorted(photos.glob("*.jpg"))[0]))
+    stored = StoredCrop(crop.image, crop.info())
+    assert crop.landmarks is not None and np.abs(stored.landmarks - crop.landmarks).max() < 0.2
+    assert StoredCrop(crop.image, {**crop.info(), "aligned": True}).landmarks is None
+    assert StoredCrop(crop.image, None).landmarks is None

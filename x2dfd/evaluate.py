@@ -85,10 +85,10 @@ from typing import Any
 
 from x2dfd import __version__
 from x2dfd.cliargs import parse_config, to_jsonable
-from x2dfd.errors import UsageError
+from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.modelargs import ModelArgs
 from x2dfd.pipeline import PipelineOptions
-from x2dfd.records import Record
+from x2dfd.records import Record, terminal_line
 
 LEVELS = ("frame", "video")
 UNDETERMINED = {"exclude": None, "as-0.5": 0.5, "as-real": 0.0, "as-fake": 1.0}
@@ -460,9 +460,25 @@ class StoredCrop:
         self.image = image
         self._info = info
         self.face = True if info is not None else None  # the pipeline only asks whether there was a face
+        self.landmarks = _crop_landmarks(info)  # as FaceCrop.landmarks: what the evidence names regions by
 
     def info(self) -> dict[str, Any] | None:
         return json.loads(json.dumps(self._info)) if self._info is not None else None
+
+
+def _crop_landmarks(info: dict[str, Any] | None):
+    """The 68 landmarks in crop pixels, from the stored face info (source landmarks, crop box, crop size); None
+    without landmarks or for an eye-levelled (rotated) crop, whose mapping the info does not hold."""
+    import numpy as np
+
+    if not info or info.get("landmarks") is None or info.get("aligned") or not info.get("crop_box"):
+        return None
+    x0, y0, x1, y1 = info["crop_box"]
+    w, h = info.get("crop_size") or (x1 - x0, y1 - y0)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    pts = np.asarray(info["landmarks"], dtype=np.float32)
+    return (pts - np.array([x0, y0], np.float32)) * np.array([w / (x1 - x0), h / (y1 - y0)], np.float32)
 
 
 class PreparedStore:
@@ -1534,7 +1550,63 @@ def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: li
             w.writeheader()
             w.writerows(explanation_rows(metrics))
         os.replace(tmp, out / "table_explanations.csv")
-    render_html(metrics, images, out / "evaluate.html", cfg.title)
+    worst = worst_errors(cfg, metrics, clean_frames, out) if clean_frames else {}
+    render_html(metrics, images, out / "evaluate.html", cfg.title, worst=worst)
+
+
+WORST_PER_SIDE = 5
+
+
+def worst_errors(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: list[Unit], out: Path,
+                 n: int = WORST_PER_SIDE) -> dict[str, dict[str, Any]]:
+    """An item report (``reports/<run>/index.html``, x2dfd.report) of every records file of the clean run, and per
+    system its ``n`` worst errors at frame level: the reals it scored most fake and the fakes it scored most real,
+    each linked to its row (``#row=N``). MLLM systems of ``--system`` link to their own report; experts and
+    fusions to the first one (their scores are in every record)."""
+    from x2dfd.explain import read_records
+    from x2dfd.report import render_report
+
+    clean = next((c for c in metrics.get("conditions", []) if c.get("name") == "clean"), None)
+    if clean is None:
+        return {}
+    files = clean.get("records_by_system") or {"run": clean["records"]}
+    labels = {p: u.label for u in clean_frames for p in u.item_paths}
+    reports: dict[str, tuple[str, dict[str, int]]] = {}
+    for system, rel in files.items():
+        records = read_records(out / rel, repair=False, warn=False)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", system.split(":", 1)[-1]).strip("-") or "run"
+        try:
+            render_report(records, out / "reports" / name, title=f"x2dfd evaluate: {system} (clean)", labels=labels,
+                          folder_labels=False, heatmaps=False)
+        except X2DFDError as err:  # e.g. a folder there that is not an x2dfd report: the metrics still stand
+            print(terminal_line(f"evaluate: no item report for {system}: {err}", 1000), file=sys.stderr)
+            continue
+        rows: dict[str, int] = {}
+        for i, r in enumerate(records):
+            rows.setdefault(r.path, i)  # --all-faces: the item's first row
+        reports[system] = (f"reports/{name}/index.html", rows)
+    if not reports:
+        return {}
+    first = next(iter(reports.values()))
+    worst: dict[str, dict[str, Any]] = {}
+    for system in metrics["systems"]:
+        href, rows = reports.get(system, first)
+        scored = [u for u in clean_frames if u.scores.get(system) is not None]
+        sides = {"real scored fake": sorted((u for u in scored if u.label == 0), key=lambda u: -u.scores[system]),
+                 "fake scored real": sorted((u for u in scored if u.label == 1), key=lambda u: u.scores[system])}
+        entry: dict[str, Any] = {"report": href, "items": []}
+        for kind, units in sides.items():
+            for u in units[:n]:
+                wrong = u.scores[system] >= cfg.threshold if u.label == 0 else u.scores[system] < cfg.threshold
+                path = u.item_paths[0]
+                row = rows.get(path)
+                entry["items"].append({"kind": kind, "path": path, "score": round(float(u.scores[system]), 4),
+                                       "wrong": bool(wrong),
+                                       "href": f"{href}#row={row}" if row is not None else None})
+        worst[system] = entry
+    metrics["worst_errors"] = worst
+    _write(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+    return worst
 
 
 def _write(path: Path, text: str) -> None:
@@ -1609,12 +1681,12 @@ def plot_robustness(metrics: dict[str, Any], level: str, path: Path) -> str | No
 
 
 def render_html(metrics: dict[str, Any], images: dict[str, dict[str, str | None]], path: Path,
-                title: str | None = None) -> Path:
+                title: str | None = None, worst: dict[str, dict[str, Any]] | None = None) -> Path:
     from x2dfd.report import environment, static_text
 
     rows = {lv: [r for r in table_rows(metrics, lv)] for lv in metrics["protocol"]["levels"]}
     html = environment().get_template("evaluate.html.jinja").render(
-        m=metrics, rows=rows, images=images, labels=METRIC_LABELS, css=static_text("report.css"),
+        m=metrics, rows=rows, images=images, labels=METRIC_LABELS, css=static_text("report.css"), worst=worst or {},
         title=title or f"x2dfd evaluate: {Path(metrics['data']['path']).name}", version=__version__,
         pct=int(round(metrics["protocol"]["ci"] * 100)))
     _write(path, html)
