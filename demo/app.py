@@ -79,6 +79,8 @@ class DemoConfig(ExplainConfig):
     """Requests that may wait in the queue; beyond that new ones are turned away with a message."""
     cue_top: int = 8
     """Cues listed when 'score forgery cues' is ticked (highest P(yes) first)."""
+    system: list[str] = field(default_factory=list, metadata={"metavar": "NAME=SPEC"})
+    """Load several MLLM setups and let the page switch between them; SPEC as in `x2dfd evaluate --system`: preset:NAME (x2dfd-release, fakevlm, x2dfd), a model or adapter folder, or model=DIR,adapter=DIR,preset=NAME. Without it: the one setup of --model/--adapter/--preset."""
     examples: bool = True
     """Offer example inputs, generated at start by the project's own code (--no-examples: none)."""
     examples_dir: str = str(DEFAULT_EXAMPLES_DIR)
@@ -513,6 +515,7 @@ def api_usage(url: str = "http://127.0.0.1:7860/") -> str:
 from gradio_client import Client, handle_file
 client = Client("{url}")
 result = client.predict([handle_file("face.jpg")], False, api_name="/explain")   # files, score cues
+# with several systems loaded (--system NAME=SPEC): a third argument names the one to ask
 ```
 
 The same pipeline without a server (Python, the records of `x2dfd explain`):
@@ -544,17 +547,26 @@ class _ProgressRouter:
 def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.PathLike] | None = None,
               cue_scorer=None, cue_top: int = 8, delete_uploads_after: int = 3600, downloads_dir: str | None = None):
     """The page (a ``gradio.Blocks``), wired to ``explainer``; call ``launch_app`` (or ``.launch``) to serve it.
-    Uploads are deleted ``delete_uploads_after`` seconds after they arrive (Gradio's ``delete_cache``)."""
+    ``explainer`` may be a dict NAME -> explainer (``--system``): the page then offers a switch between them
+    (``cue_scorer`` likewise a dict, or one scorer for the first). Uploads are deleted ``delete_uploads_after``
+    seconds after they arrive (Gradio's ``delete_cache``)."""
     import tempfile
 
     import gradio as gr
 
+    systems = dict(explainer) if isinstance(explainer, dict) else {"default": explainer}
+    first = next(iter(systems))
+    scorers = dict(cue_scorer) if isinstance(cue_scorer, dict) else {first: cue_scorer}
     router = _ProgressRouter()
-    explainer.progress = router
-    run_info = explainer_run_info(explainer)
+    infos = {}
+    for name, e in systems.items():
+        e.progress = router
+        infos[name] = explainer_run_info(e)
     downloads_root = Path(downloads_dir or tempfile.mkdtemp(prefix="x2dfd-demo-downloads-"))
 
-    def run(paths, score_cues, progress=gr.Progress()):
+    def run(paths, score_cues, system=None, progress=gr.Progress()):
+        name_ = system if system in systems else first
+        explainer, cue_scorer, run_info = systems[name_], scorers.get(name_), infos[name_]
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [str(getattr(p, "name", p)) for p in (paths or []) if p]
@@ -627,9 +639,12 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
             with gr.Column(scale=1):
                 upload = gr.File(label="Images or videos", file_types=sorted(MEDIA_EXTS), type="filepath",
                                  file_count="multiple", elem_id="upload")
+                choice = gr.Dropdown(choices=list(systems), value=first, label="System (loaded presets / models)",
+                                     visible=len(systems) > 1, elem_id="system")
+                any_scorer = any(v is not None for v in scorers.values())
                 score = gr.Checkbox(label="Score forgery cues (slower: one yes/no question per cue)", value=False,
-                                    visible=cue_scorer is not None, elem_id="score-cues")
-                if cue_scorer is None:
+                                    visible=any_scorer, elem_id="score-cues")
+                if not any_scorer:
                     gr.Markdown("Cue scoring is off in this demo (it needs an MLLM and `feature_assessment`).",
                                 elem_id="cues-off")
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
@@ -645,7 +660,8 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                 label = gr.Label(label="Verdict", num_top_classes=2, elem_id="verdict-label")
                 with gr.Row():
                     explanation = gr.Textbox(label="Explanation (the model's own text)", lines=5, interactive=False,
-                                             elem_id="explanation", visible=explainer.mllm is not None)
+                                             elem_id="explanation",
+                                             visible=any(e.mllm is not None for e in systems.values()))
                     evidence = gr.HTML(elem_id="evidence")
                 annotated = gr.Image(label="Faces found (boxes coloured by p_fake: blue real, red fake)", type="pil",
                                      interactive=False, height=300, visible=False, elem_id="annotated")
@@ -668,8 +684,8 @@ def build_app(explainer, max_file_mb: float = 50.0, examples: list[str | os.Path
                                         label="Manipulated segments", interactive=False, visible=False, elem_id="segments")
         outputs = [verdict, message, label, explanation, face, heat, experts, cues, cue_note, timeline, evidence,
                    annotated, faces, segments, downloads, gallery]
-        upload.change(run, inputs=[upload, score], outputs=outputs, api_visibility="private")
-        button.click(run, inputs=[upload, score], outputs=outputs, api_name="explain")
+        upload.change(run, inputs=[upload, score, choice], outputs=outputs, api_visibility="private")
+        button.click(run, inputs=[upload, score, choice], outputs=outputs, api_name="explain")
 
         def show_url(request: gr.Request):
             try:
@@ -715,7 +731,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = parse_config(DemoConfig, argv, prog="x2dfd demo")
-    explainer = build_explainer(cfg)  # loaded once; every request reuses it
+    if cfg.system:  # several setups, each loaded once; the page switches between them
+        from x2dfd.api import build_explainer as build
+        from x2dfd.evaluate import parse_system_specs
+
+        explainer = {spec.name: build(spec.options, spec.expert_specs, cfg, device=cfg.device)
+                     for spec in parse_system_specs(cfg)}
+        scorers = {name: build_cue_scorer(e, cfg.batch_size * 4) for name, e in explainer.items()}
+    else:
+        explainer = build_explainer(cfg)  # loaded once; every request reuses it
+        scorers = build_cue_scorer(explainer, cfg.batch_size * 4)
     examples: list[Path] = []
     if cfg.examples:
         from x2dfd.demo.examples import make_examples
@@ -725,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - examples are a convenience; the demo works without them
             log.warning("demo: no examples: %s", one_line(f"{type(err).__name__}: {err}"))
     app = build_app(explainer, max_file_mb=cfg.max_file_mb, examples=examples,
-                    cue_scorer=build_cue_scorer(explainer, cfg.batch_size * 4), cue_top=cfg.cue_top,
+                    cue_scorer=scorers, cue_top=cfg.cue_top,
                     delete_uploads_after=cfg.delete_uploads_after)
     launch_app(app, cfg.host, cfg.port, cfg.max_file_mb, cfg.concurrency, cfg.queue_size,
                examples_dir=cfg.examples_dir if examples else None, auth=cfg.auth_pair())

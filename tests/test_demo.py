@@ -397,3 +397,25 @@ def test_several_files_in_one_request(explainer, image, tmp_path):
     assert [r[0] for r in faces["value"]] == ["upload.png", "second.png"]
     assert gallery["visible"] is True and len(gallery["value"]) == 2
     assert any(Path(f).name == "upload-and-1-more.report.html" for f in downloads["value"])
+
+
+def test_several_systems_are_loaded_once_and_the_page_switches(selfcontained_llava, tmp_path, image):
+    """`x2dfd demo --system a=... --system b=...`: both setups loaded at start, a switch on the page, and each
+    request answered by the chosen one (here: one with the x2dfd-release prompt format, one with x2dfd's own)."""
+    from x2dfd.api import build_explainer
+    from x2dfd.evaluate import parse_system_specs
+
+    cfg = DemoConfig(model=str(selfcontained_llava), no_expert=True, face_crop=False, max_new_tokens=4, device="cpu",
+                     system=[f"own=model={selfcontained_llava}", "release=preset:x2dfd-release"])
+    systems = {spec.name: build_explainer(spec.options, spec.expert_specs, cfg, device="cpu")
+               for spec in parse_system_specs(cfg)}
+    assert list(systems) == ["own", "release"] and systems["release"].mllm.preset.name == "x2dfd-release"
+    app = build_app(systems, max_file_mb=5, downloads_dir=str(tmp_path / "dl"))
+    ids = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
+    assert ids["system"].choices and [c[0] for c in ids["system"].choices] == ["own", "release"]
+    quiet = {"progress": lambda *a, **k: None}
+    own = app.x2dfd_run([str(image)], False, "own", **quiet)
+    release = app.x2dfd_run([str(image)], False, "release", **quiet)
+    default = app.x2dfd_run([str(image)], False, **quiet)  # no choice: the first system
+    p = [o[2]["fake"] for o in (own, release, default)]  # the Verdict label: {"fake": p_fake, "real": 1 - p_fake}
+    assert p[0] == p[2] and p[0] != p[1]  # another prompt format, another answer from the same weights
