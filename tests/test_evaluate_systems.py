@@ -203,6 +203,14 @@ def test_two_systems_and_the_expert_side_by_side_with_references(tmp_path, face_
     html = (out / "evaluate.html").read_text()
     assert "Explanations vs references" in html and "mllm:b" in html and "MLLM systems" in html
     assert (out / "table_explanations.csv").read_text().count("mllm:") == 2
+    # one item report per system, each linking the other: the page switches between the loaded setups
+    met = json.loads((out / "metrics.json").read_text())
+    assert met["worst_errors"]["mllm:b"]["report"] == "reports/b/index.html"
+    assert met["worst_errors"]["expert:blend"]["report"] == "reports/a/index.html"  # experts: the first system's
+    page_a = (out / "reports" / "a" / "index.html").read_text()
+    page_b = (out / "reports" / "b" / "index.html").read_text()
+    assert '<b>mllm:a</b>' in page_a and '<a href="../b/index.html">mllm:b</a>' in page_a
+    assert '<a href="../a/index.html">mllm:a</a>' in page_b and '<b>mllm:b</b>' in page_b
 
     # rerun with DD-VQA-style references (question/answer rows, several answers, matched by file name): nothing
     # is decoded, detected, scored or judged again; only the explanation metrics change

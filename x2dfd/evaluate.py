@@ -1572,12 +1572,16 @@ def worst_errors(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: lis
     files = clean.get("records_by_system") or {"run": clean["records"]}
     labels = {p: u.label for u in clean_frames for p in u.item_paths}
     reports: dict[str, tuple[str, dict[str, int]]] = {}
+    names = {system: re.sub(r"[^A-Za-z0-9._-]+", "-", system.split(":", 1)[-1]).strip("-") or "run" for system in files}
     for system, rel in files.items():
         records = read_records(out / rel, repair=False, warn=False)
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", system.split(":", 1)[-1]).strip("-") or "run"
+        name = names[system]
+        # With --system, each report links its siblings: the page switches between the loaded setups.
+        siblings = [{"name": s, "href": f"../{n}/index.html", "current": s == system} for s, n in names.items()]
         try:
             render_report(records, out / "reports" / name, title=f"x2dfd evaluate: {system} (clean)", labels=labels,
-                          folder_labels=False, heatmaps=False)
+                          folder_labels=False, heatmaps=False,
+                          run={"systems": siblings} if len(siblings) > 1 else None)
         except X2DFDError as err:  # e.g. a folder there that is not an x2dfd report: the metrics still stand
             print(terminal_line(f"evaluate: no item report for {system}: {err}", 1000), file=sys.stderr)
             continue
