@@ -150,9 +150,12 @@ def test_lora_adapter_changes_the_answer(selfcontained_llava, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    from x2dfd.compat import peft_calls
+
     base = AutoModelForImageTextToText.from_pretrained(selfcontained_llava)
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                                           init_lora_weights=False))
+    with peft_calls():  # peft's own read of a property transformers deprecates
+        lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                               init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA"
