@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,18 +286,11 @@ class MLLM:
         return self.processor.apply_chat_template(messages, tokenize=False, continue_final_message=True)
 
     def _verdict_token_ids(self) -> tuple[int, int]:
-        """First sub-token of " real" / " fake" as they follow the answer prefix; asserted distinct."""
-        ids = {}
-        base = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
-        for label, word in VERDICT_WORDS.items():
-            full = self.tokenizer(ANSWER_PREFIX + word, add_special_tokens=False).input_ids
-            k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
-            if k >= len(full):
-                raise UsageError(f"the tokenizer of '{self.options.model}' cannot tokenize the verdict word {word!r}")
-            ids[label] = full[k]
-        if ids["real"] == ids["fake"]:
-            raise UsageError(f"the tokenizer of '{self.options.model}' maps ' real' and ' fake' to the same first token")
-        return ids["real"], ids["fake"]
+        """First sub-token of " real" / " fake" as they follow the answer prefix; asserted distinct (the one rule,
+        :func:`x2dfd.presets.verdict_token_ids`, that presets apply to their own words)."""
+        from x2dfd.presets import verdict_token_ids
+
+        return verdict_token_ids(self.tokenizer, ANSWER_PREFIX, VERDICT_WORDS, self.options.model)
 
     def encode(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         """Processor inputs for a batch (left-padded), on the model's device and dtype."""

@@ -204,7 +204,7 @@ def prepare_options(options: Any) -> tuple[Any, Preset | None]:
 
 
 def verdict_token_ids(tokenizer, prefix: str, words: dict[str, str], model: str = "the model") -> tuple[int, int]:
-    """First sub-token of each verdict word as it follows ``prefix`` (the same rule as MLLM._verdict_token_ids)."""
+    """First sub-token of each verdict word as it follows ``prefix``; the two must differ (used by MLLM too)."""
     ids = {}
     base = tokenizer(prefix, add_special_tokens=False).input_ids
     for label in ("real", "fake"):
