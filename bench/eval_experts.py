@@ -1,6 +1,6 @@
 """Every figure of the blend / synthesis experts from the shared data, in one command and one table.
 
-    .venv/bin/python bench/eval_experts.py                                   # shipped experts, all sets
+    .venv/bin/python bench/eval_experts.py                                   # shipped experts, all sets (~40 min on 2 cores)
     .venv/bin/python bench/eval_experts.py --expert blend --expert blend=runs/blend@mine --limit 40
 
 Sets (built under --out/data and --out/crops, never in the repo; ../shared is read in place):
@@ -21,7 +21,8 @@ detected with x2dfd's detector and cropped at 1.3x (what ``x2dfd explain`` feeds
 face are counted per class and left out of the metrics. Metrics: AUC with a 95% stratified bootstrap CI,
 AP, EER, accuracy at 0.5 and ECE (10 equal-width bins) of the expert's p_fake.
 
-Writes --out/table.md and --out/table.json (one row per expert x set x condition).
+Writes --out/table.md and --out/table.json (one row per expert x set x condition; ``--table NAME`` renames
+them, ``--merge A.json B.json`` joins tables written by separate runs over the same data).
 """
 
 from __future__ import annotations
@@ -176,15 +177,18 @@ def score_expert(spec: str, table: list[dict], crops: dict, n_boot: int, threads
     info = expert.info()
     rows = []
     faces_per_s = []
+    cache: dict[str, float] = {}  # crop -> p_fake: the real originals are shared by several sets
     for (set_name, cond), items in crops.items():
         scored = [r for r in items if r["crop"]]
+        todo = sorted({r["crop"] for r in scored} - set(cache))
         t0 = time.perf_counter()
-        ps: list[float] = []
-        for i in range(0, len(scored), 64):
-            ps += [s.p_fake for s in expert.score([Image.open(r["crop"]).convert("RGB") for r in scored[i : i + 64]])]
-        faces_per_s.append(len(scored) / max(time.perf_counter() - t0, 1e-9))
+        for i in range(0, len(todo), 32):
+            chunk = todo[i : i + 32]
+            cache.update(zip(chunk, (s.p_fake for s in expert.score([Image.open(c).convert("RGB") for c in chunk]))))
+        if len(todo) >= 32:
+            faces_per_s.append(len(todo) / max(time.perf_counter() - t0, 1e-9))
         y = np.array([r["label"] for r in scored])
-        p = np.array(ps)
+        p = np.array([cache[r["crop"]] for r in scored])
         groups = [("all", np.ones(len(scored), bool))]
         methods = sorted({r["method"] for r in scored if r["label"] == 1})
         if len(methods) > 1:
@@ -203,7 +207,7 @@ def score_expert(spec: str, table: list[dict], crops: dict, n_boot: int, threads
         if r["condition"] != "clean" and r.get("auc") is not None and clean.get(r["set"]) is not None:
             r["auc_drop"] = round(clean[r["set"]] - r["auc"], 4)
     return {"label": label, "info": {k: info.get(k) for k in ("name", "weights", "sha256", "calibration")},
-            "faces_per_s_scoring": round(float(np.median(faces_per_s)), 1)}, rows
+            "faces_per_s_scoring": round(float(np.median(faces_per_s)), 1) if faces_per_s else None}, rows
 
 
 def render(rows: list[dict], experts: list[dict], info: dict) -> str:
@@ -228,7 +232,7 @@ def render(rows: list[dict], experts: list[dict], info: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--expert", action="append", default=None,
-                    help="NAME[=WEIGHTS][@LABEL], repeatable (default: blend and synthesis, shipped)")
+                    help="NAME[=WEIGHTS][@LABEL], repeatable (default: the shipped blend, and synthesis if its weights ship)")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--perturb", nargs="*", default=PERTURB, help="conditions on fr_swap1/fr_swap2 besides clean")
     ap.add_argument("--limit", type=int, default=None, help="images per class per set (quick runs)")
@@ -236,7 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "eval_experts")
     ap.add_argument("--build-only", action="store_true", help="make the swaps and crops, score nothing")
+    ap.add_argument("--table", default="table", help="name of the written table (--out/NAME.md, NAME.json)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None,
+                    help="only merge these table JSONs (same --out) into --table, in order")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        experts_, rows_ = [e for d in parts for e in d["experts"]], [r for d in parts for r in d["rows"]]
+        merged = {"experts": experts_, "rows": rows_, "sets": parts[0]["sets"]}
+        (args.out / f"{args.table}.json").write_text(json.dumps(merged, indent=1) + "\n")
+        (args.out / f"{args.table}.md").write_text(render(rows_, experts_, merged["sets"]))
+        print(render(rows_, experts_, merged["sets"]))
+        return 0
 
     import torch
 
@@ -255,15 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[crops] {name} {cond}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     if args.build_only:
         return 0
-    specs = args.expert or ["blend", "synthesis"]
+    from x2dfd.experts.synthesis import DEFAULT_WEIGHTS as SYNTH
+
+    specs = args.expert or (["blend", "synthesis"] if SYNTH.is_file() else ["blend"])
     experts, rows = [], []
     for spec in specs:
         e, r = score_expert(spec, [], crops, args.bootstrap, args.threads)
         experts.append(e)
         rows += r
     info = json.loads((out / "data" / "sets.json").read_text())["info"]
-    (out / "table.json").write_text(json.dumps({"experts": experts, "rows": rows, "sets": info}, indent=1) + "\n")
-    (out / "table.md").write_text(render(rows, experts, info))
+    (out / f"{args.table}.json").write_text(json.dumps({"experts": experts, "rows": rows, "sets": info}, indent=1) + "\n")
+    (out / f"{args.table}.md").write_text(render(rows, experts, info))
     print(render(rows, experts, info))
     return 0
 

@@ -50,8 +50,23 @@ class SynthesisExpert(BlendExpert):
     default_weights = DEFAULT_WEIGHTS
     weights_prefix = "synthesis"
 
+    #: what the recipe targets, and what its first training measured (bench/eval_experts.py), shown by
+    #: info() when the weights' JSON carries no scope of its own
+    default_scope = {
+        "detects": "meant for fully synthetic faces (GAN / diffusion decoders' upsampling traces)",
+        "does_not_detect": "face swaps (blended regions): use blend",
+        "measured": "first training (600 faces, 2 epochs, H200): AUC 0.091 on StyleGAN2 vs Unsplash real (anti-correlated: "
+                    "it learnt 'less fine detail = reconstruction', and the 300 px Unsplash JPEGs have less than the "
+                    "StyleGAN2 faces), 0.50-0.61 on classical swaps; no weights are shipped",
+    }
+
     def localize(self, faces: Sequence[Any]) -> None:
         return None
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out["scope"] = self.scope or self.default_scope
+        return out
 
 
 # ------------------------------------------------------------------------------ pseudo-fake decoders

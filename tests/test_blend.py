@@ -240,3 +240,21 @@ def test_shipped_weights_load_offline_and_score_shared_faces():
     assert np.mean(p_fake) > np.mean(p_real) + 0.2
     heat = expert.localize(fakes[:2])
     assert heat[0].shape == np.asarray(fakes[0]).shape[:2]
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped blend weights not built yet")
+def test_shipped_record_states_scope_calibration_and_figures():
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert DEFAULT_WEIGHTS.stat().st_size < 30 * 2**20
+    cal = meta["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] > 0 and {"ece_before", "ece_after"} <= set(cal)
+    assert {"detects", "does_not_detect", "measured"} <= set(meta["scope"])
+    ev = meta["evaluation"]
+    for key in ("fr_swap1", "fr_swap2", "un_swap1", "un_swap2", "stylegan2", "fr_swap1_jpeg_50", "fr_swap1_noise_0.02"):
+        assert 0.0 <= ev[key]["auc"] <= 1.0 and ev[key]["n_real"] > 0 and ev[key]["set"]
+    rec = meta["training"]
+    assert rec["augmentations"]["degrade_pair"] and rec["augmentations"]["landmark_jitter"] > 0
+    # the held-out split is disjoint from what was trained and validated on
+    assert not set(rec["split"]["holdout"]) & (set(rec["split"]["train"]) | set(rec["split"]["val"]))
+    expert = experts.load_expert("blend")
+    assert expert.temperature == pytest.approx(cal["temperature"]) and expert.info()["scope"]["detects"]
