@@ -489,3 +489,54 @@ def test_one_file_report_opens_alone(driver, analyst_report):
     driver.execute_script("document.getElementById('table-section').scrollIntoView()")
     driver.save_screenshot(str(ARTIFACTS / "report-one-file.png"))
     _no_alerts(driver)
+
+
+def test_evaluate_page_links_worst_errors_to_their_report_rows(driver, tmp_path):
+    """evaluate.html (expert-only, a stub expert that gets two items wrong): each worst-error link opens the item
+    report on that row, marked and in view."""
+    from selenium.webdriver.common.by import By
+
+    from x2dfd import experts
+    from x2dfd.cli import main as cli_main
+    from x2dfd.records import ExpertScore
+
+    class Mean:
+        name, prompt_name = "mean", "mean"
+
+        @classmethod
+        def load(cls, weights=None, device="cpu", **kw):
+            return cls()
+
+        def score(self, faces):
+            return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
+
+        def localize(self, faces):
+            return [None for _ in faces]
+
+        def info(self):
+            return {"name": self.name}
+
+    rng = np.random.default_rng(0)
+    for label, level in (("real", 70), ("fake", 170)):
+        for k in range(5):
+            (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+            value = level + (100 if label == "real" and k == 0 else -100 if label == "fake" and k == 0 else 0)
+            Image.fromarray(np.clip(rng.normal(value, 5, (24, 24, 3)), 0, 255).astype(np.uint8)).save(
+                tmp_path / "data" / label / f"{label}{k}.png")
+    experts.register_expert("mean", Mean, overwrite=True)
+    try:
+        assert cli_main(["evaluate", str(tmp_path / "data"), "--mllm", "none", "--expert", "mean", "--no-face-crop",
+                         "--bootstrap", "20", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    finally:
+        experts.unregister_expert("mean")
+    driver.get((tmp_path / "eval" / "evaluate.html").as_uri())
+    links = driver.find_elements(By.CSS_SELECTOR, "#worst a")
+    assert links and links[0].text.endswith("real0.png")  # the real item scored most fake comes first
+    driver.save_screenshot(str(ARTIFACTS / "evaluate-worst-errors.png"))
+    links[0].click()
+    _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", what="the report")
+    marked = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.target") or None,
+                   what="the marked row")
+    assert "real0.png" in marked[0].text
+    driver.save_screenshot(str(ARTIFACTS / "evaluate-worst-error-row.png"))
+    _no_alerts(driver)
