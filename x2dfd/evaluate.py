@@ -1527,6 +1527,7 @@ def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: li
     import csv
 
     out.mkdir(parents=True, exist_ok=True)
+    worst = worst_errors(cfg, metrics, clean_frames, out) if clean_frames else {}  # adds metrics["worst_errors"]
     _write(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     resolved = {"command": "evaluate", "x2dfd_version": __version__, "config": to_jsonable(cfg)}
     _write(out / "evaluate.config.json", json.dumps(resolved, indent=2, default=str) + "\n")
@@ -1550,7 +1551,6 @@ def write_outputs(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: li
             w.writeheader()
             w.writerows(explanation_rows(metrics))
         os.replace(tmp, out / "table_explanations.csv")
-    worst = worst_errors(cfg, metrics, clean_frames, out) if clean_frames else {}
     render_html(metrics, images, out / "evaluate.html", cfg.title, worst=worst)
 
 
@@ -1609,7 +1609,6 @@ def worst_errors(cfg: EvaluateConfig, metrics: dict[str, Any], clean_frames: lis
                                        "href": f"{href}#row={row}" if row is not None else None})
         worst[system] = entry
     metrics["worst_errors"] = worst
-    _write(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     return worst
 
 
