@@ -6,7 +6,11 @@
 
 Per cue: ROC AUC of P(yes) for fake-vs-real (threshold-free; the ranking key by default), balanced
 accuracy at P(yes) = 0.5 (X2-DFD's MFA metric: "yes" = fake), both with stratified percentile
-bootstrap CIs (``x2dfd.metrics.bootstrap_ci``), and the mean P(yes) per class. A cue whose "yes"
+bootstrap CIs (``x2dfd.metrics.bootstrap_ci``), the mean P(yes) per class, and the cue's decision
+``threshold``: the P(yes) cut that maximises Youden's J (TPR - FPR, fake = positive), placed halfway
+between the two neighbouring scores (a face is on the fake side when P(yes) > threshold, on the real
+side when P(yes) < threshold; ``x2dfd finetune`` states a cue for a face only on the side its label
+is). A cue whose "yes"
 points to REAL faces (AUC < 0.5) is kept and flagged ``inverted``: its question is informative
 but worded the wrong way round for explanations. Other flags: ``uninformative`` (the AUC CI holds
 0.5), ``always_yes`` / ``always_no`` (the 0.5 threshold puts every face on one side, so the
@@ -21,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from x2dfd.metrics import bootstrap_ci, roc_auc
+from x2dfd.metrics import bootstrap_ci, roc_auc, roc_curve
 
 RANK_KEYS = ("auc", "balanced_accuracy")
 CSV_COLUMNS = ("rank", "id", "region", "auc", "auc_lo", "auc_hi", "balanced_accuracy", "bacc_lo", "bacc_hi",
-               "mean_p_yes_real", "mean_p_yes_fake", "yes_rate", "n_real", "n_fake", "flags", "question")
+               "mean_p_yes_real", "mean_p_yes_fake", "yes_rate", "n_real", "n_fake", "flags", "question", "threshold")
 
 
 def balanced_accuracy(y: np.ndarray, p_yes: np.ndarray, threshold: float = 0.5) -> float:
@@ -35,6 +39,20 @@ def balanced_accuracy(y: np.ndarray, p_yes: np.ndarray, threshold: float = 0.5) 
     tpr = float(np.mean(p_yes[y == 1] >= threshold))
     tnr = float(np.mean(p_yes[y == 0] < threshold))
     return 0.5 * (tpr + tnr)
+
+
+def youden_threshold(y: np.ndarray, p_yes: np.ndarray) -> tuple[float, float]:
+    """``(threshold, J)``: the cut of P(yes) with the largest TPR - FPR (fake = positive), halfway between the
+    lowest score called fake and the next lower score (ties of J: the cut nearest 0.5). A face with P(yes) above
+    it is on the fake side, below it on the real side; no scored face sits on it."""
+    fpr, tpr, thr = roc_curve(y, p_yes)
+    j = tpr - fpr
+    cuts = []
+    for i in np.flatnonzero(j == j.max()):
+        upper = float(thr[i]) if np.isfinite(thr[i]) else 1.0  # i = 0: nothing called fake (cut above every score)
+        lower = float(thr[i + 1]) if i + 1 < len(thr) else 0.0  # last point: everything called fake
+        cuts.append((upper + lower) / 2)
+    return min(cuts, key=lambda c: (abs(c - 0.5), c)), float(j.max())
 
 
 def _round(x: float, digits: int = 6) -> float:
@@ -48,6 +66,7 @@ def cue_metrics(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0,
     auc, auc_lo, auc_hi = bootstrap_ci(roc_auc, y, p, n=n_boot, seed=seed, alpha=alpha)
     bacc, bacc_lo, bacc_hi = bootstrap_ci(balanced_accuracy, y, p, n=n_boot, seed=seed, alpha=alpha)
     yes_rate = float(np.mean(p >= 0.5))
+    threshold, youden_j = youden_threshold(y, p)
     flags = []
     if auc < 0.5:
         flags.append("inverted")
@@ -64,6 +83,7 @@ def cue_metrics(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0,
         "balanced_accuracy": _round(bacc), "balanced_accuracy_ci": [_round(bacc_lo), _round(bacc_hi)],
         "mean_p_yes_real": _round(p[y == 0].mean()), "mean_p_yes_fake": _round(p[y == 1].mean()),
         "yes_rate": _round(yes_rate), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()), "flags": flags,
+        "threshold": _round(threshold), "youden_j": _round(youden_j),
     }
 
 
@@ -118,7 +138,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
         for r in rows:
             writer.writerow([r["rank"], r["id"], r["region"], r["auc"], *r["auc_ci"], r["balanced_accuracy"],
                              *r["balanced_accuracy_ci"], r["mean_p_yes_real"], r["mean_p_yes_fake"], r["yes_rate"],
-                             r["n_real"], r["n_fake"], ";".join(r["flags"]), r["question"]])
+                             r["n_real"], r["n_fake"], ";".join(r["flags"]), r["question"], r["threshold"]])
 
 
 def plot_ranking(rows: list[dict], path: str | Path, top: int = 15, title: str = "", ci: float = 0.95) -> None:
