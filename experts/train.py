@@ -276,7 +276,8 @@ class TrainSettings:
     degrade: bool = True  # the same random resize/blur/noise/JPEG for real and fake (sbi.degrade_pair)
     landmark_jitter: float = 0.015  # landmark noise before the hull (x face size); 0 = off
     device: str = "cpu"
-    init_weights: Path | None = None  # a safetensors state dict for the backbone (e.g. ImageNet, offline)
+    init_weights: Path | None = None  # safetensors: a backbone state dict (e.g. ImageNet) or a whole blend expert (continue)
+    split_seed: int | None = None  # seed of the train/val/holdout split (default: --seed), so a continued run keeps it
     time_budget_s: float | None = None  # cut --epochs after epoch 1 so the run ends within this budget
 
 
@@ -357,7 +358,7 @@ def prepare(s: TrainSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(s.cache_dir) if s.cache_dir else out / "cache"
     files = list_images(s.real)
-    split = split_files(files, s.seed, s.val_fraction, s.holdout_fraction, s.max_images)
+    split = split_files(files, _split_seed(s), s.val_fraction, s.holdout_fraction, s.max_images)
     roots = [Path(r).resolve() for r in s.real]
 
     def rel(p: Path | str) -> str:
@@ -431,7 +432,7 @@ def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, 
         "data_fingerprint": fingerprint([h for _, h in split["train"]]),
         "data_fingerprint_method": "sha256 over the sorted sha256 hex digests of the training split's files, one per line",
         "real_dirs": [str(r) for r in s.real],
-        "split": {**split_json, "seed": s.seed, "val_fraction": s.val_fraction, "holdout_fraction": s.holdout_fraction,
+        "split": {**split_json, "seed": _split_seed(s), "val_fraction": s.val_fraction, "holdout_fraction": s.holdout_fraction,
                   "dedup": "exact duplicates (same sha256) dropped before splitting"},
         "train_images": len(data["train_faces"]),
         "val_images": len(data["val_faces"]),
@@ -484,13 +485,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     else:
         init = "random"
     if s.init_weights:
-        from safetensors.torch import load_file
-
-        missing, unexpected = model.backbone.load_state_dict(load_file(str(s.init_weights)), strict=False)
-        if unexpected or missing:
-            raise UsageError(f"--init-weights '{s.init_weights}' does not fit the {s.backbone} backbone: "
-                             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
-        init = f"backbone from {Path(s.init_weights).name}"
+        init = load_init_weights(model, s.init_weights, s.backbone)
     if s.freeze_blocks:
         if s.backbone != "efficientnet_lite0":
             raise UsageError("--freeze-blocks applies to --backbone efficientnet_lite0 (clip is LayerNorm-tuned already)")
@@ -590,12 +585,48 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     return expert, config, history, extra
 
 
+def _split_seed(s: TrainSettings) -> int:
+    return s.seed if s.split_seed is None else s.split_seed
+
+
+def load_init_weights(model: torch.nn.Module, path: str | Path, backbone: str) -> str:
+    """Load ``--init-weights`` into ``model`` and say what was loaded (for the training record).
+
+    A file whose keys are all ``backbone.*`` / ``cls_head.*`` / ``mask_head.*`` is a whole blend expert
+    (e.g. the weights of an earlier ``x2dfd expert train``): every weight, heads included, is loaded and
+    training continues from it with a fresh schedule. Any other file is a backbone state dict
+    (e.g. ImageNet weights converted offline). Values are cast to the model's dtype (float16 files too).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = load_file(str(path), device="cpu")
+    whole = bool(state) and all(k.split(".", 1)[0] in ("backbone", "cls_head", "mask_head") for k in state)
+    target = model if whole else model.backbone
+    own = target.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        raise UsageError(f"--init-weights '{path}' does not fit the {backbone} "
+                         f"{'expert' if whole else 'backbone'}: {str(err).splitlines()[-1].strip()}") from None
+    if unexpected or missing:
+        raise UsageError(f"--init-weights '{path}' does not fit the {backbone} {'expert' if whole else 'backbone'}: "
+                         f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    what = "whole expert (backbone and heads)" if whole else "backbone"
+    return f"{what} from {path.name} (sha256 {digest[:16]})"
+
+
 def _settings_key(s: TrainSettings) -> str:
     # epochs is not part of it: resuming with a larger --epochs extends a run (the LR schedule stretches)
     keys = ("real", "backbone", "image_size", "batch_size", "lr", "weight_decay", "mask_weight", "seed",
             "val_fraction", "holdout_fraction", "max_images", "max_steps", "pretrained", "freeze_blocks",
             "degrade", "landmark_jitter", "init_weights")
-    return hashlib.sha256(json.dumps({k: str(getattr(s, k)) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    values = {k: str(getattr(s, k)) for k in keys}
+    if s.split_seed is not None:  # only when set: checkpoints of earlier runs keep their key
+        values["split_seed"] = str(s.split_seed)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def command_line(argv: Sequence[str]) -> str:

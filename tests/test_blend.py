@@ -258,3 +258,50 @@ def test_shipped_record_states_scope_calibration_and_figures():
     assert not set(rec["split"]["holdout"]) & (set(rec["split"]["train"]) | set(rec["split"]["val"]))
     expert = experts.load_expert("blend")
     assert expert.temperature == pytest.approx(cal["temperature"]) and expert.info()["scope"]["detects"]
+
+
+def test_init_weights_continues_a_whole_expert_or_loads_a_backbone(tmp_path):
+    """--init-weights: a whole blend expert file (heads included, float16 as shipped) continues training from
+    every weight; a backbone-only dict loads the backbone; anything else is one line."""
+    from safetensors.torch import save_file
+
+    from x2dfd.experts.train import load_init_weights
+
+    torch.manual_seed(0)
+    source = experts.build_expert("blend", {"image_size": 64}).model
+    full = {k: v.half().contiguous() for k, v in source.state_dict().items()}
+    save_file(full, str(tmp_path / "whole.safetensors"))
+    target = experts.build_expert("blend", {"image_size": 64}).model
+    said = load_init_weights(target, tmp_path / "whole.safetensors", "efficientnet_lite0")
+    assert said.startswith("whole expert (backbone and heads) from whole.safetensors (sha256 ")
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, full[k].to(v.dtype)), k
+
+    torch.manual_seed(1)
+    fresh = experts.build_expert("blend", {"image_size": 64}).model
+    head_before = fresh.cls_head[1].weight.detach().clone()
+    backbone = {k: v.contiguous() for k, v in source.backbone.state_dict().items()}
+    save_file(backbone, str(tmp_path / "backbone.safetensors"))
+    assert load_init_weights(fresh, tmp_path / "backbone.safetensors", "efficientnet_lite0").startswith("backbone from")
+    assert all(torch.equal(v, backbone[k]) for k, v in fresh.backbone.state_dict().items())
+    assert torch.equal(fresh.cls_head[1].weight, head_before)  # heads untouched by a backbone file
+
+    save_file({"backbone.nope": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UsageError, match="does not fit the efficientnet_lite0 expert"):
+        load_init_weights(fresh, tmp_path / "bad.safetensors", "efficientnet_lite0")
+
+
+def test_split_seed_keeps_the_split_of_a_continued_run(tmp_path):
+    """A continued run (stage 2 of the shipped weights: another --seed for its augmentations) keeps the
+    first run's train/val/holdout split through --split-seed, so held-out faces never leak into training."""
+    from x2dfd.experts.train import TrainSettings, _settings_key, _split_seed
+
+    first = TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", seed=0)
+    second = TrainSettings(real=[str(tmp_path)], out=tmp_path / "b", seed=1, split_seed=0)
+    assert _split_seed(first) == _split_seed(second) == 0
+    assert _split_seed(TrainSettings(real=[str(tmp_path)], out=tmp_path / "c", seed=1)) == 1
+    # unset, it leaves the resume key of earlier checkpoints as it was
+    assert _settings_key(first) == _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", seed=0,
+                                                               split_seed=None))
+    assert _settings_key(first) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", seed=0,
+                                                               split_seed=0))
