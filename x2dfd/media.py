@@ -341,9 +341,12 @@ def uniform_indices(total: int, n: int) -> list[int]:
 
 
 def sample_video(path: str | Path, n_frames: int = DEFAULT_FRAMES,
-                 limits: MediaLimits = MediaLimits(), method: str = "auto") -> tuple[list[VideoFrame], dict[str, Any]]:
+                 limits: MediaLimits = MediaLimits(), method: str = "auto",
+                 indices: list[int] | None = None) -> tuple[list[VideoFrame], dict[str, Any]]:
     """``n_frames`` RGB frames sampled uniformly by index over the whole video, and the video's info
     (fps, total_frames, width, height, duration_s, decoder, rotation, method, corrupt_packets).
+    ``indices``: exactly these frame indices instead (presentation order; those past the end are dropped),
+    e.g. one frame that ``x2dfd.dataset.sample_frames`` chose with ``uniform_indices``.
 
     ``method``: "sequential" decodes every frame (converting only the sampled ones), "seek" jumps to
     the keyframe before each sampled frame, "auto" picks whichever decodes fewer frames.
@@ -360,7 +363,8 @@ def sample_video(path: str | Path, n_frames: int = DEFAULT_FRAMES,
     _check_file(path, name, limits.max_video_mb, "--max-video-mb")
     try:
         scan = _scan(path, name, limits)
-        targets = uniform_indices(scan.total, n_frames)
+        targets = (uniform_indices(scan.total, n_frames) if indices is None
+                   else sorted({int(i) for i in indices if 0 <= int(i) < scan.total}))
         use_seek = method == "seek" or (method == "auto" and scan.seek_cost(targets) < 0.5 * scan.total)
         if use_seek and scan.pts_sorted is not None:
             try:
@@ -375,7 +379,8 @@ def sample_video(path: str | Path, n_frames: int = DEFAULT_FRAMES,
                 # Fewer frames decode than packets exist (corrupt tail, stray packets): sample again
                 # over the frames that really decode.
                 scan.total = decoded
-                targets = uniform_indices(decoded, n_frames)
+                targets = (uniform_indices(decoded, n_frames) if indices is None
+                           else [i for i in targets if i < decoded])
                 frames, _ = _decode_sequential(path, scan, targets)
     except MediaError:
         raise
@@ -393,6 +398,22 @@ def sample_video(path: str | Path, n_frames: int = DEFAULT_FRAMES,
         "corrupt_packets": scan.corrupt,
     }
     return frames, info
+
+
+def count_video_frames(path: str | Path, limits: MediaLimits = MediaLimits()) -> int:
+    """The video's exact frame count from one demux pass (no decoding), as ``sample_video`` counts them
+    before sampling. Raises MediaError for missing, empty, too large or unreadable videos."""
+    import av
+
+    path = Path(path)
+    name = str(path)
+    _check_file(path, name, limits.max_video_mb, "--max-video-mb")
+    try:
+        return _scan(path, name, limits).total
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError, MemoryError) as err:
+        raise MediaError(f"cannot decode video '{name}': {' '.join(str(err).split()) or type(err).__name__}") from None
 
 
 class _SeekFailed(Exception):
