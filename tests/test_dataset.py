@@ -35,7 +35,7 @@ def test_folder_layout_sources_and_video_ids(tmp_path):
     (tmp_path / "real" / "notes.txt").write_text("not an image")
     (tmp_path / "Fake" / "clip.mp4").write_bytes(b"")  # videos are listed too (evaluate reads them)
     ds = load_labelled(str(tmp_path))
-    assert ds.column_names == ["path", "label", "video_id", "source"]
+    assert ds.column_names == ["path", "label", "video_id", "source", "frame"]
     assert ds.features["label"].names == ["real", "fake"]
     rows = {Path(r["path"]).relative_to(tmp_path).as_posix(): r for r in ds}
     assert set(rows) == {"real/a.jpg", "real/ffhq/b.png", "Fake/Deepfakes/000_003/0001.png",
