@@ -5,11 +5,15 @@
 
 The front matter carries what the Hub reads: ``base_model``, ``library_name: peft``, ``pipeline_tag``,
 ``tags`` and a ``model-index`` with the held-out AUC and accuracy. The body says how it was trained
-(cues, experts, data balance, LoRA targets, schedule) and how to use it (``x2dfd explain --adapter``).
+(cues, experts, data balance, LoRA targets, schedule), how to use it (``x2dfd explain --adapter``) and
+what the training answers are made of, counted from the ``train.jsonl`` it was trained on (distinct
+answers, cues per answer, answers with no supported cue, with a rationale, with an expert sentence),
+whether they are grounded per face, the uninformative cues, and the rationale's label conditioning.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,71 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
+def read_data(data_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(train rows, data.json)`` of a data folder (empty where a file is missing or a line unreadable)."""
+    from x2dfd.finetune.data import INFO_FILE, SPLIT_FILES
+    from x2dfd.records import read_jsonl_text
+
+    data_dir = Path(data_dir)
+    rows = []
+    path = data_dir / SPLIT_FILES["train"]
+    if path.is_file():
+        for _, line in read_jsonl_text(path, errors="replace"):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    try:
+        info = json.loads((data_dir / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    return rows, info if isinstance(info, dict) else {}
+
+
+def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
+    """The model card's "Training answers" section: what the answers are made of, counted from train.jsonl."""
+    from x2dfd.finetune.data import answer_composition
+
+    comp = answer_composition(rows)
+    c = comp["cues_per_answer"]
+    grounding = info.get("grounding") or {}
+    unin = info.get("uninformative_cues") or {}
+    rat = info.get("rationale") if isinstance(info.get("rationale"), dict) else {}
+    if not rows:
+        return ["No training answer could be read from `data/train.jsonl`.", ""]
+    n = comp["answers"]
+    if grounding.get("grounded"):
+        how = ("Each answer states only those of the top cues that the base model's own evidence on THAT face "
+               "supports: its P(yes) for the cue is above the cue's decision threshold from the ranking (fake, stated "
+               "present) or below it (real, stated absent); unsupported cues are omitted.")
+    elif grounding:
+        how = ("The answers are NOT grounded per face (`--cue-order rank`): every answer states the ranking's top cues, "
+               "whether or not the base model perceives them on that face.")
+    else:
+        how = "How the cues were chosen is not recorded (data built by hand or by an older x2dfd)."
+    lines = [how, "", "Counted from the training split (`data/train.jsonl`):", "",
+             f"- answers: {n}; distinct: {comp['distinct']} (real {comp['by_label']['real']['distinct']} of "
+             f"{comp['by_label']['real']['answers']}, fake {comp['by_label']['fake']['distinct']} of "
+             f"{comp['by_label']['fake']['answers']}); the most repeated answer occurs {comp['most_repeated']} times",
+             f"- cues stated per answer: mean {c['mean']:.2f}, min {c['min']}, max {c['max']}",
+             f"- answers with no supported cue (verdict without a cue sentence): {comp['no_cue']['real']} real, "
+             f"{comp['no_cue']['fake']} fake",
+             f"- answers with a rationale by the base model: {comp['with_rationale']}",
+             f"- answers with an expert sentence (expert agrees by X2-DFD's margin): {comp['with_expert_sentence']}"]
+    ids = unin.get("ids") or []
+    lines.append(f"- uninformative cues (AUC CI covers 0.5) among the top cues: {len(ids)}"
+                 + (f" ({', '.join(f'`{i}`' for i in ids)}; trained on with `--allow-uninformative`)" if ids else ""))
+    if rat.get("enabled"):
+        spf = rat.get("seconds_per_face")
+        lines += ["", f"Rationales ({rat.get('faces')} faces, {_fmt(spf)} s per face, at most {rat.get('max_new_tokens')} "
+                  "tokens) were written by the base model GIVEN the label and the stated cues: they can state things the "
+                  "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
+                  "evidence."]
+    return lines + [""]
+
+
 def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
     cfg = resolved["config"]
     data = resolved["data"]
@@ -54,13 +123,20 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
     experts = "none (`--no-expert`)" if cfg.get("no_expert") else ", ".join(cfg.get("expert") or []) or "blend (default)"
     balance = data.get("balance") or {}
     train_b, eval_b = balance.get("train") or {}, balance.get("eval") or {}
-    cue_lines = [f"| {c.get('rank', '-')} | `{c['id']}` | {_fmt(c.get('auc'))} | {c['present']} |"
-                 for c in data.get("cues") or []]
+    cue_lines = [f"| {c.get('rank', '-')} | `{c['id']}` | {_fmt(c.get('auc'))}"
+                 f"{' (uninformative)' if 'uninformative' in (c.get('flags') or ()) else ''} | {_fmt(c.get('threshold'))} "
+                 f"| {c['present']} |" for c in data.get("cues") or []]
     before = metrics.get("eval_before") or {}
     eval_lines = [f"| before training | {_fmt(before.get('auc'))} | {_fmt(before.get('accuracy'))} |"] if before else []
     eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {_fmt(e.get('auc'))} | {_fmt(e.get('accuracy'))} |"
                    for e in metrics.get("epochs") or []]
     train = metrics.get("train") or {}
+    rows, info = read_data(data["dir"]) if data.get("dir") else ([], {})
+    grounded = (info.get("grounding") or {}).get("grounded")
+    explanation = ("an explanation built from the forgery cues ranked best for the base model that its own P(yes) "
+                   "supports on each training face" if grounded else
+                   "an explanation stating the forgery cues ranked best for the base model (not checked per face)"
+                   if grounded is False else "an explanation (see Training answers)")
     q = " --load-in-4bit" if resolved.get("quantization") == "4bit" else ""
     no_expert = " --no-expert" if cfg.get("no_expert") else ""
     lines = [
@@ -68,9 +144,9 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"# {Path(cfg['out']).name or 'x2dfd adapter'}: explainable deepfake detection LoRA for `{cfg['model']}`", "",
         "A LoRA adapter (plus the fully trained vision-language projector) made with `x2dfd finetune`, following "
         "X2-DFD (Chen et al., NeurIPS 2025): the model is trained to answer the question of `x2dfd explain` with "
-        "\"This image is real.\" / \"This image is fake.\" and an explanation grounded in the forgery cues it already "
-        "perceives best (Strong Feature Strengthening) and in an external expert's score written into the question "
-        "(Weak Feature Supplementing). P(fake) is the softmax of the \" real\"/\" fake\" logits after \"This image is\".",
+        f"\"This image is real.\" / \"This image is fake.\" and {explanation} (Strong Feature Strengthening), and to "
+        "read an external expert's score written into the question (Weak Feature Supplementing). P(fake) is the "
+        "softmax of the \" real\"/\" fake\" logits after \"This image is\".",
         "", "## Use", "", "```bash",
         f"x2dfd explain faces/ --model {cfg['model']} --adapter ADAPTER_DIR{q}{no_expert} --out results.jsonl",
         f"x2dfd assess data/ --model {cfg['model']} --adapter ADAPTER_DIR --out assess-tuned/   # which cues got stronger",
@@ -81,9 +157,11 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- class balance (train): {train_b.get('real', '-')} real, {train_b.get('fake', '-')} fake "
         f"(`--balance {cfg.get('balance')}`); held-out: {eval_b.get('real', '-')} real, {eval_b.get('fake', '-')} fake",
         f"- expert(s) in the question: {experts}",
-        f"- cues (top {cfg.get('top_k')} of the ranking, {cfg.get('cues_per_answer')} per answer, ordered per image by the "
-        f"base model's P(yes)); ranking fingerprint `{(resolved.get('ranking_fingerprint') or '-')[:16]}`:", "",
-        "| rank | cue | AUC (base model) | stated for fakes as |", "|---|---|---|---|", *cue_lines, "",
+        f"- cues (top {cfg.get('top_k')} of the ranking, at most {cfg.get('cues_per_answer')} per answer); ranking "
+        f"fingerprint `{(resolved.get('ranking_fingerprint') or '-')[:16]}`:", "",
+        "| rank | cue | AUC (base model) | threshold on P(yes) | stated for fakes as |", "|---|---|---|---|---|",
+        *cue_lines, "",
+        "## Training answers", "", *answer_lines(rows, info),
         "## Training", "",
         f"- LoRA r {cfg['lora_r']}, alpha {cfg['lora_alpha']}, dropout {cfg['lora_dropout']} on {lora['layers']} linear "
         f"layers of `{lora['language_model']}` (regex `{lora['target_regex']}`); vision tower frozen; projector "

@@ -8,19 +8,35 @@ Per face (cropped as ``x2dfd explain`` crops it):
 
 * question: ``prompts/explain.jinja`` with the experts' scores in X2-DFD's wording ("the blending score
   is 0.873", "N/A" when an expert could not run): the exact question ``x2dfd explain`` asks.
-* answer (``prompts/answer.jinja``): "This image is fake." / "This image is real.", then the cues of the
-  top-K of the ranking (Strong Feature Strengthening) that the BASE MLLM itself scores highest on this
-  face for a fake (stated as present) and lowest for a real one (stated as absent), in the cue bank's
-  words; optionally a rationale the base MLLM writes given the label and those cues; then, only when
-  the expert agrees by X2-DFD's margin (fake: score >= 0.70, real: score <= 0.30), a sentence on its
+* answer (``prompts/answer.jinja``): "This image is fake." / "This image is real.", then the cues of
+  the top-K of the ranking (Strong Feature Strengthening) that THIS face's base-model evidence
+  supports: a cue is stated only where the base MLLM's P(yes) on this face (from the assess scores,
+  else scored here) is on the label's side of the cue's decision threshold from the ranking (fake:
+  P(yes) above it, stated present; real: below it, stated absent), most decisive first, at most
+  ``--cues-per-answer``. A face where no cue is supported gets no cue sentence (counted in
+  ``data.json``). With ``--cue-order rank`` no face is scored, every answer states the ranking's top
+  cues and ``data.json`` says the answers are not grounded. Then a rationale the base MLLM writes
+  (on by default, ``--no-rationale``; its cost per face is in ``data.json``); then, only when the
+  expert agrees by X2-DFD's margin (fake: score >= 0.70, real: score <= 0.30), a sentence on its
   score (Weak Feature Supplementing).
 
+Label conditioning of the rationale: the base MLLM is TOLD the label (and the supported cues) and asked
+why the face is real/fake, as X2-DFD builds its answers. It therefore writes reasons for a verdict it
+was given, and can state things it would not find unprompted (a seam it cannot see, on a fake); the
+fine-tuned model learns to produce such text too. Only the cue sentence is checked against the base
+model's own evidence; the rationale is not. ``--no-rationale`` trains on checked sentences only.
+
+Uninformative cues (ranking flag ``uninformative``: the bootstrap CI of the cue's AUC holds 0.5) among
+the top-K are refused by default (one line naming them, by count); ``--allow-uninformative`` trains on
+them with a one-line warning, recorded in ``data.json`` and the model card.
+
 The folder holds ``train.jsonl`` and ``eval.jsonl`` (one sample per line: image, label, question,
-answer, cues, cue_p_yes, experts, path, sha256, video_id, source), ``images/`` (the face crops the
-samples point to), ``ranking.json`` (a copy of the ranking it was built from), ``data.json`` (class
-balance, dropped faces, what the data was built from) and ``scores.jsonl`` (cue scores computed
-here, a resume cache). Edit the JSONL files freely before
-training with ``--data-dir``: ``load_training_data`` checks every line.
+answer, cues (the stated ones), cue_p_yes, grounded, rationale, experts, path, sha256, video_id,
+source), ``images/`` (the face crops the samples point to), ``ranking.json`` (a copy of the ranking it
+was built from), ``data.json`` (class balance, dropped faces, what the data was built from, the cue
+thresholds, what the answers are made of) and ``scores.jsonl`` (cue scores computed here, a resume
+cache). Edit the JSONL files freely before training with ``--data-dir``: ``load_training_data``
+checks every line.
 """
 
 from __future__ import annotations
@@ -53,6 +69,10 @@ SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 INFO_FILE = "data.json"
 RANKING_FILE = "ranking.json"
 IMAGES_DIR = "images"
+UNINFORMATIVE = "uninformative"
+# A ranking written before thresholds were stored, with no assess scores beside it: the cut X2-DFD's MFA
+# scores cues at (P(yes) = 0.5, "yes" = fake).
+FALLBACK_THRESHOLD = 0.5
 REQUIRED_COLUMNS = ("image", "label", "question", "answer")
 LOADED_COLUMNS = (*REQUIRED_COLUMNS, "path", "sha256", "video_id", "source")
 
@@ -87,6 +107,64 @@ def strong_cues(ranking: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
         raise UsageError("--ranking: every cue is flagged inverted or constant, so none can be stated as evidence; "
                          "assess more faces or a different cue bank")
     return keep[:top_k]
+
+
+def uninformative_cues(cues: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cues the ranking flags ``uninformative`` (the bootstrap CI of their AUC holds 0.5)."""
+    return [c for c in cues if UNINFORMATIVE in (c.get("flags") or ())]
+
+
+def uninformative_message(cues: Sequence[dict[str, Any]]) -> str | None:
+    """``3 of the top-5 cues are uninformative (AUC CI covers 0.5): a (AUC 0.58, CI 0.41-0.74), ...`` or None."""
+    bad = uninformative_cues(cues)
+    if not bad:
+        return None
+
+    def one(c):
+        ci = c.get("auc_ci") or [None, None]
+        return (f"{c['id']} (AUC {c['auc']:.2f}, CI {ci[0]:.2f}-{ci[1]:.2f})"
+                if isinstance(c.get("auc"), (int, float)) and None not in ci else c["id"])
+
+    return (f"{len(bad)} of the top-{len(cues)} cues are uninformative (AUC CI covers 0.5): "
+            f"{', '.join(one(c) for c in bad)}")
+
+
+def cue_thresholds(cues: Sequence[dict[str, Any]], assess_scores: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Each cue's decision threshold on P(yes): ``{id: {"threshold", "source"}}``. From the ranking (its Youden
+    cut), else computed the same way from the assess run's per-image scores beside it, else 0.5 (MFA's cut)."""
+    from x2dfd.feature_assessment.ranking import youden_threshold
+
+    out = {}
+    for c in cues:
+        thr = c.get("threshold")
+        if isinstance(thr, (int, float)) and not isinstance(thr, bool):
+            out[c["id"]] = {"threshold": float(thr), "source": "ranking"}
+            continue
+        pairs = [(e.label, e.p_yes[c["id"]]) for e in (assess_scores or {}).values()
+                 if e.error is None and c["id"] in e.p_yes and e.label in (0, 1)]
+        if {y for y, _ in pairs} == {0, 1}:
+            thr, _ = youden_threshold([y for y, _ in pairs], [p for _, p in pairs])
+            out[c["id"]] = {"threshold": round(thr, 6), "source": f"assess scores ({len(pairs)} faces)"}
+        else:
+            out[c["id"]] = {"threshold": FALLBACK_THRESHOLD, "source": "0.5 (no threshold in the ranking, no assess scores)"}
+    return out
+
+
+def supports(label: int, p_yes: float, threshold: float) -> bool:
+    """Whether a face's P(yes) backs its label: above the threshold for a fake, below it for a real."""
+    return p_yes > threshold if label == 1 else p_yes < threshold
+
+
+def grounded_cues(label: int, p_yes: dict[str, float], cues: Sequence[dict[str, Any]],
+                  thresholds: dict[str, dict]) -> list[dict[str, Any]]:
+    """The cues THIS face's base-model P(yes) supports (see ``supports``), farthest past the threshold first
+    (ties: ranking order); a cue without a score for the face is not supported."""
+    kept = []
+    for i, c in enumerate(cues):
+        p, thr = p_yes.get(c["id"]), thresholds[c["id"]]["threshold"]
+        if p is not None and supports(label, p, thr):
+            kept.append((-abs(p - thr), i, c))
+    return [c for _, _, c in sorted(kept, key=lambda t: t[:2])]
 
 
 def order_cues(label: int, p_yes: dict[str, float] | None, cues: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,6 +251,37 @@ def generate_rationales(mllm, faces: list, labels: list[int], phrases: list[list
     return [clean_rationale(t) for t in texts]
 
 
+def answer_composition(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a split's answers are made of: distinct answers (and the most repeated one's count), cues stated per
+    answer, answers with no cue, with a rationale, with an expert sentence; per label where it matters."""
+    answers = [str(r.get("answer", "")) for r in rows]
+    n_cues = [len(r.get("cues") or []) for r in rows]
+    top = Counter(answers).most_common(1)
+    out: dict[str, Any] = {
+        "answers": len(rows), "distinct": len(set(answers)), "most_repeated": top[0][1] if top else 0,
+        "cues_per_answer": {"mean": round(sum(n_cues) / len(n_cues), 4) if n_cues else None,
+                            "min": min(n_cues, default=None), "max": max(n_cues, default=None)},
+        "no_cue": {name: sum(1 for r, k in zip(rows, n_cues) if k == 0 and r.get("label") == y)
+                   for y, name in enumerate(LABEL_NAMES)},
+        "with_rationale": sum(1 for r in rows if r.get("rationale")),
+        "with_expert_sentence": sum(1 for r in rows if r.get("expert_sentence")),
+        "grounded": sum(1 for r in rows if r.get("grounded")),
+    }
+    out["by_label"] = {name: {"answers": sum(1 for r in rows if r.get("label") == y),
+                              "distinct": len({a for r, a in zip(rows, answers) if r.get("label") == y})}
+                       for y, name in enumerate(LABEL_NAMES)}
+    return out
+
+
+def composition_text(comp: dict[str, Any]) -> str:
+    """One line: ``80 answers, 61 distinct (most repeated: 7x); cues per answer 1.9 (0-3); ...``."""
+    c = comp["cues_per_answer"]
+    per = "-" if c["mean"] is None else f"{c['mean']:.1f} ({c['min']}-{c['max']})"
+    return (f"{comp['answers']} answers, {comp['distinct']} distinct (most repeated: {comp['most_repeated']}x); "
+            f"cues per answer {per}; no supported cue: {comp['no_cue']['real']} real, {comp['no_cue']['fake']} fake; "
+            f"with a rationale: {comp['with_rationale']}; with an expert sentence: {comp['with_expert_sentence']}")
+
+
 # ------------------------------------------------------------------------------------------------ splits
 def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A held-out split stratified by label, whole groups at a time (a video's frames never straddle the split)."""
@@ -227,9 +336,15 @@ class _Face:
     experts: dict[str, float | None] = field(default_factory=dict)
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr (printed under --quiet too: it is about the data, not progress)."""
+    print(f"x2dfd finetune: {message}", file=sys.stderr)
+
+
 class DataBuilder:
     """Builds the data folder. ``load_experts`` runs once the ranking and the data have been checked;
-    ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it."""
+    ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it (without one, no rationale).
+    Uninformative top-K cues are refused here, before anything is loaded, unless ``cfg.allow_uninformative``."""
 
     def __init__(self, cfg, load_experts: Callable[[], Sequence], get_mllm: Callable[[], Any] | None = None,
                  chunk: int = 8):
@@ -241,7 +356,29 @@ class DataBuilder:
         self.chunk = chunk
         self.ranking, self.ranking_path = load_ranking(cfg.ranking)
         self.cues = strong_cues(self.ranking, cfg.top_k)
+        self.uninformative = uninformative_message(self.cues)
+        if self.uninformative:
+            if not getattr(cfg, "allow_uninformative", False):
+                raise UsageError(f"{self.uninformative}; answers would state cues the base model does not tell apart "
+                                 "from chance: assess more faces (--per-class), lower --top-k, or pass "
+                                 "--allow-uninformative to train on them anyway")
+            warn(f"{self.uninformative}; training on them anyway (--allow-uninformative)")
+        self.grounded = cfg.cue_order == "image"
         self.cached = self._assess_scores()
+        self.thresholds = cue_thresholds(self.cues, self.cached) if self.grounded else {}
+        fallback = [k for k, v in self.thresholds.items() if v["threshold"] == FALLBACK_THRESHOLD
+                    and v["source"].startswith("0.5")]
+        if fallback:
+            warn(f"the ranking stores no decision threshold for {len(fallback)} cue(s) and no assess scores are beside "
+                 f"it: a cue is stated where P(yes) is on the label's side of 0.5 (re-run `x2dfd assess` for "
+                 f"per-cue thresholds)")
+        if not self.grounded:
+            warn("--cue-order rank states the ranking's top cues in every answer without checking them on the face: "
+                 "the answers are NOT grounded in the base model's evidence (data.json says so); "
+                 "--cue-order image grounds them")
+        self.rationale = bool(cfg.rationale) and get_mllm is not None
+        self.rationale_seconds = 0.0
+        self.rationale_faces = 0
         self.scorer = None
         self.store = None
         self.setting_id = None
@@ -256,7 +393,7 @@ class DataBuilder:
             return {}
         if not (self.ranking_path.parent / self.ranking.get("scores_path", SCORES_FILE)).is_file():
             return {}
-        return read_scores(self.ranking_path.parent, self.ranking.get("setting", {}).get("id"))
+        return read_scores(self.ranking_path.parent, (self.ranking.get("setting") or {}).get("id"))
 
     def build(self, data_dir: str | Path) -> dict[str, Any]:
         """Write the data folder; returns its ``data.json`` content."""
@@ -326,9 +463,22 @@ class DataBuilder:
             "ranking": {"path": str(self.ranking_path), "copy": RANKING_FILE,
                         "fingerprint": file_sha256(self.ranking_path), "model": self.ranking.get("model"),
                         "setting": (self.ranking.get("setting") or {}).get("id")},
-            "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "present": c["present"],
-                      "absent": c["absent"]} for c in self.cues],
-            "cue_order": cfg.cue_order, "cues_per_answer": cfg.cues_per_answer, "rationale": cfg.rationale,
+            "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "auc_ci": c.get("auc_ci"),
+                      "flags": list(c.get("flags") or []), **self.thresholds.get(c["id"], {}),
+                      "present": c["present"], "absent": c["absent"]} for c in self.cues],
+            "cue_order": cfg.cue_order, "cues_per_answer": cfg.cues_per_answer,
+            "grounding": {
+                "grounded": self.grounded,
+                "rule": ("a cue is stated for a face only where its base-model P(yes) on that face is above the cue's "
+                         "threshold (fake, stated present) or below it (real, stated absent); otherwise omitted"
+                         if self.grounded else
+                         "not grounded: --cue-order rank states the ranking's top cues in every answer, unchecked"),
+            },
+            "uninformative_cues": {"ids": [c["id"] for c in uninformative_cues(self.cues)],
+                                   "allowed": bool(getattr(cfg, "allow_uninformative", False)),
+                                   "message": self.uninformative},
+            "rationale": self._rationale_info(),
+            "answers": {"train": answer_composition(train), "eval": answer_composition(held)},
             "cue_scores": {"from_assess": sum(1 for r in built["data"] + built["eval_data"] if r["cue_source"] == "assess"),
                            "scored_now": self.scored_now},
             "experts": [{"name": n, "prompt_name": p} for n, p in self.expert_names],
@@ -343,9 +493,27 @@ class DataBuilder:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (data_dir / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if not cfg.quiet:
+            print(f"answers (train): {composition_text(info['answers']['train'])}", file=sys.stderr)
+        if self.rationale and self.rationale_faces and not cfg.quiet:
+            r = info["rationale"]
+            print(f"rationales by the base model: {r['seconds_per_face']:.3f} s per face ({r['faces']} faces, "
+                  f"{r['seconds']:.1f} s; --no-rationale skips them)", file=sys.stderr)
         if not train:
             raise UsageError(f"no training sample could be built from '{cfg.data}' (see {data_dir / INFO_FILE})")
         return info
+
+    def _rationale_info(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if not self.rationale:
+            return {"enabled": False, "reason": "--no-rationale" if not cfg.rationale else "no MLLM loaded"}
+        return {"enabled": True, "max_new_tokens": cfg.rationale_tokens, "faces": self.rationale_faces,
+                "seconds": round(self.rationale_seconds, 3),
+                "seconds_per_face": round(self.rationale_seconds / self.rationale_faces, 4) if self.rationale_faces else None,
+                "label_conditioned": True,
+                "caveat": "written by the base MLLM GIVEN the label and the stated cues: it may state things the model "
+                          "would not find unprompted; unlike the cue sentence it is not checked against the model's "
+                          "own evidence"}
 
     def _face(self, path: str):
         from x2dfd.face import extract_faces
@@ -371,12 +539,20 @@ class DataBuilder:
             for f, s in zip(faces, scores):
                 f.experts[expert.name] = None if s is None else round(s, 6)
         sources = [self._cue_scores(f) for f in faces]
-        chosen = [order_cues(f.row["label"], f.p_yes, self.cues)[: self.cfg.cues_per_answer] for f in faces]
+        k = self.cfg.cues_per_answer
+        if self.grounded:
+            chosen = [grounded_cues(f.row["label"], f.p_yes, self.cues, self.thresholds)[:k] for f in faces]
+        else:
+            chosen = [list(self.cues[:k]) for _ in faces]
         phrases = [cue_phrases(f.row["label"], c) for f, c in zip(faces, chosen)]
         rationales: list[str | None] = [None] * len(faces)
-        if self.cfg.rationale:
-            rationales = generate_rationales(self.get_mllm(), images, [f.row["label"] for f in faces], phrases,
+        if self.rationale:
+            mllm = self.get_mllm()
+            t0 = time.perf_counter()
+            rationales = generate_rationales(mllm, images, [f.row["label"] for f in faces], phrases,
                                              self.cfg.rationale_tokens)
+            self.rationale_seconds += time.perf_counter() - t0
+            self.rationale_faces += len(faces)
         out = []
         for f, cues, ph, rationale, source in zip(faces, chosen, phrases, rationales, sources):
             label = f.row["label"]
@@ -388,7 +564,8 @@ class DataBuilder:
                 "question": render_question(self.expert_names, f.experts),
                 "answer": render_answer(label, ph, support, rationale),
                 "cues": [c["id"] for c in cues], "cue_p_yes": {k: round(v, 6) for k, v in f.p_yes.items()},
-                "cue_source": source, "experts": f.experts, "expert_sentence": bool(support),
+                "cue_source": source, "grounded": self.grounded, "rationale": rationale,
+                "experts": f.experts, "expert_sentence": bool(support),
                 "path": f.row["path"], "sha256": f.row["sha256"], "video_id": f.row.get("video_id"),
                 "source": f.row.get("source"), "order": f.row["order"],
             })

@@ -208,17 +208,27 @@ def test_built_data(trained):
     assert info["cue_scores"] == {"from_assess": 8, "scored_now": 8}
     assert [c["id"] for c in info["cues"]] == CUE_IDS[:3]
     by_id = {c["id"]: c for c in info["cues"]}
+    # the ranking stores no threshold: each cue's Youden cut comes from the 8 assess-scored faces beside it
+    assert all(c["source"] == "assess scores (8 faces)" for c in info["cues"]) and info["grounding"]["grounded"]
+    thr = {c: by_id[c]["threshold"] for c in by_id}
+    assert info["rationale"]["enabled"] and info["rationale"]["faces"] == 16  # on by default with an MLLM
+    assert info["rationale"]["seconds_per_face"] > 0
     for row in train + held:
         assert (data_dir / row["image"]).is_file()
         assert row["question"] == ftdata.render_question([("stub", "stubbing")], row["experts"])
         head = ftdata.answer_head(row["label"])
         assert row["answer"].startswith(head)
-        assert len(row["cues"]) == 2 and set(row["cue_p_yes"]) == set(CUE_IDS[:3])
+        assert set(row["cue_p_yes"]) == set(CUE_IDS[:3]) and row["grounded"] is True
         p = row["cue_p_yes"]
-        ranked = sorted(p, key=lambda c: -p[c] if row["label"] else p[c])
-        assert row["cues"][0] == ranked[0]  # the cue the base model scores most (fake) / least (real) on THIS face
-        phrase = by_id[row["cues"][0]]["present" if row["label"] else "absent"]
-        assert phrase[:1].upper() + phrase[1:] in row["answer"]
+        # stated: the cues THIS face's P(yes) puts on its label's side of the threshold, farthest first, at most 2
+        backed = [c for c in CUE_IDS[:3] if (p[c] > thr[c] if row["label"] else p[c] < thr[c])]
+        assert row["cues"] == sorted(backed, key=lambda c: -abs(p[c] - thr[c]))[:2]
+        side = "present" if row["label"] else "absent"
+        for c in CUE_IDS[:3]:
+            assert (by_id[c][side] in row["answer"].lower()) is (c in row["cues"])
+        support = ftdata.supporting_experts(row["label"], [("stub", "stubbing")], row["experts"])
+        assert row["answer"] == ftdata.render_answer(row["label"], [by_id[c][side] for c in row["cues"]], support,
+                                                     row["rationale"])
         score = row["experts"]["stub"]
         agrees = score >= 0.7 if row["label"] else score <= 0.3
         assert row["expert_sentence"] is agrees
@@ -240,10 +250,11 @@ def test_build_data_only_edit_and_train_from_data_dir(seam_data, selfcontained_l
                           *common]) == 0
     data_dir = out / "data"
     assert not (out / "adapter_config.json").exists()
-    assert json.loads((data_dir / "data.json").read_text())["rationale"] is True
+    info = json.loads((data_dir / "data.json").read_text())
+    assert info["rationale"]["enabled"] is True and info["grounding"]["grounded"] is False
     assert (data_dir / "ranking.json").read_bytes() == ranking.read_bytes()
     rows = _rows(data_dir / "train.jsonl")
-    assert all(r["cue_source"] == "rank" and r["cues"] == CUE_IDS[:3] for r in rows)
+    assert all(r["cue_source"] == "rank" and r["cues"] == CUE_IDS[:3] and r["grounded"] is False for r in rows)
     edited = dict(rows[0], answer=ftdata.answer_head(rows[0]["label"]) + " Edited by hand.")
     (data_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [edited, *rows[1:]]))
     out2 = tmp_path / "run2"
@@ -368,6 +379,23 @@ def test_outputs_card_and_adapter_use(trained, seam_data, selfcontained_llava, t
     [res] = front["model-index"][0]["results"]
     assert {m["type"] for m in res["metrics"]} == {"roc_auc", "accuracy"}
     assert "x2dfd explain" in text and CUE_IDS[0] in text
+    # what the answers are made of: the card's counts are those of the train.jsonl it was trained on
+    train = _rows(out / "data" / "train.jsonl")
+    n_cues = [len(r["cues"]) for r in train]
+    real = [r["answer"] for r in train if r["label"] == 0]
+    fake = [r["answer"] for r in train if r["label"] == 1]
+    assert (f"- answers: {len(train)}; distinct: {len(set(real + fake))} (real {len(set(real))} of {len(real)}, "
+            f"fake {len(set(fake))} of {len(fake)})") in text
+    assert (f"- cues stated per answer: mean {sum(n_cues) / len(n_cues):.2f}, min {min(n_cues)}, max {max(n_cues)}"
+            in text)
+    none = [sum(1 for r, k in zip(train, n_cues) if k == 0 and r["label"] == y) for y in (0, 1)]
+    assert f"- answers with no supported cue (verdict without a cue sentence): {none[0]} real, {none[1]} fake" in text
+    assert f"- answers with a rationale by the base model: {sum(bool(r['rationale']) for r in train)}" in text
+    assert (f"- answers with an expert sentence (expert agrees by X2-DFD's margin): "
+            f"{sum(r['expert_sentence'] for r in train)}") in text
+    assert "- uninformative cues (AUC CI covers 0.5) among the top cues: 0" in text
+    assert "GIVEN the label" in text and "supports on each training face" in text
+    assert "grounded in the cues it perceives best" not in text
 
     config = json.loads((out / "finetune.config.json").read_text())
     assert config["config"]["lora_r"] == 16 and config["lora"]["vision_tower"] == "model.vision_tower"
