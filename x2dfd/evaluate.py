@@ -5,6 +5,7 @@ robustness sweeps and explanation checks, on labelled data.
     x2dfd evaluate ff.json --split test --fit-split train --out eval/    # DeepfakeBench JSON, fusion fitted on train
     x2dfd evaluate manifest.csv --mllm none --expert blend --perturb jpeg:90,70,50,30 blur:1,2 resize:0.5,0.25 noise:0.02
     x2dfd evaluate data/ --model ./llava --adapter ./x2dfd-lora --fit-split 0.3 --no-cue-check
+    x2dfd evaluate data/ --model ./llava --records run.jsonl --out eval/   # score `x2dfd explain data/ --out run.jsonl`
     x2dfd evaluate data/ --system release=preset:x2dfd-release --system fakevlm=model=./fakeVLM,preset=fakevlm \
         --system mine=adapter=runs/x2dfd-lora --references refs.jsonl --out eval/     # side by side, + text metrics
 
@@ -57,6 +58,21 @@ records are cached per system and condition (adding a system to a finished run j
 There are no fusions with ``--system``. SPEC: ``preset:NAME``, a folder (adapter folder if it holds
 adapter_config.json, else a checkpoint) or ``KEY=VALUE[,KEY=VALUE...]`` with keys model, adapter, preset, revision,
 dtype; the command line's --model/--revision/--dtype/--device/quantization apply where a SPEC is silent.
+
+Scoring an explain run (``--records RUN.jsonl``, repeatable): the clean condition's MLLM and expert results are read
+from ``x2dfd explain``'s records instead of computed: no MLLM is loaded and no expert runs, e.g.
+``x2dfd explain data/ --model ./llava --out run.jsonl`` then ``x2dfd evaluate data/ --records run.jsonl``. Checked
+first, each failure one line: every DATA item (and ``--fit-split`` item) has a record carrying its file's current
+sha256 (matched by path, else by that sha256; duplicates of a resumed or sharded run, and shard files a killed run
+left beside RUN: the latest record wins), else the error counts and names the missing ones and says to explain them
+into the same ``--out`` (it resumes); the run's settings from ``RUN.config.json`` (face crop, scale, align, min face
+score, all faces, threshold, frames, aggregate, topk and, for an MLLM run, max new tokens) equal evaluate's; the
+model, revision, adapter, preset, dtype, quantization and experts are compared where evaluate's command line gives
+them, otherwise the run's are scored (and named in ``metrics.json``'s ``records_from``). An expert-only run
+(``explain --mllm none``) is scored with ``--mllm none``; an MLLM run may be scored with ``--mllm none`` (its experts
+alone). Records with an error count as failed items exactly as computed ones do. ``--perturb``, ``--system`` and
+``--cue-check`` need the model on the inputs and are refused with ``--records`` (the cue check is off by default
+there). A copy of the matched records is ``records/clean.from-records.<hash>.jsonl``.
 
 Explanation metrics (``--references FILE``): see :mod:`x2dfd.textmetrics`; per MLLM system, on the clean run's
 explained items of the report set, with the same kind of bootstrap intervals (``explanation_metrics`` in
@@ -135,8 +151,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """DeepfakeBench JSON only: FaceForensics++ compression level (raw, c23, c40)."""
     data_root: str | None = None
     """DeepfakeBench JSON only: folder the frame paths are relative to (default: the JSON's folder)."""
-    cue_check: bool = True
-    """Cue grounding of the explanations (clean run, needs the MLLM): score every cue on each face (costs about one prefill plus a few short forwards per face)."""
+    cue_check: bool | None = None
+    """Cue grounding of the explanations (clean run, needs the MLLM): score every cue on each face (costs about one prefill plus a few short forwards per face). Default: on, except with --records (no model is loaded)."""
     cue_top_k: int = 5
     """Cues with the highest P(yes) per face that the explanation's mentioned cues are compared with."""
     cues: list[str] = field(default_factory=list, metadata={"metavar": "FILE"})
@@ -147,6 +163,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Evaluate several MLLM setups side by side over the same face crops and expert scores (one model in memory at a time; reported as mllm:NAME). SPEC: preset:NAME (a built-in preset: x2dfd-release, fakevlm, x2dfd), a folder (an adapter folder, i.e. one with adapter_config.json, else a model checkpoint; its preset.json applies), or KEY=VALUE[,KEY=VALUE...] with keys model, adapter, preset, revision, dtype (e.g. lora=model=./llava,adapter=runs/x2dfd-lora,preset=x2dfd). --model, --revision, --dtype, --device and the quantization options apply to every system a SPEC does not override; --adapter and --preset go into each SPEC instead."""
     references: str | None = field(default=None, metadata={"metavar": "FILE"})
     """Reference explanations (CSV or JSONL: path, reference[, label]; DD-VQA-style rows path, question, answer are accepted, several per path = several references): per MLLM system, verdict accuracy and F1 parsed from the text, agreement of that verdict with p_fake, ROUGE-L and BLEU against the references, with bootstrap intervals (clean run, reported items). Paths match DATA by resolved path (relative to the references file, then the working directory), else by unique file name (reported). Caveat: DD-VQA's reference answers come from prompts that contain the true label, so they state (leak) it: a model scored against them is rewarded for echoing the right verdict, not only for its reasoning; read ROUGE-L/BLEU with the verdict accuracy."""
+    records: list[str] = field(default_factory=list, metadata={"metavar": "RUN.jsonl"})
+    """Score the records of an `x2dfd explain` run (its --out JSONL; repeatable, e.g. real/ and fake/ explained apart) as the clean condition, instead of running the pipeline: no model is loaded. Every DATA item needs a record of the same file content (sha256), and the run's settings (RUN.config.json: face crop, scale, align, threshold, frames, aggregate, max new tokens; model, adapter, preset and experts where given here) must be evaluate's: otherwise a one-line error names what differs. Not with --perturb, --system or --cue-check (they need the model)."""
     title: str | None = None
     """Title of evaluate.html (default: from DATA)."""
     quiet: bool = field(default=False, metadata={"store_true": True})
@@ -186,6 +204,13 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
                 raise UsageError("--references scores the MLLM's explanations; --mllm none has none")
             if self.max_new_tokens == 0:
                 raise UsageError("--references scores the explanations; --max-new-tokens 0 generates none")
+        if self.records:
+            for flag, given in (("--perturb", self.perturb), ("--system", self.system), ("--cue-check", self.cue_check)):
+                if given:
+                    raise UsageError(f"{flag} needs the model on the inputs, and --records scores an explain run without "
+                                     f"loading it: run evaluate without --records for {flag} (or leave {flag} out)")
+        if self.cue_check is None:
+            self.cue_check = not self.records
         from x2dfd.perturb import parse_perturbations
 
         parse_perturbations(self.perturb, self.seed)  # fail on a bad spec before any model loads
@@ -1056,6 +1081,7 @@ class RunRecords:
     kinds: dict[str, str] = field(default_factory=dict)  # path -> record kind (clean)
     fusions: bool = True
     checks_records: dict[str, dict[str, Record]] = field(default_factory=dict)  # single run: condition -> records
+    source: dict[str, Any] | None = None  # --records: the explain run(s) scored, and how they were checked
 
 
 def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
@@ -1079,6 +1105,11 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
         specs = parse_system_specs(cfg)
         hashes = {i.path: _sha(i.path) for i in all_items}
         run = run_systems(cfg, specs, items, all_items, conditions, hashes, out, notes)
+    elif cfg.records:
+        if explainer is not None:
+            raise UsageError("run_evaluate: --records scores an explain run; pass no explainer")
+        hashes = {i.path: _sha(i.path) for i in all_items}
+        run = run_from_records(cfg, items, all_items, hashes, out, notes)
     else:
         if explainer is None:
             explainer = build_explainer(cfg)
@@ -1119,6 +1150,289 @@ def run_single(cfg: EvaluateConfig, explainer, items: list[Item], all_items: lis
                       cache_files=cache_files, cache_by_system={}, models=models, bank=bank,
                       kinds={p: r.kind for p, r in per_condition["clean"].items()},
                       fusions=True, checks_records=per_condition)
+
+
+# ----------------------------------------------------------------------------------- --records (explain runs)
+# Settings of an explain run that change its records and that evaluate states in its protocol: always compared.
+RECORDS_PIPELINE_FIELDS = ("threshold", "face_crop", "all_faces", "align", "face_scale", "min_face_score", "frames",
+                           "aggregate", "topk")
+# What the MLLM was: compared where evaluate's command line names it (not left at its default); else the run's is scored.
+RECORDS_MODEL_FIELDS = ("model", "revision", "adapter", "preset", "dtype", "load_in_4bit", "load_in_8bit")
+
+
+@dataclass
+class ExplainRunFile:
+    """One ``--records`` file: an ``x2dfd explain`` run's records (with the shard files a killed sharded run left
+    beside it) and its resolved config (``RUN.config.json``; None for output written to stdout or by old versions)."""
+
+    path: Path
+    files: list[Path]
+    records: list[Record]
+    info: dict[str, Any] | None
+    identity: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return (self.info or {}).get("config") or {}
+
+    def expert_names(self) -> list[str]:
+        """The experts the run loaded (their names), in its order."""
+        if self.info is not None and isinstance(self.info.get("experts"), list):
+            return [str((e or {}).get("name")) for e in self.info["experts"]]
+        if "experts" in self.identity:
+            return [str(e).partition("=")[0].strip() for e in self.identity["experts"]]
+        return sorted({k for r in self.records if r.p_fake is not None for k in (r.experts or {})})
+
+
+def read_explain_run(spec: str) -> ExplainRunFile:
+    """``--records RUN.jsonl``: the records of RUN and of its leftover shard files, and its run config."""
+    import glob
+
+    from x2dfd.explain import _records_identity, config_path, read_records, read_run_config, run_identity
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--records '{safe(spec)}': no such file (give the --out JSONL of x2dfd explain)")
+    shards = sorted(path.parent.glob(f"{glob.escape(path.stem)}.shard-*{glob.escape(path.suffix)}"))
+    files = [path] + [s for s in shards if s.is_file()]
+    records: list[Record] = []
+    for f in files:
+        records += read_records(f, repair=False, warn=True)  # a file that is not x2dfd's: one-line UsageError
+    if not records:
+        raise UsageError(f"--records '{safe(spec)}' holds no records yet")
+    info = read_run_config(config_path(path))
+    if info is not None and info.get("command") not in (None, "explain"):
+        raise UsageError(f"--records '{safe(spec)}': its config was written by x2dfd {info.get('command')}, not by "
+                         "x2dfd explain")
+    identity = run_identity(info["config"]) if info is not None else _records_identity(records)
+    return ExplainRunFile(path, files, records, info, identity)
+
+
+def safe(text: Any) -> str:
+    return terminal_line(text, 300)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "null" if value is None else str(value)
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    """The same model/adapter/preset: equal text, or two local paths to the same folder."""
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    try:
+        pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except OSError:
+        return False
+
+
+def given_model_settings(cfg: EvaluateConfig) -> dict[str, Any]:
+    """The MLLM settings evaluate's command line names (defaults name nothing: the run's are scored)."""
+    from x2dfd.modelargs import DEFAULT_MODEL
+
+    given = {"model": cfg.model if cfg.model != DEFAULT_MODEL else None, "revision": cfg.revision,
+             "adapter": cfg.adapter, "preset": cfg.preset, "dtype": None if cfg.dtype == "auto" else cfg.dtype,
+             "load_in_4bit": True if cfg.load_in_4bit else None, "load_in_8bit": True if cfg.load_in_8bit else None}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def records_differences(cfg: EvaluateConfig, run: ExplainRunFile) -> list[str]:
+    """What differs between an explain run and this evaluate (``name: run X, evaluate Y``); empty when they match."""
+    ident, conf = run.identity, run.config
+    diffs: list[str] = []
+
+    def differ(name: str, ran: Any, wanted: Any, same=None) -> None:
+        if not (same(ran, wanted) if same else ran == wanted):
+            diffs.append(f"{name}: run {_show(ran)}, evaluate {_show(wanted)}")
+
+    mllm_run = ident.get("mode") != "expert-only"
+    if cfg.mllm != "none" and not mllm_run:
+        diffs.append("mode: run expert-only (explain --mllm none), evaluate scores the MLLM (add --mllm none)")
+    if run.info is not None:
+        for k in RECORDS_PIPELINE_FIELDS:
+            differ(k, ident.get(k, conf.get(k)), getattr(cfg, k))
+        if cfg.mllm != "none" and mllm_run:
+            differ("max_new_tokens", conf.get("max_new_tokens"), cfg.max_new_tokens)
+    if cfg.mllm != "none" and mllm_run:
+        for k, wanted in given_model_settings(cfg).items():
+            if k in ident:
+                differ(k, ident[k], wanted, _same_model if k in ("model", "adapter", "preset") else None)
+    if cfg.no_expert or cfg.expert:
+        wanted_names = [] if cfg.no_expert else [e.partition("=")[0].strip() for e in cfg.expert]
+        have = run.expert_names()
+        if sorted(have) != sorted(wanted_names):
+            diffs.append(f"experts: run {_show(have)}, evaluate {_show(wanted_names)}")
+        elif any("=" in e for e in cfg.expert) and run.info is not None:
+            diffs += _expert_weight_differences(cfg.expert, run.info.get("experts") or [])
+    return diffs
+
+
+def _expert_weight_differences(specs: list[str], ran: list[dict[str, Any]]) -> list[str]:
+    """``--expert NAME=WEIGHTS`` against the weights the run loaded (sha256 from its config); experts are small,
+    they are loaded here to read their weights' sha256 (the MLLM never is)."""
+    from x2dfd.api import load_experts
+
+    by_name = {str((e or {}).get("name")): e for e in ran}
+    out = []
+    for spec, expert in zip(specs, load_experts(specs, "cpu")):
+        if "=" not in spec:
+            continue
+        mine = (expert.info() or {}).get("sha256")
+        theirs = (by_name.get(expert.name) or {}).get("sha256")
+        if mine != theirs:
+            out.append(f"expert {expert.name} weights: run sha256 {str(theirs)[:12]}, evaluate sha256 {str(mine)[:12]} "
+                       f"({spec.partition('=')[2].strip()})")
+    return out
+
+
+def _resolved(path: str) -> str:
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError):
+        return path
+
+
+def match_records(runs: list[ExplainRunFile], items: list[Item], hashes: dict[str, str | None]
+                  ) -> tuple[dict[str, Record], dict[str, Any]]:
+    """Each item's record: by its path (resolved) with the file's current sha256, else any record of that content
+    (the run named the file another way); the latest one wins (a resumed or sharded run's duplicates). A record
+    counts only if it is the run's (its model and adapter; explain's resume rule) and of the largest face."""
+    import dataclasses as dc
+
+    by_path: dict[str, list[Record]] = defaultdict(list)
+    by_sha: dict[str, list[Record]] = defaultdict(list)
+    for run in runs:
+        model, adapter = run.identity.get("model"), run.identity.get("adapter")
+        for r in run.records:
+            if (r.model, r.adapter) != (model, adapter) or r.face_index not in (None, 0):
+                continue
+            by_path[_resolved(r.path)].append(r)
+            if r.sha256 is not None:
+                by_sha[r.sha256].append(r)
+    found: dict[str, Record] = {}
+    stats = {"matched_by_path": 0, "matched_by_content": 0, "missing": [], "changed": 0}
+    for item in items:
+        if item.path in found:
+            continue
+        sha = hashes.get(item.path)
+        same = [r for r in by_path.get(item.path, []) if r.sha256 == sha]
+        if same:
+            stats["matched_by_path"] += 1
+        elif sha is not None and by_sha.get(sha):
+            same = by_sha[sha]
+            stats["matched_by_content"] += 1
+        else:
+            stats["missing"].append(item.path)
+            stats["changed"] += bool(by_path.get(item.path))
+            continue
+        found[item.path] = dc.replace(same[-1], path=item.path)
+    return found, stats
+
+
+def run_from_records(cfg: EvaluateConfig, items: list[Item], all_items: list[Item], hashes: dict[str, str | None],
+                     out: Path, notes: list[str]) -> RunRecords:
+    """``--records``: the clean condition's results read from explain run(s) (checked against DATA by sha256 and
+    against evaluate's settings) instead of computed; no model is loaded. A copy of the matched records (paths as
+    DATA names them) becomes ``records/clean.from-records.<hash>.jsonl``: the item report and the failure count read
+    it as they read a computed run."""
+    from x2dfd.explain import OutputLock, config_path
+
+    runs = [read_explain_run(spec) for spec in cfg.records]
+    for run in runs:
+        diffs = records_differences(cfg, run)
+        if diffs:
+            raise UsageError(f"--records '{safe(run.path)}' was made with other settings than this evaluate's "
+                             f"({'; '.join(diffs)}); give evaluate the run's settings, or explain again with these")
+    first = runs[0]
+    for run in runs[1:]:
+        keys = list(dict.fromkeys(list(first.identity) + list(run.identity)))
+        diffs = [f"{k}: {_show(first.identity.get(k))} vs {_show(run.identity.get(k))}" for k in keys
+                 if first.identity.get(k) != run.identity.get(k)]
+        if sorted(run.expert_names()) != sorted(first.expert_names()):
+            diffs.append(f"experts: {_show(first.expert_names())} vs {_show(run.expert_names())}")
+        if diffs:
+            raise UsageError(f"--records: '{safe(first.path)}' and '{safe(run.path)}' are runs with other settings "
+                             f"({'; '.join(diffs)}); score runs made with the same settings together")
+    found, stats = match_records(runs, all_items, hashes)
+    missing = stats["missing"]
+    if missing:
+        changed = f" ({stats['changed']} of them changed since: their record has another sha256)" if stats["changed"] else ""
+        examples = ", ".join(f"'{safe(Path(p).name)}'" for p in missing[:3])
+        raise UsageError(f"--records: {len(missing)} of {len(all_items)} DATA items have no record of their file's "
+                         f"content in {', '.join(repr(safe(r.path)) for r in runs)}{changed}, e.g. {examples}; explain "
+                         f"them with the run's settings into the same --out (it resumes: only what is missing is "
+                         f"explained), then evaluate again")
+
+    mllm = cfg.mllm != "none" and first.identity.get("mode") != "expert-only"
+    expert_names = [] if cfg.no_expert else first.expert_names()
+    comps = components(mllm, expert_names)
+    per: dict[str, Record] = {i.path: found[i.path] for i in all_items}
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    h = settings_hash({"records": [_resolved(str(f)) for r in runs for f in r.files], "identity": first.identity,
+                       "data": sorted(f"{p}\t{hashes.get(p)}" for p in per)})
+    cache = out / "records" / f"clean.from-records.{h}.jsonl"
+    with OutputLock(cache):
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text("".join(r.to_json() + "\n" for r in per.values()), encoding="utf-8")
+        os.replace(tmp, cache)
+
+    info = first.info or {}
+    last = first.records[-1]
+    if mllm:
+        models = {"mllm": info.get("mllm") or {"model": first.identity.get("model"),
+                                              "adapter": first.identity.get("adapter")},
+                  "adapter": first.identity.get("adapter"),
+                  "template_version": info.get("template_version") or last.template_version}
+    else:
+        models = {"mllm": None, "adapter": None, "template_version": None}
+    ran = {str((e or {}).get("name")): e for e in info.get("experts") or []}
+    models["experts"] = [ran.get(n) or {"name": n} for n in expert_names]
+    given = given_model_settings(cfg) if mllm else {}
+    checked = ["every item's record carries the sha256 of its file now"]
+    unchecked = []
+    if first.info is not None:
+        checked.append("run settings " + ", ".join(RECORDS_PIPELINE_FIELDS + (("max_new_tokens",) if mllm else ())))
+    else:
+        unchecked.append("run settings " + ", ".join(RECORDS_PIPELINE_FIELDS) + " (no run config beside the records: "
+                         "taken to be evaluate's)")
+        print(terminal_line(f"evaluate: --records '{first.path}' has no {config_path(first.path).name} (explain wrote "
+                            "to stdout, or an older x2dfd): its face crop, threshold and frame settings cannot be "
+                            "checked; they are taken to be evaluate's", 1000), file=sys.stderr)
+    checked.append("mode" + (", " + ", ".join(k for k in given if k in first.identity) if given else ""))
+    if mllm:
+        unchecked += [f"{k} (the run's: {_show(first.identity.get(k))})" for k in RECORDS_MODEL_FIELDS
+                      if k not in given and k in first.identity]
+    if cfg.expert or cfg.no_expert:
+        checked.append("experts")
+    else:
+        unchecked.append(f"experts (the run's: {_show(expert_names)})")
+    source = {
+        "files": [str(f) for r in runs for f in r.files],
+        "configs": [str(config_path(r.path)) if r.info is not None else None for r in runs],
+        "explain_version": [(r.info or {}).get("x2dfd_version") for r in runs],
+        "run": {k: v for k, v in first.identity.items()},
+        "n_records_read": sum(len(r.records) for r in runs),
+        "matched_by_path": stats["matched_by_path"], "matched_by_content": stats["matched_by_content"],
+        "checked": checked, "not_checked": unchecked,
+        "conditions": "clean only (perturbations and the cue check need the model)",
+    }
+    what = ", ".join(repr(str(r.path)) for r in runs)
+    notes.append(f"clean condition scored from the records of x2dfd explain {what} (no model loaded): "
+                 f"{stats['matched_by_path']} items matched by path and file sha256"
+                 + (f", {stats['matched_by_content']} by file sha256 only (another path in the run)"
+                    if stats["matched_by_content"] else ""))
+    if mllm and cfg.max_new_tokens > 0:
+        notes.append("no cue grounding: --records loads no model (the cue check scores every cue on each face)")
+    return RunRecords(comps=comps, frames_for=lambda cond, its: frame_units(its, per, comps),
+                      mllm_records={"mllm": {"clean": per}} if mllm else {},
+                      cache_files={"clean": str(cache.relative_to(out))}, cache_by_system={}, models=models,
+                      bank=None, kinds={p: r.kind for p, r in per.items()}, fusions=True,
+                      checks_records={"clean": per if mllm else {}}, source=source)
 
 
 def prepare_settings(cfg: EvaluateConfig, experts: list, condition: Condition) -> dict[str, Any]:
@@ -1394,6 +1708,8 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
     }
     if explanations is not None:
         metrics["explanation_metrics"] = explanations
+    if run.source is not None:
+        metrics["records_from"] = run.source
     write_outputs(cfg, metrics, clean_frames, out)
     return metrics
 
