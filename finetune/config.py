@@ -9,6 +9,7 @@ No torch here: ``x2dfd finetune --help`` stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from x2dfd.cliargs import parse_config
 from x2dfd.errors import UsageError
@@ -27,8 +28,8 @@ class FinetuneConfig(ModelArgs):
     adapter: str | None = field(default=None, metadata={"cli": False})
     """Not an option here: fine-tuning starts from the base model (continue a run with --resume)."""
     data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
-    """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a
-    DeepfakeBench dataset JSON."""
+    """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]), a
+    DeepfakeBench or X2-DFD dataset JSON; images, extracted frames or video files (frames sampled as explain does)."""
     ranking: str | None = None
     """ranking.json of `x2dfd assess` (or its output folder): the cues to strengthen, and the per-image P(yes) beside
     it."""
@@ -64,11 +65,17 @@ class FinetuneConfig(ModelArgs):
     """Share of DATA held out for evaluation (split by video_id when there is one, stratified by label)."""
     eval_data: str | None = None
     """Labelled faces for evaluation instead of a split of DATA (same formats as DATA)."""
+    eval_split: str | None = None
+    """DeepfakeBench JSON: the split held out for evaluation (e.g. val), read from --eval-data or else from DATA
+    itself; default: --eval-data's --split, or --eval-fraction of DATA."""
+    frames_per_video: int | None = None
+    """At most N frames per video (extracted frames sharing a video_id, spread evenly from a seeded offset; X2-DFD
+    trains on 8); video files give N frames (default: explain's 16). Default: every extracted frame."""
     balance: str = field(default="none", metadata={"choices": list(BALANCE)})
     """Class balance of the training split: none (keep it; X2-DFD trained on 1 real : 5 fake), undersample the larger
     class, or oversample the smaller one."""
     split: str = "train"
-    """DeepfakeBench JSON only: the split to read (train, val, test)."""
+    """DeepfakeBench JSON only: the split of DATA to train on (train, val, test)."""
     compression: str = "c23"
     """DeepfakeBench JSON only: FaceForensics++ compression level (raw, c23, c40)."""
     data_root: str | None = None
@@ -86,6 +93,8 @@ class FinetuneConfig(ModelArgs):
     """Images with more pixels are refused (decompression-bomb guard)."""
     max_file_mb: float = PipelineOptions.max_file_mb
     """Image files larger than this are refused."""
+    max_video_mb: float = PipelineOptions.max_video_mb
+    """Video files larger than this are refused."""
     # ---------------------------------------------------------------------------------------- training
     epochs: int = 1
     """Passes over the training split."""
@@ -157,6 +166,17 @@ class FinetuneConfig(ModelArgs):
         for flag, value in positive.items():
             if value < 1:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
+        if self.frames_per_video is not None and self.frames_per_video < 1:
+            raise UsageError(f"--frames-per-video must be >= 1, got {self.frames_per_video}")
+        if self.eval_split is not None and self.data is not None and self.eval_data is None:
+            if self.eval_split == self.split:
+                raise UsageError(f"--eval-split {self.eval_split} is the --split trained on: hold out another split "
+                                 "(e.g. --split train --eval-split val)")
+            if Path(self.data).suffix.lower() != ".json":
+                raise UsageError("--eval-split reads another split of a DeepfakeBench JSON DATA; for a folder or a "
+                                 "manifest give the held-out faces with --eval-data")
+        if self.eval_split is not None and self.data_dir is not None:
+            raise UsageError("--eval-split applies when building data from DATA, not with --data-dir")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0.0 <= self.eval_fraction < 1.0:

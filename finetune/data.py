@@ -4,6 +4,13 @@
     info = DataBuilder(cfg, load_experts=lambda: experts, get_mllm=load_base).build("run/data")
     train, held_out, info = load_training_data("run/data")                        # datasets.Dataset each
 
+Inputs: DATA (and --eval-data) through ``x2dfd.dataset.load_labelled`` (folders, manifests, DeepfakeBench
+and X2-DFD JSONs), then ``sample_frames``: at most ``--frames-per-video`` frames per video (seeded, even
+spread) and every video file as frame rows, each decoded by ``load_row_image`` (explain's video path);
+a frame's ``sha256`` is ``row_sha256`` (file hash + frame index). Held out: --eval-data, or another
+split of DATA's DeepfakeBench JSON (``--split train --eval-split val``), else ``--eval-fraction`` of
+DATA split by video.
+
 Per face (cropped as ``x2dfd explain`` crops it):
 
 * question: ``prompts/explain.jinja`` with the experts' scores in X2-DFD's wording ("the blending score
@@ -31,8 +38,8 @@ the top-K are refused by default (one line naming them, by count); ``--allow-uni
 them with a one-line warning, recorded in ``data.json`` and the model card.
 
 The folder holds ``train.jsonl`` and ``eval.jsonl`` (one sample per line: image, label, question,
-answer, cues (the stated ones), cue_p_yes, grounded, rationale, experts, path, sha256, video_id,
-source), ``images/`` (the face crops the samples point to), ``ranking.json`` (a copy of the ranking it
+answer, cues (the stated ones), cue_p_yes, grounded, rationale, experts, path, frame (of a video
+file, else null), sha256, video_id, source), ``images/`` (the face crops the samples point to), ``ranking.json`` (a copy of the ranking it
 was built from), ``data.json`` (class balance, dropped faces, what the data was built from, the cue
 thresholds, what the answers are made of) and ``scores.jsonl`` (cue scores computed here, a resume
 cache). Edit the JSONL files freely before training with ``--data-dir``: ``load_training_data``
@@ -321,6 +328,26 @@ def rebalance(rows: list[dict], mode: str, seed: int) -> list[dict]:
     return sorted(small + large, key=lambda r: r["order"])
 
 
+def eval_source_of(cfg) -> tuple[str | None, str | None]:
+    """``(file, split)`` of the held-out faces: --eval-data (at --eval-split, else --split), or DATA at --eval-split;
+    ``(None, None)``: a --eval-fraction split of DATA."""
+    eval_split = getattr(cfg, "eval_split", None)
+    if cfg.eval_data:
+        return cfg.eval_data, eval_split or cfg.split
+    if eval_split:
+        return cfg.data, eval_split
+    return None, None
+
+
+def video_counts(rows: Sequence[dict]) -> dict[str, int]:
+    """Videos per class (distinct video_id; a sample without one is its own) and frames that come from video files."""
+    seen: list[set] = [set(), set()]
+    for r in rows:
+        seen[r["label"]].add(r.get("video_id") or ("sample", r["sha256"]))
+    return {"real": len(seen[0]), "fake": len(seen[1]),
+            "video_file_frames": sum(1 for r in rows if r.get("frame") is not None)}
+
+
 def class_balance(rows: Sequence[dict]) -> dict[str, Any]:
     counts = Counter(LABEL_NAMES[r["label"]] for r in rows)
     real, fake = counts.get("real", 0), counts.get("fake", 0)
@@ -397,27 +424,36 @@ class DataBuilder:
 
     def build(self, data_dir: str | Path) -> dict[str, Any]:
         """Write the data folder; returns its ``data.json`` content."""
-        from x2dfd.dataset import load_labelled
+        from x2dfd.dataset import load_labelled, row_sha256, sample_frames
 
         cfg = self.cfg
         data_dir = self.data_dir = Path(data_dir)
         (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        ds = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
-        eval_ds = (load_labelled(cfg.eval_data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
-                   if cfg.eval_data else None)
+        limits = self._limits()
+        eval_source, eval_split = eval_source_of(cfg)
+
+        def load(source, split):  # frames per video capped, video files turned into frame rows (explain's sampling)
+            ds = load_labelled(source, split=split, compression=cfg.compression, root=cfg.data_root)
+            return sample_frames(ds, getattr(cfg, "frames_per_video", None), cfg.seed, limits)
+
+        ds = load(cfg.data, cfg.split)
+        eval_ds = load(eval_source, eval_split) if eval_source else None
         self.experts = list(self.load_experts())
         self.expert_names = expert_prompt_list(self.experts)
         dropped: dict[str, list[dict[str, str]]] = {"real": [], "fake": []}
         duplicates = 0
         seen: set[str] = set()
+        file_sha: dict[str, str] = {}  # a video's frames share one file hash
         groups = {"data": ds.to_list(), "eval_data": eval_ds.to_list() if eval_ds is not None else []}
         built: dict[str, list[dict]] = {"data": [], "eval_data": []}
         for group, rows in groups.items():
             todo = []
             for row in rows:
                 try:
-                    row["sha256"] = file_sha256(row["path"])
+                    if row["path"] not in file_sha:
+                        file_sha[row["path"]] = file_sha256(row["path"])
+                    row["sha256"] = row_sha256(row, file_sha[row["path"]])
                 except OSError as err:  # missing, unreadable, a device: dropped and reported per class
                     dropped[LABEL_NAMES[row["label"]]].append(
                         {"path": row["path"], "error": one_line(f"cannot read '{row['path']}': {err.strerror or err}")})
@@ -432,7 +468,7 @@ class DataBuilder:
                 faces = []
                 for row in todo[start : start + self.chunk]:
                     try:
-                        faces.append(_Face(row, self._face(row["path"])))
+                        faces.append(_Face(row, self._face(row)))
                     except X2DFDError as err:  # no face / unreadable: reported per class, never silently dropped
                         dropped[LABEL_NAMES[row["label"]]].append({"path": row["path"], "error": one_line(str(err))})
                     except Exception as err:  # noqa: BLE001 - per-item boundary: record the file and the cause
@@ -459,7 +495,9 @@ class DataBuilder:
         info = {
             "command": "finetune --build-data-only" if cfg.build_data_only else "finetune",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source": {"data": cfg.data, "eval_data": cfg.eval_data, "split": cfg.split},
+            "source": {"data": cfg.data, "eval_data": eval_source, "split": cfg.split, "eval_split": eval_split,
+                       "frames_per_video": getattr(cfg, "frames_per_video", None)},
+            "videos": {"train": video_counts(train), "eval": video_counts(held)},
             "ranking": {"path": str(self.ranking_path), "copy": RANKING_FILE,
                         "fingerprint": file_sha256(self.ranking_path), "model": self.ranking.get("model"),
                         "setting": (self.ranking.get("setting") or {}).get("id")},
@@ -515,12 +553,20 @@ class DataBuilder:
                           "would not find unprompted; unlike the cue sentence it is not checked against the model's "
                           "own evidence"}
 
-    def _face(self, path: str):
-        from x2dfd.face import extract_faces
-        from x2dfd.media import MediaLimits, load_image
+    def _limits(self):
+        from x2dfd.media import MediaLimits
 
         cfg = self.cfg
-        image = load_image(path, MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb))
+        return MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb,
+                           max_video_mb=getattr(cfg, "max_video_mb", MediaLimits.max_video_mb))
+
+    def _face(self, row: dict[str, Any]):
+        """The face crop of a row: an image file or one frame of a video, read as explain reads it."""
+        from x2dfd.dataset import load_row_image
+        from x2dfd.face import extract_faces
+
+        cfg = self.cfg
+        image = load_row_image(row, self._limits())
         [crop] = extract_faces(image, crop=cfg.face_crop, all_faces=False, scale=cfg.face_scale, align=cfg.align,
                                min_score=cfg.min_face_score)
         return crop.image
@@ -566,7 +612,8 @@ class DataBuilder:
                 "cues": [c["id"] for c in cues], "cue_p_yes": {k: round(v, 6) for k, v in f.p_yes.items()},
                 "cue_source": source, "grounded": self.grounded, "rationale": rationale,
                 "experts": f.experts, "expert_sentence": bool(support),
-                "path": f.row["path"], "sha256": f.row["sha256"], "video_id": f.row.get("video_id"),
+                "path": f.row["path"], "frame": f.row.get("frame"), "sha256": f.row["sha256"],
+                "video_id": f.row.get("video_id"),
                 "source": f.row.get("source"), "order": f.row["order"],
             })
         return out
