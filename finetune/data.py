@@ -136,6 +136,18 @@ def uninformative_message(cues: Sequence[dict[str, Any]]) -> str | None:
             f"{', '.join(one(c) for c in bad)}")
 
 
+def check_cues(ranking: dict[str, Any], cfg) -> list[dict[str, Any]]:
+    """The top-K strong cues of ``cfg``, refusing (one line, by count) uninformative ones unless
+    ``cfg.allow_uninformative``: what ``DataBuilder`` checks first; callable before any model is loaded."""
+    cues = strong_cues(ranking, cfg.top_k)
+    message = uninformative_message(cues)
+    if message and not getattr(cfg, "allow_uninformative", False):
+        raise UsageError(f"{message}; answers would state cues the base model does not tell apart from chance: "
+                         "assess more faces (--per-class), lower --top-k, or pass --allow-uninformative to train on "
+                         "them anyway")
+    return cues
+
+
 def cue_thresholds(cues: Sequence[dict[str, Any]], assess_scores: dict[str, Any] | None = None) -> dict[str, dict]:
     """Each cue's decision threshold on P(yes): ``{id: {"threshold", "source"}}``. From the ranking (its Youden
     cut), else computed the same way from the assess run's per-image scores beside it, else 0.5 (MFA's cut)."""
@@ -382,13 +394,9 @@ class DataBuilder:
         self.get_mllm = get_mllm
         self.chunk = chunk
         self.ranking, self.ranking_path = load_ranking(cfg.ranking)
-        self.cues = strong_cues(self.ranking, cfg.top_k)
+        self.cues = check_cues(self.ranking, cfg)
         self.uninformative = uninformative_message(self.cues)
         if self.uninformative:
-            if not getattr(cfg, "allow_uninformative", False):
-                raise UsageError(f"{self.uninformative}; answers would state cues the base model does not tell apart "
-                                 "from chance: assess more faces (--per-class), lower --top-k, or pass "
-                                 "--allow-uninformative to train on them anyway")
             warn(f"{self.uninformative}; training on them anyway (--allow-uninformative)")
         self.grounded = cfg.cue_order == "image"
         self.cached = self._assess_scores()
