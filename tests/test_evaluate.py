@@ -463,3 +463,45 @@ def test_evaluate_references_with_one_mllm(tmp_path, selfcontained_llava):
     assert met["conditions"] == plain["conditions"] and met["systems"] == plain["systems"] == ["mllm"]
     assert "Explanations vs references" in (out / "table_frame.md").read_text()
     assert "Caveat" in (out / "evaluate.html").read_text()
+
+
+def test_frames_per_video_caps_frame_images_per_video_and_is_recorded(tmp_path, stub_experts):
+    """--frames-per-video N keeps N evenly spread frame images per video_id (seeded: the same ones again), leaves
+    video files whole (the pipeline samples --frames of theirs) and is stated in metrics.json next to --frames."""
+    from x2dfd.faceswap import write_video
+
+    rng = np.random.default_rng(0)
+    lines = ["path,label,video_id"]
+    for v in range(4):
+        label = int(v >= 2)
+        for k in range(5):
+            p = tmp_path / f"v{v}_{k}.png"
+            Image.fromarray(np.clip(rng.normal(90 + 50 * label, 30, (32, 32, 3)), 0, 255).astype(np.uint8)).save(p)
+            lines.append(f"{p.name},{label},vid{v}")
+    for label in (0, 1):
+        frames = [np.clip(rng.normal(90 + 50 * label, 30, (48, 48, 3)), 0, 255).astype(np.uint8) for _ in range(5)]
+        write_video(frames, tmp_path / f"clip{label}.mp4")
+        lines.append(f"clip{label}.mp4,{label},")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    items = load_items(str(manifest), frames_per_video=2, seed=3)
+    per_video = {}
+    for i in items:
+        per_video.setdefault(i.video_id, []).append(i.path)
+    assert sorted(len(v) for k, v in per_video.items() if k.startswith("vid")) == [2, 2, 2, 2]
+    assert sum(i.path.endswith(".mp4") for i in items) == 2 and len(items) == 10
+    assert load_items(str(manifest), frames_per_video=2, seed=3) == items  # seeded: the same frames again
+    assert len(load_items(str(manifest))) == 22
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", str(manifest), "--mllm", "none", "--expert", "bright", "--no-face-crop",
+                     "--frames-per-video", "2", "--frames", "3", "--out", str(out), "--bootstrap", "0", "--quiet"]) == 0
+    met = json.loads((out / "metrics.json").read_text())
+    assert met["data"]["frames_per_video"] == 2 and met["data"]["n_items"] == 10
+    assert met["protocol"]["frames_per_video"] == 2 and met["protocol"]["frames_per_video_file"] == 3
+    assert "seeded offset" in met["protocol"]["frames_per_video_kind"]
+    video = met["conditions"][0]["levels"]["video"]["systems"]["expert:bright"]["all"]
+    frame = met["conditions"][0]["levels"]["frame"]["systems"]["expert:bright"]["all"]
+    assert (video["n_real"], video["n_fake"]) == (3, 3) and (frame["n_real"], frame["n_fake"]) == (4 + 3, 4 + 3)
+    assert json.loads((out / "evaluate.config.json").read_text())["config"]["frames_per_video"] == 2
+    with pytest.raises(SystemExit):
+        cli_main(["evaluate", str(manifest), "--frames-per-video", "0"])

@@ -21,7 +21,10 @@ Protocol (stated in every output, because numbers are only comparable when it is
   grouped by ``video_id`` (DeepfakeBench frame folders, manifests) or by video file, their p_fake
   aggregated with ``--aggregate`` (mean by default, DeepfakeBench's video-level metric). A lone image
   without a ``video_id`` is its own group; the video level is reported only when some group has more
-  than one frame.
+  than one frame. Two frame counts, kept apart: ``--frames-per-video N`` keeps at most N of the frame
+  IMAGES of each video_id (evenly spread from a seeded offset, ``x2dfd.dataset.sample_frames``: X2-DFD
+  uses 8, DeepfakeBench its ``frame_num``); ``--frames`` is how many frames the pipeline samples
+  uniformly from each video FILE (as explain does). ``metrics.json`` states both (``protocol``).
 * systems: ``mllm`` (the MLLM's P(fake)), ``expert:NAME`` (each expert alone), ``fusion:mean`` (mean of
   the available p_fakes) and ``fusion:logistic`` (L2-regularised logistic regression on their logits,
   fitted at frame level on the clean run of ``--fit-split`` items, then applied unchanged to every
@@ -145,6 +148,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Seed of the bootstrap, the --fit-split fraction, --per-class sampling and the noise perturbation."""
     per_class: int | None = None
     """Evaluate a seeded sample of this many items per class (default: all items)."""
+    frames_per_video: int | None = None
+    """At most N frames of each video given as frame images (items sharing a video_id: DeepfakeBench frame lists, frame folders under real/ and fake/, a manifest's video_id column), spread evenly from a seeded offset (--seed; x2dfd.dataset.sample_frames), as X2-DFD (8 frames) and DeepfakeBench's frame_num do; default: all of them. Video FILES are not cut here: the pipeline samples --frames frames from each, as explain does (give --frames N too for the same count)."""
     split: str = "test"
     """DeepfakeBench JSON only: the split to evaluate (train, val, test)."""
     compression: str = "c23"
@@ -183,6 +188,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
             raise UsageError("--no-expert and --expert exclude each other")
         if self.mllm == "none" and self.no_expert:
             raise UsageError("--mllm none and --no-expert leave nothing to evaluate; name an --expert")
+        if self.frames_per_video is not None and self.frames_per_video < 1:
+            raise UsageError(f"--frames-per-video must be >= 1, got {self.frames_per_video}")
         if self.bootstrap < 0:
             raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
         if not 0.5 <= self.ci < 1.0:
@@ -313,11 +320,15 @@ def items_from_dataset(ds) -> list[Item]:
 
 
 def load_items(data: str, split: str = "test", compression: str = "c23", data_root: str | None = None,
-               per_class: int | None = None, seed: int = 0, require_both: bool = True) -> list[Item]:
-    """DATA as items (one per labelled file, duplicates of a path dropped); both classes required."""
+               per_class: int | None = None, seed: int = 0, require_both: bool = True,
+               frames_per_video: int | None = None) -> list[Item]:
+    """DATA as items (one per labelled file, duplicates of a path dropped); both classes required.
+    ``frames_per_video``: at most that many frame images per video_id (:func:`cap_frames`), before ``per_class``."""
     from x2dfd.dataset import balanced_sample, load_labelled
 
     ds = load_labelled(data, split=split, compression=compression, root=data_root)
+    if frames_per_video is not None:
+        ds = cap_frames(ds, frames_per_video, seed)
     if per_class is not None:
         ds = balanced_sample(ds, per_class=per_class, seed=seed)
     items, seen = [], {}
@@ -335,6 +346,20 @@ def load_items(data: str, split: str = "test", compression: str = "c23", data_ro
             raise UsageError(f"DATA '{data}' has only {'fake' if n_fake else 'real'} items ({len(items)}); the metrics "
                              "need both real and fake items (add the other class or another manifest)")
     return items
+
+
+def cap_frames(ds, frames_per_video: int, seed: int):
+    """``--frames-per-video``: rows of frame images sharing a video_id cut to at most ``frames_per_video``, evenly spread
+    from a seeded offset (:func:`x2dfd.dataset.sample_frames`, the sampler assess and finetune use); rows keep their
+    order. Video files stay one item each (the pipeline samples ``--frames`` of their frames)."""
+    from x2dfd.dataset import sample_frames
+    from x2dfd.inputs import media_kind
+
+    paths = ds["path"]
+    videos = [media_kind(p) == "video" for p in paths]
+    images = [i for i, v in enumerate(videos) if not v]
+    kept = set(sample_frames(ds.select(images), frames_per_video, seed)["path"]) if images else set()
+    return ds.select([i for i, (p, v) in enumerate(zip(paths, videos)) if v or p in kept])
 
 
 def check_groups(items: list[Item], where: str) -> None:
@@ -806,11 +831,12 @@ def plan_fit(cfg: EvaluateConfig, items: list[Item]) -> FitPlan:
     # a split of the same DeepfakeBench JSON, or another DATA
     is_json = Path(cfg.data).suffix.lower() == ".json" and Path(cfg.data).is_file()
     if Path(spec).exists():
-        source, extra = spec, load_items(spec, per_class=None, require_both=False)
+        source, extra = spec, load_items(spec, per_class=None, seed=cfg.seed, require_both=False,
+                                         frames_per_video=cfg.frames_per_video)
         what = f"the labelled data '{spec}'"
     elif is_json and not any(c in spec for c in "/\\."):
         source, extra = spec, load_items(cfg.data, split=spec, compression=cfg.compression, data_root=cfg.data_root,
-                                         require_both=False)
+                                         seed=cfg.seed, require_both=False, frames_per_video=cfg.frames_per_video)
         what = f"split '{spec}' of '{cfg.data}'"
     else:
         raise UsageError(f"--fit-split '{spec}' is neither a fraction in (0, 1), source:NAME[,NAME], all, an existing "
@@ -1088,7 +1114,8 @@ def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
     """Everything ``x2dfd evaluate`` does, callable from Python; returns the metrics.json content.
     ``explainer``: an already loaded pipeline (tests, notebooks; not with ``--system``); default: built from ``cfg``."""
     out = cfg.out_dir()
-    items = load_items(cfg.data, cfg.split, cfg.compression, cfg.data_root, cfg.per_class, cfg.seed)
+    items = load_items(cfg.data, cfg.split, cfg.compression, cfg.data_root, cfg.per_class, cfg.seed,
+                       frames_per_video=cfg.frames_per_video)
     references = match_reference_file(cfg.references, items) if cfg.references else None  # before any model loads
     plan = plan_fit(cfg, items)
     conditions = conditions_for(cfg)
@@ -1681,6 +1708,7 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
         "data": {"path": str(cfg.data), "split": cfg.split if Path(cfg.data).suffix.lower() == ".json" else None,
                  "n_items": len(items), "n_real": len(items) - n_fake, "n_fake": n_fake,
                  "n_reported": len(report_items), "per_class_sample": cfg.per_class,
+                 "frames_per_video": cfg.frames_per_video,
                  "sources": dict(Counter(i.source or "(none)" for i in items)),
                  "kinds": dict(Counter(run.kinds[i.path] for i in items if i.path in run.kinds)),
                  "fingerprint": data_fingerprint(items, hashes),
@@ -1689,6 +1717,11 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
         "protocol": {
             "levels": levels, "face_crop": cfg.face_crop, "face_scale": cfg.face_scale, "align": cfg.align,
             "min_face_score": cfg.min_face_score, "frames_per_video_file": cfg.frames,
+            "frames_per_video": cfg.frames_per_video,
+            "frames_per_video_kind": ("frame images sharing a video_id: at most frames_per_video, evenly spread from "
+                                      f"a seeded offset (seed {cfg.seed}); video files: frames_per_video_file sampled "
+                                      "uniformly by the pipeline") if cfg.frames_per_video is not None else
+            "frame images: all of them; video files: frames_per_video_file sampled uniformly by the pipeline",
             "video_aggregate": cfg.aggregate if cfg.aggregate != "topk" else f"topk:{cfg.topk}",
             "video_grouping": "video_id, else the video file; a lone image is its own group",
             "threshold": cfg.threshold, "undetermined": cfg.undetermined, "bootstrap": cfg.bootstrap,
