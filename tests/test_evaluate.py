@@ -505,3 +505,39 @@ def test_frames_per_video_caps_frame_images_per_video_and_is_recorded(tmp_path, 
     assert json.loads((out / "evaluate.config.json").read_text())["config"]["frames_per_video"] == 2
     with pytest.raises(SystemExit):
         cli_main(["evaluate", str(manifest), "--frames-per-video", "0"])
+
+
+def test_combined_ff_json_video_counts_at_every_level(tmp_path, stub_experts):
+    """A DeepfakeBench FaceForensics++ JSON with 5 real, 5 Deepfakes and 5 Face2Face videos (DF and F2F sharing the
+    ids): the video level counts 5 real and 10 fake videos, each manipulation its own 5 against all reals, and
+    --frames-per-video 2 leaves 2 frames of each."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "datasets"
+    entries: dict = {}
+    for label_name, folder, level in (("FF-real", "original", 80), ("FF-DF", "Deepfakes", 150),
+                                      ("FF-F2F", "Face2Face", 170)):
+        videos = {}
+        for v in range(5):
+            vid = f"{v:03d}" if label_name == "FF-real" else f"{v:03d}_{v + 100:03d}"
+            frames = [f"{folder}/c23/{vid}/{i:03d}.png" for i in range(3)]
+            for f in frames:
+                (root / f).parent.mkdir(parents=True, exist_ok=True)
+                arr = np.clip(rng.normal(level + 8 * v, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(root / f)
+            videos[vid] = {"label": label_name, "frames": frames}
+        entries[label_name] = {"test": {"c23": videos}}
+    path = tmp_path / "FaceForensics++.json"
+    path.write_text(json.dumps({"FaceForensics++": entries}))
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", str(path), "--data-root", str(root), "--mllm", "none", "--expert", "bright",
+                     "--no-face-crop", "--frames-per-video", "2", "--out", str(out), "--bootstrap", "0",
+                     "--quiet"]) == 0
+    met = json.loads((out / "metrics.json").read_text())
+    clean = met["conditions"][0]["levels"]
+    frame, video = (clean[lv]["systems"]["expert:bright"] for lv in ("frame", "video"))
+    assert (video["all"]["n_real"], video["all"]["n_fake"]) == (5, 10)
+    assert (frame["all"]["n_real"], frame["all"]["n_fake"]) == (10, 20)
+    for name in ("FF-DF", "FF-F2F"):
+        assert (video["by_source"][name]["n_real"], video["by_source"][name]["n_fake"]) == (5, 5)
+        assert (frame["by_source"][name]["n_real"], frame["by_source"][name]["n_fake"]) == (10, 10)
+    assert met["data"]["sources"] == {"FF-real": 10, "FF-DF": 10, "FF-F2F": 10}
