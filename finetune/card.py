@@ -108,8 +108,9 @@ def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
                  + (f" ({', '.join(f'`{i}`' for i in ids)}; trained on with `--allow-uninformative`)" if ids else ""))
     if rat.get("enabled"):
         spf = rat.get("seconds_per_face")
-        lines += ["", f"Rationales ({rat.get('faces')} faces, {_fmt(spf)} s per face, at most {rat.get('max_new_tokens')} "
-                  "tokens) were written by the base model GIVEN the label and the stated cues: they can state things the "
+        lines += ["", f"Rationales (asked for {rat.get('faces')} faces, {_fmt(spf)} s per face, at most "
+                  f"{rat.get('max_new_tokens')} tokens; kept where a sentence was completed) were written by the base "
+                  "model GIVEN the label and the stated cues: they can state things the "
                   "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
                   "evidence."]
     return lines + [""]

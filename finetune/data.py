@@ -414,6 +414,7 @@ class DataBuilder:
         self.rationale = bool(cfg.rationale) and get_mllm is not None
         self.rationale_seconds = 0.0
         self.rationale_faces = 0
+        self.rationale_written = 0
         self.scorer = None
         self.store = None
         self.setting_id = None
@@ -544,7 +545,8 @@ class DataBuilder:
         if self.rationale and self.rationale_faces and not cfg.quiet:
             r = info["rationale"]
             print(f"rationales by the base model: {r['seconds_per_face']:.3f} s per face ({r['faces']} faces, "
-                  f"{r['seconds']:.1f} s; --no-rationale skips them)", file=sys.stderr)
+                  f"{r['seconds']:.1f} s; {r['written']} ended a sentence and were kept; --no-rationale skips them)",
+                  file=sys.stderr)
         if not train:
             raise UsageError(f"no training sample could be built from '{cfg.data}' (see {data_dir / INFO_FILE})")
         return info
@@ -554,7 +556,7 @@ class DataBuilder:
         if not self.rationale:
             return {"enabled": False, "reason": "--no-rationale" if not cfg.rationale else "no MLLM loaded"}
         return {"enabled": True, "max_new_tokens": cfg.rationale_tokens, "faces": self.rationale_faces,
-                "seconds": round(self.rationale_seconds, 3),
+                "written": self.rationale_written, "seconds": round(self.rationale_seconds, 3),
                 "seconds_per_face": round(self.rationale_seconds / self.rationale_faces, 4) if self.rationale_faces else None,
                 "label_conditioned": True,
                 "caveat": "written by the base MLLM GIVEN the label and the stated cues: it may state things the model "
@@ -607,6 +609,7 @@ class DataBuilder:
                                              self.cfg.rationale_tokens)
             self.rationale_seconds += time.perf_counter() - t0
             self.rationale_faces += len(faces)
+            self.rationale_written += sum(1 for r in rationales if r)
         out = []
         for f, cues, ph, rationale, source in zip(faces, chosen, phrases, rationales, sources):
             label = f.row["label"]

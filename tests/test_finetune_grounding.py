@@ -181,6 +181,7 @@ def test_rationale_is_on_by_default_with_an_mllm(faces, selfcontained_llava, tmp
     r = info["rationale"]
     assert r["enabled"] is True and r["faces"] == 8 and r["max_new_tokens"] == 4 and r["label_conditioned"] is True
     assert r["seconds_per_face"] == pytest.approx(r["seconds"] / 8, abs=1e-3) and r["seconds_per_face"] > 0
+    assert r["written"] == info["answers"]["train"]["with_rationale"]  # eval-fraction 0: every face is in train
     assert f"rationales by the base model: {r['seconds_per_face']:.3f} s per face (8 faces" in err
     assert "answers (train): 8 answers" in err
     rows = [json.loads(x) for x in (tmp_path / "on" / "data" / "train.jsonl").read_text().splitlines()]
@@ -204,3 +205,27 @@ def test_help_states_the_rationale_caveat():
     text = " ".join(out.getvalue().split())
     assert "--rationale, --no-rationale" in text and "label-conditioned" in text and "--allow-uninformative" in text
     assert "Label conditioning of the rationale" in ftdata.__doc__
+
+
+def test_rationales_enter_answers_and_counts(faces, tmp_path, monkeypatch):
+    """The generated rationale follows the cue sentence; data.json and the card count the answers that have one."""
+    ranking = _ranking(tmp_path / "mfa")
+    _scores(ranking, faces, lambda i, y: {c: 0.9 if y else 0.1 for c in CUES})
+    asked = []
+
+    def fake_generate(mllm, images, labels, phrases, max_new_tokens):
+        asked.extend(zip(labels, phrases))
+        return ["The seam gives it away." if y else None for y in labels]
+
+    monkeypatch.setattr(ftdata, "generate_rationales", fake_generate)
+    cfg = FinetuneConfig(data=str(faces[0][0].parent.parent), ranking=str(ranking), face_crop=False, no_expert=True,
+                         eval_fraction=0.0, cues_per_answer=1, quiet=True)
+    info = ftdata.DataBuilder(cfg, lambda: [], get_mllm=lambda: "mllm").build(tmp_path / "built")
+    rows = [json.loads(x) for x in (tmp_path / "built" / "train.jsonl").read_text().splitlines()]
+    assert len(asked) == 8 and all(len(ph) == 1 for _, ph in asked)  # asked with the face's stated cues
+    for r in rows:
+        assert (r["rationale"] == "The seam gives it away.") is (r["label"] == 1)
+        assert r["answer"].endswith(". The seam gives it away.") is (r["label"] == 1)
+    assert info["rationale"]["written"] == 4 == info["answers"]["train"]["with_rationale"]
+    text = "\n".join(answer_lines(rows, info))
+    assert "- answers with a rationale by the base model: 4" in text and "GIVEN the label" in text
