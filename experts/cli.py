@@ -1,7 +1,7 @@
 """``x2dfd expert``: train the blending expert, or score inputs with the experts (no MLLM).
 
     x2dfd expert train --expert blend --real DIR [--real DIR2] --out DIR [--epochs 8 --seed 0 --resume]
-    x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]
+    x2dfd expert score INPUT... [--expert NAME[=WEIGHTS]] [--out FILE.jsonl]
     x2dfd expert list
 
 This module does not import torch (``--help`` stays fast); the training code is imported when it runs.
@@ -137,8 +137,8 @@ class ScoreConfig(PipelineOptions):
 
     inputs: list[str] = field(default_factory=list, metadata={"positional": True})
     """Images, videos, directories (searched recursively) or glob patterns."""
-    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
-    """Expert to run (default: the shipped blending expert)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME[=WEIGHTS]"})
+    """Expert to run, by registry name; NAME=WEIGHTS loads other weights, e.g. blend=DIR, the --out of `x2dfd expert train` (default: the shipped blending expert). The same loader as explain, evaluate and finetune."""
     out: str | None = None
     """JSONL file the records are appended to (default: printed to stdout); reruns resume."""
     report: str | None = None
@@ -158,7 +158,8 @@ class ScoreConfig(PipelineOptions):
 
 
 def score_main(argv: list[str]) -> int:
-    """``x2dfd expert score INPUT... [--expert NAME] [--out FILE.jsonl]``: explain's pipeline in expert-only mode."""
+    """``x2dfd expert score INPUT... [--expert NAME[=WEIGHTS]] [--out FILE.jsonl]``: explain's pipeline in expert-only
+    mode (experts loaded by :func:`x2dfd.api.load_experts`, as everywhere)."""
     cfg = parse_config(ScoreConfig, argv, prog="x2dfd expert score")
     from x2dfd.explain import ExplainConfig, execute, finish
 

@@ -130,3 +130,27 @@ def test_real_tokenizer_and_default_unchanged(tiny_llava):
     [j] = fakevlm.judge([Image.new("RGB", (40, 40))], ["Does the image look real/fake?"],
                         max_new_tokens=2)
     assert j.explanation.startswith("This is a")
+
+
+def test_training_record_comparison(tmp_path):
+    """An adapter's record of its experts against a run's: names, order, prompt words, sha256 (where recorded)."""
+    from x2dfd.presets import compare_with_record, describe_experts, training_record, write_training_record
+
+    blend = {"name": "blend", "word": "blending", "weights": None, "weights_file": "/x/b.safetensors",
+             "sha256": "a" * 64, "shipped": True}
+    hf = {"name": "hf", "word": "classifier", "weights": "org/m", "weights_file": None, "sha256": None, "shipped": False}
+    write_training_record(tmp_path, [blend, hf], "explain.jinja@12345678", checkpoint="base")
+    assert training_record(MLLMOptions(model="base", adapter=str(tmp_path))) is not None
+    assert training_record(MLLMOptions()) is None
+    record = training_record(MLLMOptions(adapter=str(tmp_path)))
+    assert record.expert_specs() == ["blend", "hf=org/m"] and record.data["template_version"] == "explain.jinja@12345678"
+    assert describe_experts([blend, hf]) == "[blend (shipped, sha256 aaaaaaaaaaaa), hf=org/m]"
+    assert compare_with_record(record, [dict(blend), dict(hf, sha256="c" * 64)])["status"] == "match"
+    for used in ([hf, blend], [blend], [dict(blend, sha256="b" * 64), hf], [blend, dict(hf, word="other")], []):
+        with pytest.raises(UsageError, match="--allow-expert-mismatch") as err:
+            compare_with_record(record, used)
+        assert "\n" not in str(err.value)
+        assert compare_with_record(record, used, allow=True)["status"] == "mismatch allowed by --allow-expert-mismatch"
+    # a folder preset from elsewhere (x2dfd convert) is no training record: nothing is enforced
+    (tmp_path / "preset.json").write_text(json.dumps(builtin_preset("x2dfd-release").to_dict()))
+    assert training_record(MLLMOptions(adapter=str(tmp_path))) is None

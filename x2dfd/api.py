@@ -13,8 +13,9 @@ command-line layer over :func:`build_explainer`): ``model``, ``revision``, ``ada
 ``dtype``, ``load_in_4bit``, ``load_in_8bit``, ``trust_remote_code`` choose and load the MLLM
 (:class:`x2dfd.modelargs.MLLMOptions`); ``batch_size``, ``max_new_tokens``, ``threshold``,
 ``face_crop``, ``all_faces``, ``frames``, ``aggregate`` ... shape the pipeline
-(:class:`x2dfd.pipeline.PipelineOptions`); ``experts`` names the expert detectors (``None``: the
-default set, ``[]``: none); ``mllm=None`` gives expert-only verdicts with no MLLM loaded.
+(:class:`x2dfd.pipeline.PipelineOptions`); ``experts`` names the expert detectors, ``NAME`` or
+``NAME=WEIGHTS`` as ``--expert`` (``None``: the adapter's recorded experts, else the default set,
+``[]``: none); ``mllm=None`` gives expert-only verdicts with no MLLM loaded.
 """
 
 from __future__ import annotations
@@ -50,19 +51,74 @@ def load_experts(specs: Sequence[str] | None, device: str = "cpu") -> list:
 
 
 def build_explainer(mllm_options: MLLMOptions | None, expert_names: Sequence[str] | None,
-                    pipeline_options: PipelineOptions, device: str = "auto") -> Explainer:
+                    pipeline_options: PipelineOptions, device: str = "auto",
+                    allow_expert_mismatch: bool | None = None) -> Explainer:
     """Load the MLLM (``None``: expert-only) and the experts once, and return the pipeline that every
-    command, the demo and :class:`Detector` run. The experts run on the MLLM's device (else ``device``)."""
+    command, the demo and :class:`Detector` run. The experts run on the MLLM's device (else ``device``).
+
+    ``expert_names=None``: a preset's experts (--preset, or preset.json in the adapter/model folder; for an adapter
+    from ``x2dfd finetune`` the experts it was trained with, their weights checked by sha256), else the default
+    set. Named experts that differ from an adapter's recorded ones (names, order, prompt words or weights) are a
+    one-line UsageError unless ``allow_expert_mismatch`` (default: the options' ``allow_expert_mismatch``, i.e.
+    ``--allow-expert-mismatch``); the outcome is ``explainer.expert_check`` (None without a record)."""
     from x2dfd.mllm import load_mllm, resolve_device
 
     device = str(resolve_device(mllm_options.device if mllm_options is not None else device))
-    if expert_names is None:
-        from x2dfd.presets import preset_expert_specs
+    if allow_expert_mismatch is None:
+        allow_expert_mismatch = any(bool(getattr(o, "allow_expert_mismatch", False))
+                                    for o in (pipeline_options, mllm_options) if o is not None)
+    specs, record, from_record = resolve_expert_specs(mllm_options, expert_names, pipeline_options,
+                                                      allow_expert_mismatch)
+    experts = load_experts(specs, device)  # before the MLLM: a mismatch is refused in seconds
+    check = check_adapter_experts(record, specs, experts, allow_expert_mismatch, from_record)
+    mllm = None if mllm_options is None else load_mllm(mllm_options)
+    explainer = Explainer(mllm, experts, pipeline_options)
+    explainer.expert_check = check
+    if check is not None and check.get("template_version") not in (None, explainer.template_version):
+        from x2dfd.log import get_logger
 
+        get_logger("api").warning(f"x2dfd: warning: adapter '{check['adapter']}' was trained on question template "
+                                  f"{check['template_version']}, this run asks {explainer.template_version}")
+    return explainer
+
+
+def resolve_expert_specs(mllm_options: Any, expert_names: Sequence[str] | None, pipeline_options: Any = None,
+                         allow_expert_mismatch: bool = False) -> tuple[list[str], Any, bool]:
+    """Before anything is loaded: the expert specs a run uses (``expert_names``; None: the preset's, i.e. an
+    adapter's recorded experts, else the default set), the adapter's record (:func:`x2dfd.presets.training_record`,
+    None without one or in expert-only mode) and whether the specs come from that record (then its NAME=WEIGHTS
+    files are checked now: a missing one, or one whose sha256 changed, is a one-line UsageError)."""
+    from x2dfd.experts import DEFAULT_EXPERTS
+    from x2dfd.presets import check_recorded_files, preset_expert_specs, training_record
+
+    record = training_record(mllm_options) if mllm_options is not None else None
+    named = expert_names is not None
+    if expert_names is None:
         # A preset's own experts (--preset, or preset.json in the adapter/model folder); else None: the default set.
         expert_names = preset_expert_specs(mllm_options if mllm_options is not None else pipeline_options)
-    mllm = None if mllm_options is None else load_mllm(mllm_options)
-    return Explainer(mllm, load_experts(expert_names, device), pipeline_options)
+    specs = list(DEFAULT_EXPERTS) if expert_names is None else list(expert_names)
+    from_record = record is not None and not named and specs == record.expert_specs()
+    if from_record:
+        check_recorded_files(record, allow_expert_mismatch)
+    return specs, record, from_record
+
+
+def check_adapter_experts(record: Any, specs: Sequence[str], experts: Sequence, allow_expert_mismatch: bool = False,
+                          from_record: bool = False) -> dict[str, Any] | None:
+    """After the experts are loaded: compare them with the adapter's record (names, order, prompt words, weights
+    sha256). A difference is a one-line UsageError naming both sets and --allow-expert-mismatch, unless allowed
+    (then a warning). Returns what a run's config stores (None without a record)."""
+    if record is None:
+        return None
+    from x2dfd.presets import compare_with_record, expert_entries
+
+    check = compare_with_record(record, expert_entries(list(experts), list(specs)), allow_expert_mismatch, from_record)
+    if check["status"] != "match":
+        from x2dfd.log import get_logger
+
+        get_logger("api").warning(f"x2dfd: warning: {check['status']}: adapter '{check['adapter']}' was trained with "
+                                  "other experts than this run's (the run's config records both)")
+    return check
 
 
 class Detector:
@@ -105,15 +161,18 @@ class Detector:
 
 
 def load_detector(model: str = DEFAULT_MODEL, *, mllm: str | None = "auto", experts: Sequence[str] | None = None,
-                  **options: Any) -> Detector:
+                  allow_expert_mismatch: bool = False, **options: Any) -> Detector:
     """Load a detector: the MLLM ``model`` (a hub id or a local checkpoint directory; ``mllm=None`` or
     ``"none"``: no MLLM, expert-only verdicts) and the ``experts``; any other keyword is an option of
     ``x2dfd explain`` with the same name and meaning (``adapter``, ``device``, ``load_in_4bit``,
-    ``batch_size``, ``max_new_tokens``, ``threshold``, ``face_crop``, ...)."""
+    ``batch_size``, ``max_new_tokens``, ``threshold``, ``face_crop``, ...). An ``adapter`` from ``x2dfd finetune``
+    brings the experts it was trained with when ``experts`` is None; other ``experts`` are refused (one-line
+    UsageError) unless ``allow_expert_mismatch=True`` (then ``detector.explainer.expert_check`` says so)."""
     unknown = sorted(set(options) - _MLLM_FIELDS - _PIPELINE_FIELDS)
     if unknown:
         available = ", ".join(sorted((_MLLM_FIELDS | _PIPELINE_FIELDS) - {"model"}))
-        raise UsageError(f"unknown option(s) {', '.join(unknown)}. Available: mllm, experts, model, {available}.")
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}. Available: mllm, experts, allow_expert_mismatch, "
+                         f"model, {available}.")
     if mllm not in (None, "none", "auto"):
         raise UsageError(f"mllm={mllm!r}: give 'auto' (load the model) or None (expert-only)")
     if isinstance(experts, str):
@@ -121,7 +180,8 @@ def load_detector(model: str = DEFAULT_MODEL, *, mllm: str | None = "auto", expe
     pipeline = PipelineOptions(**{k: v for k, v in options.items() if k in _PIPELINE_FIELDS})
     mllm_kwargs = {k: v for k, v in options.items() if k in _MLLM_FIELDS}
     mllm_options = None if mllm in (None, "none") else MLLMOptions(model=model, **mllm_kwargs)
-    return Detector(build_explainer(mllm_options, experts, pipeline, device=mllm_kwargs.get("device", "auto")))
+    return Detector(build_explainer(mllm_options, experts, pipeline, device=mllm_kwargs.get("device", "auto"),
+                                    allow_expert_mismatch=allow_expert_mismatch))
 
 
 def explain(inputs: Input | Iterable[Input], **options: Any) -> list[Record]:

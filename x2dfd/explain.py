@@ -54,9 +54,11 @@ class ExplainConfig(PipelineOptions, ModelArgs):
     mllm: str = field(default="auto", metadata={"choices": ["auto", "none"]})
     """auto (default): load the MLLM named by --model (and --adapter) for verdict, p_fake and explanation; none: expert-only verdicts from the experts' scores (no MLLM is loaded, nothing downloaded, no explanation text invented)."""
     expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME[=WEIGHTS]"})
-    """External expert to run, by registry name; NAME=WEIGHTS loads other weights, e.g. from `x2dfd expert train` (default: the shipped blending expert)."""
+    """External expert to run, by registry name; NAME=WEIGHTS loads other weights, e.g. from `x2dfd expert train` (default: the experts an --adapter from `x2dfd finetune` was trained with, recorded in its preset.json; else the shipped blending expert)."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """Run no external expert (the prompt then carries no expert scores)."""
+    allow_expert_mismatch: bool = field(default=False, metadata={"store_true": True})
+    """Run even though --expert/--no-expert/--preset differ from the experts the --adapter was trained with (or their recorded weights file changed); without it that is an error. The run's config records both sets."""
     report: str | None = None
     """Also write a self-contained HTML report (thumbnails, face crops, heatmaps, explanations) into this directory."""
     force_new_run: bool = field(default=False, metadata={"store_true": True})
@@ -634,7 +636,8 @@ def _execute(cfg: ExplainConfig, command: str) -> ExplainRun:
             info = {"command": command, "x2dfd_version": __version__, "config": resolved,
                     "processes": shards.world, "template_version": explainer.template_version,
                     "mllm": explainer.mllm.describe() if explainer.mllm else None,
-                    "experts": [e.info() for e in explainer.experts]}
+                    "experts": [e.info() for e in explainer.experts],
+                    "adapter_experts": getattr(explainer, "expert_check", None)}
             write_json_file(config_path(out), info)
         if not cfg.quiet and len(todo) < len(mine):
             _warn(f"resuming: {len(mine) - len(todo)} inputs already in {out}, {len(todo)} to go")

@@ -19,6 +19,14 @@ A preset fixes
 Built-ins live in ``prompts/presets/NAME.json``: ``x2dfd-release``, ``fakevlm``, ``x2dfd`` (x2dfd's own
 prompt, i.e. the default behaviour). Without ``--preset`` and without a ``preset.json`` in the
 ``--adapter`` (then ``--model``) folder nothing changes. This module imports no torch at import time.
+
+``x2dfd finetune`` writes its adapter folder's ``preset.json`` (:func:`write_training_record`): the ``x2dfd``
+preset with the base model as ``checkpoint``, the experts whose scores were in the training questions (each
+``name``, ``word``, ``weights`` (the NAME=WEIGHTS path, resolved; null: shipped), ``weights_file``, ``sha256``,
+``shipped``; ``[]`` after --no-expert), ``template_version`` (the question template) and ``recorded_by``. At
+inference those experts run when none are named; other ones (names, order, prompt words, weights by sha256), or
+recorded weights that are missing or changed, are a one-line error unless ``--allow-expert-mismatch``
+(:func:`check_recorded_files`, :func:`compare_with_record`, called by :func:`x2dfd.api.build_explainer`).
 """
 
 from __future__ import annotations
@@ -129,7 +137,9 @@ class Preset:
                 continue
             weights = e.get("weights")
             if weights and self.folder is not None and not Path(weights).is_absolute():
-                weights = str(self.folder / weights)
+                # (a training record's weights that are no file in the folder are a hub id, kept as written)
+                if not self.data.get(RECORD_KEY) or (self.folder / weights).exists():
+                    weights = str(self.folder / weights)
             specs.append(f"{e['name']}={weights}" if weights else e["name"])
         return specs
 
@@ -259,3 +269,137 @@ def write_folder_preset(preset: Preset | dict[str, Any], directory: str | Path, 
     path = Path(directory) / FOLDER_FILE
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------- the experts an adapter was trained with
+# `x2dfd finetune` writes its adapter folder's preset.json as the built-in "x2dfd" preset (x2dfd's own prompt) with
+# the experts whose scores were in the training questions, each with its prompt word, weights and their sha256, the
+# question template's version and RECORD_KEY. At inference (explain, evaluate, the demo, load_detector) that file
+# gives the experts when none are named, and a run that names other experts, or whose recorded weights are gone or
+# changed, stops with one line unless ALLOW_FLAG.
+RECORD_KEY = "recorded_by"
+ALLOW_FLAG = "--allow-expert-mismatch"
+
+
+def expert_entry(expert: Any, spec: str) -> dict[str, Any]:
+    """The record of one loaded expert: ``name``, ``word`` (its prompt name), ``weights`` (the NAME=WEIGHTS path as
+    given, resolved; None for the shipped default), ``weights_file`` (the file read), ``sha256`` of that file
+    (None when the expert has no file, e.g. a hub id) and ``shipped`` (no weights were named)."""
+    _, eq, given = spec.partition("=")
+    given = given.strip() if eq else ""
+    info = expert.info() if hasattr(expert, "info") else {}
+    info = info if isinstance(info, dict) else {}
+    file = info.get("weights")
+    weights = None
+    if given:
+        path = Path(given).expanduser()
+        weights = str(path.resolve()) if path.exists() else given  # a hub id stays as written
+    if file and Path(str(file)).expanduser().exists():
+        file = str(Path(str(file)).expanduser().resolve())
+    return {"name": expert.name, "word": getattr(expert, "prompt_name", expert.name), "weights": weights,
+            "weights_file": str(file) if file else None, "sha256": info.get("sha256"), "shipped": not given}
+
+
+def expert_entries(experts: list, specs: list[str]) -> list[dict[str, Any]]:
+    """:func:`expert_entry` of each loaded expert (``specs``: what was asked for, in the same order)."""
+    return [expert_entry(e, s) for e, s in zip(experts, specs)]
+
+
+def write_training_record(directory: str | Path, entries: list[dict[str, Any]], template_version: str | None,
+                          checkpoint: str | None = None, **recorded_by: Any) -> Path:
+    """``DIR/preset.json``: the "x2dfd" preset with the experts the adapter in DIR was trained with ([] for
+    --no-expert: "no experts"), the question template version and who wrote it."""
+    preset = builtin_preset("x2dfd").to_dict()
+    preset["description"] = ("written by x2dfd finetune: x2dfd's own prompt and the experts whose scores were in the "
+                             "training questions (used by default at inference; other experts are refused unless "
+                             f"{ALLOW_FLAG})")
+    if checkpoint:
+        preset["checkpoint"] = checkpoint
+    preset["experts"] = [dict(e) for e in entries]
+    preset["template_version"] = template_version
+    preset[RECORD_KEY] = {"command": "x2dfd finetune", **recorded_by}
+    return write_folder_preset(preset, directory)
+
+
+def training_record(options: Any) -> Preset | None:
+    """The preset.json ``x2dfd finetune`` wrote into the --adapter (else --model) folder, or None (no folder preset,
+    or one written by something else, e.g. ``x2dfd convert``)."""
+    found = folder_preset(getattr(options, "adapter", None)) or folder_preset(getattr(options, "model", None))
+    return found if found is not None and found.data.get(RECORD_KEY) else None
+
+
+def describe_experts(entries: list[dict[str, Any]]) -> str:
+    """``[blend (shipped, sha256 1a2b3c4d5e6f), hf=org/model]``; ``[none]`` for no experts."""
+    if not entries:
+        return "[none]"
+    out = []
+    for e in entries:
+        text = e["name"] if e.get("shipped") or not e.get("weights") else f"{e['name']}={e['weights']}"
+        sha = (e.get("sha256") or "")[:12]
+        extra = ", ".join(x for x in ("shipped" if e.get("shipped") else "", f"sha256 {sha}" if sha else "") if x)
+        out.append(f"{text} ({extra})" if extra else text)
+    return "[" + ", ".join(out) + "]"
+
+
+def _record_folder(record: Preset) -> str:
+    return str(record.folder) if record.folder is not None else record.name
+
+
+def _recorded_file(record: Preset, entry: dict[str, Any]) -> Path | None:
+    file = entry.get("weights_file") or entry.get("weights")
+    if not file or entry.get("shipped"):
+        return None
+    path = Path(str(file)).expanduser()
+    if not path.is_absolute() and record.folder is not None:
+        path = record.folder / path
+    return path
+
+
+def check_recorded_files(record: Preset, allow: bool = False) -> None:
+    """Before the adapter's own experts are loaded: each recorded NAME=WEIGHTS file is still there and has its
+    recorded sha256 (a changed file is refused unless ``allow``; a missing one always)."""
+    from x2dfd.media import file_sha256
+
+    folder = _record_folder(record)
+    for e in record.experts:
+        path = _recorded_file(record, e)
+        if path is None or not e.get("sha256") or e.get("absent"):
+            continue
+        if not path.is_file():
+            raise UsageError(f"adapter '{folder}' was trained with {e['name']} weights '{path}' (sha256 "
+                             f"{e['sha256'][:12]}), which is missing: put that file back, or give --expert "
+                             f"{e['name']}=FILE {ALLOW_FLAG} to run with other weights")
+        sha = file_sha256(path)
+        if sha != e["sha256"] and not allow:
+            raise UsageError(f"{e['name']} weights '{path}' changed since adapter '{folder}' was trained with them "
+                             f"(sha256 now {sha[:12]}, recorded {e['sha256'][:12]}): put the original file back, or "
+                             f"add {ALLOW_FLAG} to run with the file as it is")
+
+
+def _differs(recorded: dict[str, Any], used: dict[str, Any]) -> bool:
+    if recorded.get("name") != used.get("name") or recorded.get("word") != used.get("word"):
+        return True
+    return bool(recorded.get("sha256")) and recorded.get("sha256") != used.get("sha256")
+
+
+def compare_with_record(record: Preset, used: list[dict[str, Any]], allow: bool = False,
+                        from_record: bool = False) -> dict[str, Any]:
+    """This run's experts (:func:`expert_entries`) against the adapter's record: the same names in the same order,
+    the same prompt words, the same weights (sha256, where recorded). A difference is a one-line UsageError naming
+    both sets, unless ``allow``; returns what the run's config stores (``status``: "match" or "mismatch allowed by
+    --allow-expert-mismatch")."""
+    recorded = [e for e in record.experts if not e.get("absent")]
+    mismatch = len(recorded) != len(used) or any(_differs(r, u) for r, u in zip(recorded, used))
+    folder = _record_folder(record)
+    if mismatch and not allow:
+        if from_record:  # nothing was named: the adapter's own experts loaded other weights (e.g. new shipped ones)
+            hint = (f"give --expert NAME=FILE with the weights it was trained with, or add {ALLOW_FLAG} to run with "
+                    "these")
+        else:
+            hint = (f"leave out --expert/--no-expert/--preset to use the adapter's experts, or add {ALLOW_FLAG} to "
+                    "run anyway")
+        raise UsageError(f"adapter '{folder}' was trained with experts {describe_experts(recorded)}, but this run has "
+                         f"{describe_experts(used)}: {hint}")
+    return {"adapter": folder, "recorded": recorded, "used": used,
+            "template_version": record.data.get("template_version"),
+            "status": f"mismatch allowed by {ALLOW_FLAG}" if mismatch else "match"}
