@@ -18,6 +18,9 @@ explain reads it, ``MLLM.judge``) before training and after every epoch, and wri
 * ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA + projector) and the processor files,
 * ``README.md`` (Hugging Face model card), ``finetune.config.json`` (resolved options, data and ranking
   fingerprints, LoRA targets, trainable share), ``ranking.json`` (the ranking trained from),
+* ``preset.json``: the experts whose scores were in the training questions (name, prompt word, weights path and
+  sha256; ``[]`` for --no-expert), the question template version and the base model: ``x2dfd explain --adapter
+  OUT`` runs those experts by default and refuses others unless --allow-expert-mismatch (``x2dfd.presets``),
 * ``metrics.json``, ``loss.jsonl`` (one line per optimizer step), ``loss.png``,
 * ``data/`` (the training data, unless --data-dir) and ``checkpoints/step-N/`` (resumable, trainable weights only).
 """
@@ -231,13 +234,71 @@ def prepare_data(cfg: FinetuneConfig, accelerator, get_mllm: Callable, device: s
     info: dict[str, Any] = {}
     if accelerator is None or accelerator.is_main_process:
         from x2dfd.api import load_experts
+        from x2dfd.presets import expert_entries, write_training_record
 
-        info = DataBuilder(cfg, lambda: load_experts([] if cfg.no_expert else (cfg.expert or None), device), get_mllm).build(data_dir)
+        specs = expert_specs(cfg)
+        builder = DataBuilder(cfg, lambda: load_experts(specs, device), get_mllm)
+        info = builder.build(data_dir)
+        # DATA/preset.json: the experts whose scores are in these questions (a --data-dir run trains with them)
+        write_training_record(data_dir, expert_entries(builder.experts, specs), question_version(info),
+                              x2dfd_version=__version__, data=str(data_dir))
         _log(cfg, None, data_summary(info, data_dir))
     if accelerator is not None:
         accelerator.wait_for_everyone()
         info = json.loads((data_dir / INFO_FILE).read_text(encoding="utf-8"))
     return data_dir, info
+
+
+def expert_specs(cfg: FinetuneConfig) -> list[str]:
+    """``NAME`` / ``NAME=WEIGHTS`` of the experts this run asks for ([] with --no-expert; the default set without
+    --expert), as every command reads --expert (:func:`x2dfd.api.load_experts`)."""
+    from x2dfd.experts import DEFAULT_EXPERTS
+
+    return [] if cfg.no_expert else list(cfg.expert or DEFAULT_EXPERTS)
+
+
+def question_version(info: dict[str, Any]) -> str:
+    """The version of the question template the data's questions were rendered with."""
+    from x2dfd.pipeline import QUESTION_TEMPLATE
+    from x2dfd.prompts import template_version
+
+    return (info.get("templates") or {}).get("question") or template_version(QUESTION_TEMPLATE)
+
+
+def _normal_specs(specs: list[str]) -> list[tuple[str, str | None]]:
+    out = []
+    for spec in specs:
+        name, _, weights = spec.partition("=")
+        weights = weights.strip()
+        path = Path(weights).expanduser()
+        out.append((name.strip(), str(path.resolve()) if weights and path.exists() else (weights or None)))
+    return out
+
+
+def training_experts(cfg: FinetuneConfig, data_dir: Path, data_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The experts whose scores are in the training questions (name, prompt word, weights, sha256): from the data
+    folder's preset.json (written when the data is built), else (data built by an older x2dfd) the --expert options,
+    checked against the expert names in its info. Naming other experts than the data's is a one-line error."""
+    from x2dfd.presets import RECORD_KEY, describe_experts, expert_entries, folder_preset
+
+    specs = expert_specs(cfg)
+    record = folder_preset(str(data_dir))
+    if record is not None and record.data.get(RECORD_KEY):
+        entries = [dict(e) for e in record.experts]
+        if (cfg.no_expert or cfg.expert) and _normal_specs(specs) != _normal_specs(record.expert_specs()):
+            raise UsageError(f"the training data in '{data_dir}' was built with experts {describe_experts(entries)} "
+                             "(their scores are in its questions); leave out --expert/--no-expert, or build new data "
+                             "with these experts")
+        return entries
+    from x2dfd.api import load_experts
+
+    entries = expert_entries(load_experts(specs, "cpu"), specs)
+    if "experts" in data_info:
+        names = [str(e.get("name")) for e in data_info.get("experts") or []]
+        if names != [e["name"] for e in entries]:
+            raise UsageError(f"the training data in '{data_dir}' was built with experts [{', '.join(names) or 'none'}], "
+                             f"but this run names {describe_experts(entries)}; give the same --expert (or --no-expert)")
+    return entries
 
 
 def data_summary(info: dict[str, Any], data_dir: Path) -> str:
@@ -347,6 +408,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
         return holder["mllm"]
 
     data_dir, data_info = prepare_data(cfg, accelerator, get_mllm, str(device))
+    experts_used = training_experts(cfg, data_dir, data_info)  # recorded in the adapter folder (preset.json)
     train_ds, eval_ds, _ = load_training_data(data_dir)
     fingerprint = data_fingerprint(data_dir)
     result = FinetuneResult(out_dir, data_dir, data_info)
@@ -519,11 +581,19 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
             "data": {"dir": str(data_dir), "fingerprint": fingerprint, "train": len(train_ds), "held_out": len(eval_ds),
                      "balance": data_info.get("balance"), "cues": data_info.get("cues"),
                      "templates": data_info.get("templates")},
+            "experts": experts_used, "question_template": question_version(data_info),
             "ranking": data_info.get("ranking"),
             "ranking_fingerprint": (file_sha256(out_dir / "ranking.json")
                                     if (out_dir / "ranking.json").is_file() else None),
         }
         (out_dir / CONFIG_FILE).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        # OUT/preset.json: explain/evaluate/the demo --adapter OUT run these experts (and this base model) by default
+        from x2dfd.presets import write_training_record
+
+        base = Path(cfg.model).expanduser()
+        write_training_record(out_dir, experts_used, question_version(data_info),
+                              checkpoint=str(base.resolve()) if base.is_dir() else cfg.model, x2dfd_version=__version__,
+                              created=resolved["created"], data_fingerprint=fingerprint)
         write_model_card(out_dir, resolved, metrics)
         _log(cfg, accelerator, f"adapter written to {out_dir} ({step} steps, {train_seconds:.1f} s); "
                                f"use it with `x2dfd explain FACES --model {cfg.model} --adapter {out_dir}`")
