@@ -1,4 +1,5 @@
-"""Labelled-data loader: folder, CSV, JSONL, JSON list, DeepfakeBench JSON, balanced sampling, one-line errors."""
+"""Labelled-data loader: folder, CSV, JSONL, JSON list, DeepfakeBench and X2-DFD JSON, frames per video,
+balanced sampling, one-line errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from x2dfd.dataset import balanced_sample, class_counts, load_labelled
+from x2dfd.dataset import (balanced_sample, class_counts, count_videos, data_layout, load_labelled, sample_frames,
+                           spread_indices)
 from x2dfd.errors import UsageError
 
 
@@ -172,6 +174,154 @@ def test_combined_ff_json_keeps_each_manipulation_its_own_video(tmp_path):
     assert {v for v, y in videos if y} >= {"FaceForensics++/FF-DF/000_100", "FaceForensics++/FF-F2F/000_100"}
     frames_per_video = {v: ds["video_id"].count(v) for v, _ in videos}
     assert set(frames_per_video.values()) == {2}
+
+
+def _ff_json(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A combined FaceForensics++ JSON as DeepfakeBench writes it: FF-real + FF-DF + FF-F2F + FF-FS, the fakes of
+    each manipulation sharing the FF++ ids (000_003, ...), 3 to 9 frames per video, a train and a test split."""
+    root = tmp_path / "datasets"
+    entries: dict = {}
+    frames_of: dict[str, int] = {}
+    for m, (label_name, folder) in enumerate((("FF-real", "original"), ("FF-DF", "Deepfakes"), ("FF-F2F", "Face2Face"),
+                                              ("FF-FS", "FaceSwap"))):
+        splits = {}
+        for split, ids in (("train", range(4)), ("test", range(4, 6))):
+            videos = {}
+            for v in ids:
+                vid = f"{v:03d}" if label_name == "FF-real" else f"{v:03d}_{(v + 3) % 10:03d}"
+                n = 3 + (v + m) % 7
+                frames = [f"{folder}/c23/frames/{vid}/{i:03d}.png" for i in range(n)]
+                for f in frames:
+                    _img(root / f)
+                videos[vid] = {"label": label_name, "frames": frames}
+                frames_of[f"FaceForensics++/{label_name}/{vid}"] = n
+            splits[split] = {"c23": videos}
+        entries[label_name] = splits
+    path = tmp_path / "FaceForensics++.json"
+    path.write_text(json.dumps({"FaceForensics++": entries}))
+    return path, root, frames_of
+
+
+def test_combined_ff_json_video_and_frame_counts_at_every_level(tmp_path):
+    path, root, frames_of = _ff_json(tmp_path)
+    train = load_labelled(str(path), split="train", root=str(root))
+    videos = sorted(set(train["video_id"]))
+    assert len(videos) == 16 and count_videos(train) == {"real": 4, "fake": 12}  # 000_003 of DF, F2F, FS: 3 videos
+    assert {v for v in videos if v.endswith("/000_003")} == {f"FaceForensics++/FF-{m}/000_003" for m in ("DF", "F2F", "FS")}
+    assert all(train["video_id"].count(v) == frames_of[v] for v in videos)  # every frame of every video
+    assert class_counts(train) == {"real": sum(frames_of[v] for v in videos if "FF-real" in v),
+                                   "fake": sum(frames_of[v] for v in videos if "FF-real" not in v)}
+    by_source = {s: len({v for v, src in zip(train["video_id"], train["source"]) if src == s}) for s in set(train["source"])}
+    assert by_source == {"FF-real": 4, "FF-DF": 4, "FF-F2F": 4, "FF-FS": 4}
+    test = load_labelled(str(path), split="test", root=str(root))
+    assert count_videos(test) == {"real": 2, "fake": 6} and not set(test["path"]) & set(train["path"])
+
+    untouched = sample_frames(train)  # no N: frame images are all kept (only video files are expanded)
+    assert untouched["path"] == train["path"] and set(untouched["frame"]) == {None}
+    capped = sample_frames(train, 4, seed=0)
+    assert count_videos(capped) == count_videos(train)  # no video lost, none merged
+    for v in videos:
+        chosen = sorted(p for p, vid in zip(capped["path"], capped["video_id"]) if vid == v)
+        everything = sorted(p for p, vid in zip(train["path"], train["video_id"]) if vid == v)
+        assert len(chosen) == min(4, frames_of[v]) and set(chosen) <= set(everything)
+        picks = [everything.index(c) for c in chosen]
+        if frames_of[v] > 4:  # spread over the whole video: one pick per stride
+            stride = frames_of[v] / 4
+            assert all(int(k * stride) <= i < int((k + 1) * stride) + 1 for k, i in enumerate(picks))
+    assert len(capped) == sum(min(4, frames_of[v]) for v in videos)
+    assert [capped["path"].index(p) for p in capped["path"]] == list(range(len(capped)))  # no duplicates
+    order = [train["path"].index(p) for p in capped["path"]]
+    assert order == sorted(order)  # original order kept
+    assert sample_frames(train, 4, seed=0)["path"] == capped["path"]  # deterministic for a seed
+    assert len({tuple(sample_frames(train, 4, seed=s)["path"]) for s in range(4)}) > 1  # the seed matters
+    one = sample_frames(train, 1, seed=3)
+    assert count_videos(one) == {"real": 4, "fake": 12} and class_counts(one) == {"real": 4, "fake": 12}
+    sampled = balanced_sample(capped, per_class=8, seed=0)
+    assert class_counts(sampled) == {"real": 8, "fake": 8}
+    _usage_error(sample_frames, train, 0, match="--frames-per-video must be >= 1")
+
+
+def test_frames_per_video_leaves_lone_images_and_keeps_a_videos_choice_independent(tmp_path):
+    for i in range(6):
+        _img(tmp_path / "fake" / "DF" / "v1" / f"{i:02d}.png")
+        _img(tmp_path / "fake" / "DF" / "v2" / f"{i:02d}.png")
+    for name in ("a.png", "b.png", "c.png"):
+        _img(tmp_path / "real" / name)
+    ds = load_labelled(str(tmp_path))
+    capped = sample_frames(ds, 2, seed=5)
+    assert [p for p in capped["path"] if "/real/" in p] == [p for p in ds["path"] if "/real/" in p]
+    v1 = [p for p, v in zip(capped["path"], capped["video_id"]) if v == "DF/v1"]
+    (tmp_path / "fake" / "DF" / "v2" / "00.png").unlink()  # another video changes: v1's frames do not
+    again = sample_frames(load_labelled(str(tmp_path)), 2, seed=5)
+    assert [p for p, v in zip(again["path"], again["video_id"]) if v == "DF/v1"] == v1
+    rng = __import__("numpy").random.default_rng(0)
+    assert spread_indices(5, 9, rng) == [0, 1, 2, 3, 4]
+    for total, n in ((10, 3), (7, 7), (100, 8), (9, 2)):
+        picks = spread_indices(total, n, rng)
+        assert len(set(picks)) == min(n, total) and picks == sorted(picks) and 0 <= picks[0] and picks[-1] < total
+
+
+def _x2dfd_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "Datasets"
+    for rel in ("FaceForensics++/original_sequences/youtube/c23/frames/000/000.png",
+                "FaceForensics++/original_sequences/youtube/c23/frames/000/010.png",
+                "FaceForensics++/original_sequences/youtube/c23/frames/001/000.png",
+                "FaceForensics++/manipulated_sequences/Deepfakes/c23/frames/000_003/000.png",
+                "FaceForensics++/manipulated_sequences/Deepfakes/c23/frames/000_003/010.png",
+                "FaceForensics++/manipulated_sequences/Face2Face/c23/frames/000_003/000.png",
+                "DiFF/T2I/SDXL/face_a.png"):
+        _img(root / rel)
+    return root
+
+
+def test_x2dfd_json(tmp_path):
+    """X2-DFD's own dataset JSON: {"Description": root, "images": [{"image_path": ...}]}, one file per class and
+    source, the label from the file name as X2-DFD's annotation script infers it."""
+    root = _x2dfd_tree(tmp_path)
+    bench = tmp_path / "test" / "FF"
+    bench.mkdir(parents=True)
+    real = bench / "FF_real.json"
+    real.write_text(json.dumps({"Description": str(root), "images": [
+        {"image_path": "FaceForensics++/original_sequences/youtube/c23/frames/000/000.png"},
+        {"image_path": "FaceForensics++\\original_sequences\\youtube\\c23\\frames\\000\\010.png"},  # Windows
+        {"image_path": str(root / "FaceForensics++/original_sequences/youtube/c23/frames/001/000.png")}]}))  # absolute
+    fake = bench / "Deepfakes_fake.json"
+    fake.write_text(json.dumps({"Description": str(root), "images": [
+        {"image_path": "FaceForensics++/manipulated_sequences/Deepfakes/c23/frames/000_003/000.png"},
+        {"image_path": "FaceForensics++/manipulated_sequences/Deepfakes/c23/frames/000_003/010.png"},
+        {"path": "FaceForensics++/manipulated_sequences/Face2Face/c23/frames/000_003/000.png"},
+        {"image_path": "DiFF/T2I/SDXL/face_a.png", "label": "fake"}]}))
+    ds = load_labelled(str(real))
+    assert ds["label"] == [0, 0, 0] and set(ds["source"]) == {"FF_real"} and data_layout(str(real)) == "x2dfd"
+    assert ds["video_id"] == ["FaceForensics++/original_sequences/youtube/c23/frames/000"] * 2 + [
+        str(root / "FaceForensics++/original_sequences/youtube/c23/frames/001").replace("\\", "/")]
+    both = load_labelled(str(bench))  # the benchmark folder: every X2-DFD JSON in it
+    assert data_layout(str(bench)) == "x2dfd-folder"
+    assert class_counts(both) == {"real": 3, "fake": 4} and both["source"][:4] == ["Deepfakes_fake"] * 4
+    fake_videos = both["video_id"][:4]
+    assert fake_videos[0] == fake_videos[1] != fake_videos[2]  # Deepfakes and Face2Face of 000_003: two videos
+    assert fake_videos[3] is None  # not a numbered frame: a lone image
+    assert count_videos(both) == {"real": 2, "fake": 3}
+
+    moved = tmp_path / "moved.json"  # the Description names the author's machine: --data-root overrides it
+    moved.write_text(json.dumps({"Description": "/data/250010183/Datasets", "images": [{"image_path": "DiFF/T2I/SDXL/face_a.png"}]}))
+    msg = _usage_error(load_labelled, str(moved), match="does not exist")
+    assert "--data-root" in msg
+    assert load_labelled(str(moved), root=str(root))["label"] == [1]
+    (root / "local_real.json").write_text(json.dumps({"images": [{"image_path": "DiFF/T2I/SDXL/face_a.png"}]}))
+    assert load_labelled(str(root / "local_real.json"))["label"] == [0]  # no Description: the JSON's folder
+
+    for images, match in (({"a": 1}, r"must be a list"), ([1], r"entry #1: must be an object"),
+                          ([{"image_path": ""}], r"entry #1: needs a non-empty 'image_path'"),
+                          ([{"image_path": "DiFF/T2I/SDXL/face_a.png"}, {"label": "x"}], r"entry #2: needs"),
+                          ([{"image_path": "DiFF/T2I/SDXL/face_a.png", "label": "maybe"}], r"entry #1: label 'maybe'")):
+        bad = tmp_path / "bad_fake.json"
+        bad.write_text(json.dumps({"Description": str(root), "images": images}))
+        _usage_error(load_labelled, str(bad), match=match)
+    bad.write_text(json.dumps({"Description": 3, "images": []}))
+    _usage_error(load_labelled, str(bad), match="'Description' must be the image root folder")
+    (bench / "notes.json").write_text(json.dumps({"x": {}}))
+    _usage_error(load_labelled, str(bench), match="'notes.json' is not an X2-DFD JSON")
 
 
 def test_deepfakebench_errors(tmp_path):

@@ -260,7 +260,8 @@ def _load_json(path: Path, split: str, compression: str, root: str | None):
 
 
 def _is_x2dfd(data: Any) -> bool:
-    return isinstance(data, dict) and "images" in data and not isinstance(data["images"], dict)
+    return isinstance(data, dict) and "images" in data and (not isinstance(data["images"], dict)
+                                                            or "Description" in data or "description" in data)
 
 
 def _x2dfd_rows(path: Path, data: dict, root: str | None) -> tuple[list[dict[str, Any]], Path]:
@@ -331,6 +332,25 @@ def load_labelled(data: str, split: str = "test", compression: str = "c23", root
     if suffix == ".json":
         return _load_json(path, split, compression, root)
     raise UsageError(f"DATA '{data}': unknown format '{suffix}'. Available: a folder, .csv, .jsonl, .json")
+
+
+def data_layout(data: str) -> str:
+    """Which layout :func:`load_labelled` reads DATA as: ``folder``, ``x2dfd-folder``, ``csv``, ``jsonl``,
+    ``json-list``, ``x2dfd`` or ``deepfakebench`` (only the last reads ``split`` and ``compression``)."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        has_classes = any(p.is_dir() and p.name.lower() in LABEL_NAMES for p in path.iterdir())
+        return "x2dfd-folder" if not has_classes and any(path.glob("*.json")) else "folder"
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl"):
+        return suffix[1:]
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    if isinstance(parsed, list):
+        return "json-list"
+    return "x2dfd" if _is_x2dfd(parsed) else "deepfakebench"
 
 
 def class_counts(ds) -> dict[str, int]:
