@@ -176,6 +176,20 @@ def test_api_uses_the_record_and_refuses_others(adapter, selfcontained_llava):
     assert d.explainer.expert_check["status"].startswith("mismatch allowed")
 
 
+def test_demo_uses_the_record_and_refuses_others(adapter, selfcontained_llava):
+    """The demo builds its explainer as explain does: the adapter's experts by default, others refused."""
+    from x2dfd.demo.app import DemoConfig
+    from x2dfd.explain import build_explainer
+
+    common = dict(model=str(selfcontained_llava), adapter=str(adapter["out"]), face_crop=False, device="cpu")
+    explainer = build_explainer(DemoConfig(**common))
+    assert [e.info()["sha256"] for e in explainer.experts] == [file_sha256(adapter["weights"])]
+    with pytest.raises(UsageError, match="--allow-expert-mismatch"):
+        build_explainer(DemoConfig(**common, no_expert=True))
+    allowed = build_explainer(DemoConfig(**common, no_expert=True, allow_expert_mismatch=True))
+    assert allowed.experts == [] and allowed.expert_check["used"] == []
+
+
 def test_missing_or_changed_weights_are_one_line_errors(adapter, selfcontained_llava, tmp_path):
     from x2dfd import load_detector
 

@@ -206,7 +206,8 @@ def test_demo_flags_reuse_explain_options():
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stdout.split())
     for flag in ("--model", "--adapter", "--no-expert", "--expert", "--mllm", "--load-in-4bit", "--no-face-crop",
-                 "--frames", "--host", "--port", "--concurrency", "--queue-size", "--max-file-mb", "--no-examples"):
+                 "--frames", "--host", "--port", "--concurrency", "--queue-size", "--max-file-mb", "--no-examples",
+                 "--allow-expert-mismatch", "--expert NAME[=WEIGHTS]"):
         assert flag in text, flag
     for batch_only in ("INPUTS", "--out ", "--report", "--all-faces", "--quiet"):
         assert batch_only not in text, batch_only
