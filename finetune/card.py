@@ -112,7 +112,7 @@ def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
                   f"{rat.get('max_new_tokens')} tokens; kept where a sentence was completed) were written by the base "
                   "model GIVEN the label and the stated cues: they can state things the "
                   "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
-                  "evidence."]
+                  "evidence." + (" None ended a sentence, so no answer carries one." if not comp["with_rationale"] else "")]
     return lines + [""]
 
 
