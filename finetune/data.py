@@ -186,15 +186,6 @@ def grounded_cues(label: int, p_yes: dict[str, float], cues: Sequence[dict[str, 
     return [c for _, _, c in sorted(kept, key=lambda t: t[:2])]
 
 
-def order_cues(label: int, p_yes: dict[str, float] | None, cues: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cues in the order an answer states them: highest P(yes) first for a fake, lowest first for a real;
-    ties, and faces without scores, keep the ranking's order."""
-    if not p_yes:
-        return list(cues)
-    sign = -1.0 if label == 1 else 1.0
-    return [c for _, _, c in sorted((sign * p_yes.get(c["id"], 0.5), i, c) for i, c in enumerate(cues))]
-
-
 # ------------------------------------------------------------------------------------------------ text
 def expert_prompt_list(experts: Sequence) -> list[tuple[str, str]]:
     """``[(registry name, prompt name)]`` of loaded experts, in question order."""

@@ -161,11 +161,12 @@ def test_strong_cues_and_per_image_order(tmp_path):
     assert [c["id"] for c in strong] == ["boundary.jawline_seam", "eyes.pupil_shape"]  # inverted one skipped
     three = ftdata.strong_cues(ranking, 3)
     p = {"boundary.jawline_seam": 0.2, "eyes.pupil_shape": 0.9, "lighting.direction_mismatch": 0.5}
-    assert [c["id"] for c in ftdata.order_cues(1, p, three)] == ["eyes.pupil_shape", "lighting.direction_mismatch",
-                                                                 "boundary.jawline_seam"]
-    assert [c["id"] for c in ftdata.order_cues(0, p, three)] == ["boundary.jawline_seam", "lighting.direction_mismatch",
-                                                                 "eyes.pupil_shape"]
-    assert ftdata.order_cues(1, {}, three) == three
+    thr = {"boundary.jawline_seam": {"threshold": 0.1}, "eyes.pupil_shape": {"threshold": 0.5},
+           "lighting.direction_mismatch": {"threshold": 0.5}}
+    # fake: above the threshold, farthest first (0.9 - 0.5 > 0.2 - 0.1); 0.5 sits on its threshold: not stated
+    assert [c["id"] for c in ftdata.grounded_cues(1, p, three, thr)] == ["eyes.pupil_shape", "boundary.jawline_seam"]
+    assert ftdata.grounded_cues(0, p, three, thr) == []  # real: nothing below its threshold
+    assert ftdata.grounded_cues(1, {}, three, thr) == []  # no score for the face: nothing supported
     assert ftdata.cue_phrases(1, three[:1]) == [three[0]["present"]]
     assert ftdata.cue_phrases(0, three[:1]) == [three[0]["absent"]]
     all_bad, _ = ftdata.load_ranking(_ranking(tmp_path / "b", flags={c: ["inverted"] for c in CUE_IDS}))
