@@ -2,8 +2,15 @@
 
     x2dfd assess data/ --model llava-hf/llava-1.5-7b-hf --per-class 200 --out mfa/     # data/real, data/fake
     x2dfd assess manifest.csv --model ./llava --adapter ./lora --out mfa-tuned/
-    x2dfd assess FaceForensics++.json --split test --compression c23 --data-root datasets/ --out mfa/
+    x2dfd assess FaceForensics++.json --compression c23 --data-root datasets/ --frames-per-video 8 --out mfa/  # train split
+    x2dfd assess videos/ --model ./llava --out mfa/   # videos/real/*.mp4, videos/fake/*.mp4: 16 frames of each
     x2dfd assess --generate-cues 30 --cues-out my_cues.yaml --model ./llava             # propose new cues
+
+DATA is read by ``x2dfd.dataset.load_labelled`` (folder, manifest, DeepfakeBench or X2-DFD JSON); a
+DeepfakeBench JSON's TRAIN split by default, so cues are never chosen on test data (the line printed
+first and ``ranking.json``'s ``data`` say which split and compression were read). ``--frames-per-video N``
+keeps N frames per video (``x2dfd.dataset.sample_frames``: evenly spread, seeded); video files give N
+frames each (16 by default, as explain samples), decoded through the same path as explain.
 
 For every sampled face (cropped as in ``x2dfd explain``) and every cue of the bank, P(yes) is read
 from the MLLM's next-token logits of "Yes" vs "No" (``feature_assessment.scoring``: the image
@@ -47,7 +54,7 @@ class AssessConfig(ModelArgs):
     early_model_check: ClassVar[bool] = False  # run_assess checks --model after DATA (whose errors come first)
 
     data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
-    """Labelled faces: a folder with real/ and fake/, a CSV/JSONL manifest (path,label[,video_id,source]) or a DeepfakeBench dataset JSON."""
+    """Labelled faces: a folder with real/ and fake/ (images or videos), a CSV/JSONL manifest (path,label[,video_id,source]), a DeepfakeBench dataset JSON or X2-DFD JSON(s)."""
     out: str = "assess-out"
     """Output folder (ranking.json, ranking.csv, regions.csv, ranking.png, scores.jsonl, assess.config.json)."""
     cues: list[str] = field(default_factory=list, metadata={"metavar": "FILE"})
@@ -58,12 +65,14 @@ class AssessConfig(ModelArgs):
     """Faces sampled per class (real, fake); default: the whole smaller class. Both classes get the same number."""
     seed: int = 0
     """Seed of the per-class sampling and of the bootstrap."""
-    split: str = "test"
-    """DeepfakeBench JSON only: the split to read (train, val, test)."""
+    split: str = "train"
+    """DeepfakeBench JSON only: the split to read (train, val, test); train by default, so cues are not chosen on test data."""
     compression: str = "c23"
     """DeepfakeBench JSON only: FaceForensics++ compression level (raw, c23, c40)."""
     data_root: str | None = None
-    """DeepfakeBench JSON only: folder the frame paths are relative to (default: the JSON's folder)."""
+    """DeepfakeBench / X2-DFD JSON: folder the frame paths are relative to (default: the X2-DFD JSON's Description, else the JSON's folder)."""
+    frames_per_video: int | None = field(default=None, metadata={"metavar": "N"})
+    """At most N frames per video (evenly spread, seeded by --seed), before the per-class sampling; a video file gives N frames (default 16, as explain samples)."""
     face_crop: bool = PipelineOptions.face_crop
     """Detect the face and crop it as `x2dfd explain` does (square, --face-scale x the box); --no-face-crop for inputs that are already face crops."""
     face_scale: float = PipelineOptions.face_scale
@@ -117,6 +126,8 @@ class AssessConfig(ModelArgs):
             raise UsageError(f"--ci must be in (0, 1), got {self.ci}")
         if self.per_class is not None and self.per_class < 1:
             raise UsageError(f"--per-class must be >= 1, got {self.per_class}")
+        if self.frames_per_video is not None and self.frames_per_video < 1:
+            raise UsageError(f"--frames-per-video must be >= 1, got {self.frames_per_video}")
         if self.face_scale < 1.0:
             raise UsageError(f"--face-scale must be >= 1.0, got {self.face_scale}")
         if self.top < 1:
@@ -196,13 +207,22 @@ class AssessResult:
     generated: Any = None  # GenerationResult of --generate-cues
 
 
-def _load_face(path: str, cfg: AssessConfig):
-    from x2dfd.face import extract_faces
-    from x2dfd.media import MediaLimits, load_image
+def _limits(cfg: AssessConfig):
+    from x2dfd.media import MediaLimits
 
-    image = load_image(path, MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb))
+    return MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb)
+
+
+def _load_face(row: dict, cfg: AssessConfig, warner=None):
+    """The face crop of a row (an image, or one frame of a video file), counted by the crop ``warner``."""
+    from x2dfd.dataset import load_row_image
+    from x2dfd.face import extract_faces
+
+    image = load_row_image(row, _limits(cfg))
     crops = extract_faces(image, crop=cfg.face_crop, all_faces=False, scale=cfg.face_scale, align=cfg.align,
                           min_score=cfg.min_face_score)
+    if warner is not None:
+        warner.observe_crop(image, crops[0], label=row.get("label"))
     return crops[0].image
 
 
@@ -246,7 +266,8 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
 
     from x2dfd.feature_assessment.cues import load_cues
     from x2dfd.feature_assessment.ranking import plot_ranking, write_csv
-    from x2dfd.dataset import balanced_sample, load_labelled
+    from x2dfd.cropcheck import CropWarner
+    from x2dfd.dataset import balanced_sample, load_labelled, sample_frames
 
     holder: dict[str, Any] = {}
     if cfg.data is None or cfg.generate_cues:
@@ -260,7 +281,10 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     bank = load_cues(cue_paths, only=cfg.only or None)
     full_bank = load_cues(cue_paths)  # the scorer's shared prefix depends on all cues, not on --only
     ds_all = load_labelled(cfg.data, split=cfg.split, compression=cfg.compression, root=cfg.data_root)
-    _refuse_videos(ds_all, cfg.data)
+    ds_all = sample_frames(ds_all, cfg.frames_per_video, cfg.seed, _limits(cfg))
+    read = data_read(cfg, ds_all)
+    if not cfg.quiet:
+        print(read["line"], file=sys.stderr)
     cfg.check_model_paths()  # after the data's own checks, still before anything heavy is imported
     rows, unreadable = sample_readable(ds_all, cfg, balanced_sample)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +302,7 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     n_pairs = sum(len(m) for _, m in todo)
 
     scorer = None
+    warner = CropWarner("x2dfd assess")
     failures: list[dict[str, str]] = []
     t0 = time.perf_counter()
     try:
@@ -293,11 +318,12 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
             bar = tqdm(total=n_pairs, unit="cue", desc="assess", disable=cfg.quiet, file=sys.stderr, smoothing=0.1)
             try:
                 for row, missing in todo:
-                    _score_one(cfg, scorer, store, sid, row, [index[c] for c in missing], bar, failures)
+                    _score_one(cfg, scorer, store, sid, row, [index[c] for c in missing], bar, failures, warner)
             finally:
                 bar.close()
     finally:
         store.close()
+    warner.warn(quiet=cfg.quiet)
     newly = _count_new(store, sid, todo)
     elapsed = time.perf_counter() - t0
 
@@ -306,6 +332,9 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
                                      "fake": sum(u["label"] == "fake" for u in unreadable),
                                      "examples": unreadable[:20],
                                      "note": "dropped before sampling: other files of the class were drawn instead"}
+    ranking["data"].update({k: v for k, v in read.items() if k != "line"})
+    ranking["data"]["crop_check"] = {**warner.summary(), "warning": warner.message(),
+                                     "note": "faces detected in this run (cached faces are not re-checked)"}
     ranking["run"] = {"newly_scored": newly, "seconds": round(elapsed, 3),
                       "cues_per_second": round(newly / elapsed, 3) if newly and elapsed > 0 else None,
                       "model_calls": scorer.calls if scorer else 0, "failures": failures[:50]}
@@ -318,18 +347,22 @@ def run_assess(cfg: AssessConfig) -> AssessResult:
     return AssessResult(out_dir, ranking, newly, scorer.calls if scorer else 0, "mllm" in holder, generated)
 
 
-def _readable(path: str, cfg: AssessConfig) -> tuple[str | None, str | None]:
-    """``(sha256, None)`` for a file that decodes as an image within the limits, else ``(None, why)``. A file
-    without a face is readable (it stays in the sample: face-detection rates per class are part of the data)."""
+def _readable(row: dict, cfg: AssessConfig, file_shas: dict[str, str]) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` for a row whose picture decodes within the limits, else ``(None, why)``. The key is
+    ``x2dfd.dataset.row_sha256`` (a video frame's differs from its video's other frames). A file without a
+    face is readable (it stays in the sample: face-detection rates per class are part of the data)."""
+    from x2dfd.dataset import load_row_image, row_sha256
     from x2dfd.errors import MediaError
-    from x2dfd.media import MediaLimits, load_image
 
+    path = row["path"]
     try:
-        sha = _file_sha256(path)
+        if path not in file_shas:
+            file_shas[path] = _file_sha256(path)
+        sha = row_sha256(row, file_shas[path])
     except OSError as err:
         return None, one_line(f"cannot read '{path}': {err.strerror or err}")
     try:
-        load_image(path, MediaLimits(max_pixels=cfg.max_pixels, max_file_mb=cfg.max_file_mb))
+        load_row_image(row, _limits(cfg))
     except MediaError as err:
         return None, one_line(str(err))
     return sha, None
@@ -342,41 +375,54 @@ def sample_readable(ds_all, cfg: AssessConfig, balanced_sample) -> tuple[list[di
     rows (original order, each with its ``sha256``) and the dropped files."""
     import numpy as np
 
+    from x2dfd.dataset import row_key
+
     sample = balanced_sample(ds_all, cfg.per_class, cfg.seed).to_list()
     all_rows = ds_all.to_list()
-    chosen = {r["path"] for r in sample}
-    order = {r["path"]: i for i, r in enumerate(all_rows)}
+    chosen = {row_key(r) for r in sample}
+    order = {row_key(r): i for i, r in enumerate(all_rows)}
     rng = np.random.default_rng(cfg.seed + 1)
     spare = {y: [all_rows[i] for i in rng.permutation(len(all_rows)) if all_rows[i]["label"] == y
-                 and all_rows[i]["path"] not in chosen] for y in (0, 1)}
+                 and row_key(all_rows[i]) not in chosen] for y in (0, 1)}
     kept: dict[int, list[dict]] = {0: [], 1: []}
     dropped: list[dict[str, str]] = []
+    file_shas: dict[str, str] = {}
     for row in sample:
         candidate: dict | None = row
         while candidate is not None:
-            sha, why = _readable(candidate["path"], cfg)
+            sha, why = _readable(candidate, cfg, file_shas)
             if why is None:
                 kept[candidate["label"]].append({**candidate, "sha256": sha})
                 break
-            dropped.append({"path": candidate["path"], "label": "fake" if candidate["label"] == 1 else "real",
-                            "error": why})
+            dropped.append({"path": candidate["path"], **({"frame": candidate["frame"]} if candidate.get("frame")
+                                                           is not None else {}),
+                            "label": "fake" if candidate["label"] == 1 else "real", "error": why})
             pool = spare[row["label"]]
             candidate = pool.pop(0) if pool else None
     n = min(len(kept[0]), len(kept[1]))
-    rows = sorted(kept[0][:n] + kept[1][:n], key=lambda r: order[r["path"]])
+    rows = sorted(kept[0][:n] + kept[1][:n], key=lambda r: order[row_key(r)])
     if dropped and not cfg.quiet:
         print(f"x2dfd assess: {len(dropped)} unreadable file(s) replaced by others of their class (e.g. "
               f"{terminal_line(dropped[0]['error'], 200)}); sampled {n} real and {n} fake", file=sys.stderr)
     return rows, dropped
 
 
-def _refuse_videos(ds, data: str) -> None:
-    from x2dfd.inputs import media_kind
+def data_read(cfg: AssessConfig, ds) -> dict[str, Any]:
+    """What was read from DATA (recorded in ranking.json's ``data``) and the one line that says so."""
+    from x2dfd.dataset import class_counts, count_videos, data_layout
 
-    videos = [p for p in ds["path"] if media_kind(p) == "video"]
-    if videos:
-        raise UsageError(f"DATA '{data}' lists {len(videos)} video file(s) (e.g. '{videos[0]}'); `x2dfd assess` scores "
-                         "face images: extract frames first (frames in one folder per video get that folder as video_id)")
+    layout = data_layout(cfg.data)
+    rows, videos = class_counts(ds), count_videos(ds)
+    counts = (f"{rows['real']} real / {rows['fake']} fake faces from {videos['real']} / {videos['fake']} videos or "
+              f"images" + (f", at most {cfg.frames_per_video} frames per video" if cfg.frames_per_video else ""))
+    if layout == "deepfakebench":
+        line = (f"x2dfd assess: read split '{cfg.split}', compression '{cfg.compression}' of DeepfakeBench JSON "
+                f"'{cfg.data}': {counts}")
+    else:
+        line = f"x2dfd assess: read {layout} DATA '{cfg.data}' (no splits; --split applies to DeepfakeBench JSON): {counts}"
+    dfb = layout == "deepfakebench"
+    return {"layout": layout, "split": cfg.split if dfb else None, "compression": cfg.compression if dfb else None,
+            "frames_per_video": cfg.frames_per_video, "n_videos_available": videos, "line": line}
 
 
 def _count_new(store: ScoreStore, sid: str, todo: list) -> int:
@@ -389,11 +435,11 @@ def _count_new(store: ScoreStore, sid: str, todo: list) -> int:
     return n
 
 
-def _score_one(cfg, scorer, store, sid, row, indices, bar, failures) -> None:
+def _score_one(cfg, scorer, store, sid, row, indices, bar, failures, warner=None) -> None:
     """Score one face's missing cues batch by batch; a broken file or no face is cached as the image's result."""
     path, label, sha = row["path"], row["label"], row["sha256"]
     try:
-        face = _load_face(path, cfg)
+        face = _load_face(row, cfg, warner)
     except X2DFDError as err:  # MediaError, NoFaceError: the same on every rerun, so it is cached
         store.add_error(sid, sha, one_line(str(err)), path=path, label=label)
         bar.update(len(indices))

@@ -284,10 +284,14 @@ def test_assess_usage_errors(tmp_path, capsys):
     (tmp_path / "real").mkdir()
     (tmp_path / "fake").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "real" / "a.png")
-    (tmp_path / "fake" / "clip.mp4").write_bytes(b"")
-    assert _assess([str(tmp_path), "--model", str(tmp_path / "no-model")]) == 2  # refused before any model loads
+    (tmp_path / "fake" / "clip.mp4").write_bytes(b"")  # videos are read (an unreadable one is replaced later)
+    assert _assess([str(tmp_path), "--model", str(tmp_path / "no-model"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "lists 1 video file(s)" in err and "extract frames first" in err and len(err.strip().splitlines()) == 1
+    assert "no-model" in err and "video" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:
+        _assess([str(tmp_path), "--frames-per-video", "0"])
+    assert info.value.code == 2
+    assert "--frames-per-video must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         _assess([str(tmp_path), "--cue-batch-size", "0"])
     assert info.value.code == 2
