@@ -341,3 +341,70 @@ def test_stored_crops_keep_the_landmarks_the_evidence_names_regions_by():
     assert crop.landmarks is not None and np.abs(stored.landmarks - crop.landmarks).max() < 0.2
     assert StoredCrop(crop.image, {**crop.info(), "aligned": True}).landmarks is None
     assert StoredCrop(crop.image, None).landmarks is None
+
+
+# ------------------------------------------------------------------------- experts an adapter was trained with
+class _Luma:
+    name, prompt_name = "luma", "luminance"
+
+    @classmethod
+    def load(cls, weights=None, device="cpu", **kw):
+        return cls()
+
+    def score(self, faces):
+        from x2dfd.records import ExpertScore
+
+        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
+
+    def localize(self, faces):
+        return None
+
+    def info(self):
+        return {"name": self.name, "weights": None, "sha256": None}
+
+
+class _Chroma(_Luma):
+    name, prompt_name = "chroma", "chroma"
+
+
+class _Loaded(Exception):
+    pass
+
+
+def test_adapter_experts_are_enforced_by_evaluate_and_each_system(tmp_path, monkeypatch, capsys):
+    """An adapter folder from x2dfd finetune records its experts (preset.json): evaluate with other --expert stops with
+    one line before any MLLM loads (alone through x2dfd.api.build_explainer, and per --system), unless
+    --allow-expert-mismatch; without --expert the recorded experts are the ones run."""
+    from PIL import Image
+
+    from x2dfd import experts
+    from x2dfd.presets import expert_entries, write_training_record
+
+    experts.register_expert("luma", _Luma, overwrite=True)
+    experts.register_expert("chroma", _Chroma, overwrite=True)
+    monkeypatch.setattr("x2dfd.mllm.load_mllm", lambda *a, **k: (_ for _ in ()).throw(_Loaded()))
+    try:
+        adapter = tmp_path / "lora"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text("{}")
+        write_training_record(adapter, expert_entries([_Luma()], ["luma"]), None)
+        for label, level in (("real", 60), ("fake", 190)):
+            (tmp_path / "data" / label).mkdir(parents=True)
+            Image.new("RGB", (24, 24), (level,) * 3).save(tmp_path / "data" / label / "a.png")
+        base = ["evaluate", str(tmp_path / "data"), "--no-face-crop", "--quiet", "--bootstrap", "0", "--out",
+                str(tmp_path / "ev")]
+        for extra in (["--adapter", str(adapter)], ["--system", f"a=adapter={adapter}"]):
+            capsys.readouterr()
+            assert cli_main(base + extra + ["--expert", "chroma"]) == 2, extra
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and "was trained with experts [luma" in err and "this run has [chroma" in err, repr(err)
+            assert err.startswith("x2dfd evaluate: error: --system a: ") == (extra[0] == "--system")
+            with pytest.raises(_Loaded):  # allowed: it goes on to load the MLLM
+                cli_main(base + extra + ["--expert", "chroma", "--allow-expert-mismatch"])
+            with pytest.raises(_Loaded):  # the recorded experts, unnamed: no complaint
+                cli_main(base + extra)
+        spec = parse_system_specs(EvaluateConfig(data="x", system=[f"a=adapter={adapter}"]))[0]
+        assert spec.expert_specs == ["luma"]
+    finally:
+        experts.unregister_expert("luma")
+        experts.unregister_expert("chroma")

@@ -132,6 +132,8 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Expert to evaluate (default: the shipped blending expert); NAME=WEIGHTS evaluates your own weights (e.g. blend=runs/blend, the --out of x2dfd expert train)."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """Run no expert (the MLLM alone, without expert scores in its prompt)."""
+    allow_expert_mismatch: bool = field(default=False, metadata={"store_true": True})
+    """Evaluate even though --expert/--no-expert/--preset differ from the experts the --adapter was trained with (recorded in its folder by `x2dfd finetune`), or their recorded weights file changed; without it that is a one-line error (as in explain). metrics.json records both sets."""
     perturb: list[str] = field(default_factory=list, metadata={"metavar": "KIND:V[,V...]"})
     """Robustness sweep, e.g. --perturb jpeg:90,70,50,30 blur:1,2 resize:0.5,0.25 noise:0.02 (kinds: jpeg quality, blur sigma px, resize factor, noise std in [0,1]); applied to the full decoded frame before face detection."""
     fit_split: str | None = None
@@ -148,7 +150,7 @@ class EvaluateConfig(PipelineOptions, ModelArgs):
     """Seed of the bootstrap, the --fit-split fraction, --per-class sampling and the noise perturbation."""
     per_class: int | None = None
     """Evaluate a seeded sample of this many items per class (default: all items)."""
-    frames_per_video: int | None = None
+    frames_per_video: int | None = field(default=None, metadata={"metavar": "N"})
     """At most N frames of each video given as frame images (items sharing a video_id: DeepfakeBench frame lists, frame folders under real/ and fake/, a manifest's video_id column), spread evenly from a seeded offset (--seed; x2dfd.dataset.sample_frames), as X2-DFD (8 frames) and DeepfakeBench's frame_num do; default: all of them. Video FILES are not cut here: the pipeline samples --frames frames from each, as explain does (give --frames N too for the same count)."""
     split: str = "test"
     """DeepfakeBench JSON only: the split to evaluate (train, val, test)."""
@@ -1172,6 +1174,8 @@ def run_single(cfg: EvaluateConfig, explainer, items: list[Item], all_items: lis
     models = {"mllm": explainer.mllm.describe() if explainer.mllm is not None else None,
               "adapter": explainer.adapter, "template_version": explainer.template_version,
               "experts": [e.info() for e in explainer.experts]}
+    if getattr(explainer, "expert_check", None) is not None:  # an adapter that records its training experts
+        models["adapter_experts"] = explainer.expert_check
     return RunRecords(comps=comps, frames_for=lambda cond, its: frame_units(its, per_condition[cond], comps),
                       mllm_records={"mllm": per_condition} if explainer.mllm is not None else {},
                       cache_files=cache_files, cache_by_system={}, models=models, bank=bank,
@@ -1419,6 +1423,8 @@ def run_from_records(cfg: EvaluateConfig, items: list[Item], all_items: list[Ite
         models = {"mllm": None, "adapter": None, "template_version": None}
     ran = {str((e or {}).get("name")): e for e in info.get("experts") or []}
     models["experts"] = [ran.get(n) or {"name": n} for n in expert_names]
+    if mllm and info.get("adapter_experts") is not None:
+        models["adapter_experts"] = info["adapter_experts"]
     given = given_model_settings(cfg) if mllm else {}
     checked = ["every item's record carries the sha256 of its file now"]
     unchecked = []
@@ -1479,6 +1485,7 @@ def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item],
     from x2dfd.api import load_experts
     from x2dfd.experts import DEFAULT_EXPERTS
     from x2dfd.mllm import load_mllm, resolve_device
+    from x2dfd.presets import check_recorded_files, compare_with_record, expert_entries, training_record
 
     device = str(resolve_device(cfg.device))
     wanted: dict[str, str] = {}  # expert name -> spec, over every system
@@ -1489,8 +1496,23 @@ def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item],
                 raise UsageError(f"--system {spec.name}: its expert '{e}' differs from another system's '{wanted[name]}'; "
                                  "every system shares one set of experts (name them with --expert)")
             wanted[name] = e
+    trained = {spec.system: r for spec in specs if (r := training_record(spec.options)) is not None}
+    named = bool(cfg.expert) or cfg.no_expert
+    for spec in specs:  # an adapter's own recorded weights are checked before anything loads (as explain does)
+        record = trained.get(spec.system)
+        if record is not None and not named and _spec_list(spec) == record.expert_specs():
+            _for_system(spec, check_recorded_files, record, cfg.allow_expert_mismatch)
     experts = load_experts(list(wanted.values()), device) if wanted else []
     by_name = {e.name: e for e in experts}
+    expert_checks: dict[str, Any] = {}
+    for spec in specs:  # the experts every system runs against those its adapter was trained with, before any MLLM loads
+        record = trained.get(spec.system)
+        if record is not None:
+            used = _spec_list(spec)
+            expert_checks[spec.system] = _for_system(
+                spec, compare_with_record, record, expert_entries([by_name[e.partition("=")[0].strip()] for e in used],
+                                                                  used),
+                cfg.allow_expert_mismatch, not named and used == record.expert_specs())
     Preparer, ReplayExplainer = _preparer_class(), _replay_class()
     preparer = Preparer(experts, cfg)
     stores: dict[str, PreparedStore] = {}
@@ -1536,6 +1558,8 @@ def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item],
                 "spec": spec.spec, "mllm": mllm.describe(), "adapter": spec.options.adapter,
                 "preset": getattr(getattr(mllm, "preset", None), "name", None),
                 "template_version": explainer.template_version, "experts": [e.name for e in own]}
+            if spec.system in expert_checks:
+                described[spec.system]["adapter_experts"] = expert_checks[spec.system]
         finally:
             del mllm, cue_scorer
             explainer = None
@@ -1570,6 +1594,21 @@ def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item],
     return RunRecords(comps=comps, frames_for=frames_for, mllm_records=records,
                       cache_files=dict(cache_by_system[first]), cache_by_system=cache_by_system, models=models,
                       bank=bank, kinds={p: u["kind"] for p, u in stores["clean"].units.items()}, fusions=False)
+
+
+def _spec_list(spec: SystemSpec) -> list[str]:
+    """The expert specs a system runs (the default set when its SPEC and the command line name none)."""
+    from x2dfd.experts import DEFAULT_EXPERTS
+
+    return list(DEFAULT_EXPERTS) if spec.expert_specs is None else list(spec.expert_specs)
+
+
+def _for_system(spec: SystemSpec, check, *args):
+    """``check(*args)`` with its one-line error prefixed by the system it is about."""
+    try:
+        return check(*args)
+    except UsageError as err:
+        raise UsageError(f"--system {spec.name}: {err}") from None
 
 
 def _empty_device_cache() -> None:
