@@ -9,7 +9,6 @@ No torch here: ``x2dfd finetune --help`` stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from x2dfd.cliargs import parse_config
 from x2dfd.errors import UsageError
@@ -172,9 +171,6 @@ class FinetuneConfig(ModelArgs):
             if self.eval_split == self.split:
                 raise UsageError(f"--eval-split {self.eval_split} is the --split trained on: hold out another split "
                                  "(e.g. --split train --eval-split val)")
-            if Path(self.data).suffix.lower() != ".json":
-                raise UsageError("--eval-split reads another split of a DeepfakeBench JSON DATA; for a folder or a "
-                                 "manifest give the held-out faces with --eval-data")
         if self.eval_split is not None and self.data_dir is not None:
             raise UsageError("--eval-split applies when building data from DATA, not with --data-dir")
         if self.max_steps is not None and self.max_steps < 1:

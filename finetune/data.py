@@ -334,12 +334,17 @@ def rebalance(rows: list[dict], mode: str, seed: int) -> list[dict]:
 def eval_source_of(cfg) -> tuple[str | None, str | None]:
     """``(file, split)`` of the held-out faces: --eval-data (at --eval-split, else --split), or DATA at --eval-split;
     ``(None, None)``: a --eval-fraction split of DATA."""
+    from x2dfd.dataset import data_layout
+
     eval_split = getattr(cfg, "eval_split", None)
+    source = cfg.eval_data or (cfg.data if eval_split else None)
+    if eval_split and data_layout(source) != "deepfakebench":
+        flag = "--eval-data" if cfg.eval_data else "DATA"
+        raise UsageError(f"--eval-split reads a split of a DeepfakeBench JSON; {flag} '{source}' is a "
+                         f"{data_layout(source)} (give the held-out faces with --eval-data instead)")
     if cfg.eval_data:
         return cfg.eval_data, eval_split or cfg.split
-    if eval_split:
-        return cfg.data, eval_split
-    return None, None
+    return source, eval_split
 
 
 def video_counts(rows: Sequence[dict]) -> dict[str, int]:

@@ -110,7 +110,7 @@ def test_eval_split_of_the_same_json(tmp_path):
     assert {r["path"] for r in held} == want["val"]
     with pytest.raises(UsageError, match="is the --split trained on"):
         FinetuneConfig(data=str(js), ranking="r", split="val", eval_split="val")
-    with pytest.raises(UsageError, match="for a folder or a manifest give the held-out faces with --eval-data"):
-        FinetuneConfig(data=str(tmp_path), ranking="r", eval_split="val")
+    with pytest.raises(UsageError, match=r"--eval-split reads a split of a DeepfakeBench JSON; DATA '.*' is a folder"):
+        _build(tmp_path, name="c", data=str(js.parent / "frames"), eval_split="val")
     with pytest.raises(UsageError, match="--frames-per-video must be >= 1"):
         FinetuneConfig(data=str(js), ranking="r", frames_per_video=0)
