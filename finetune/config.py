@@ -64,10 +64,10 @@ class FinetuneConfig(ModelArgs):
     """Share of DATA held out for evaluation (split by video_id when there is one, stratified by label)."""
     eval_data: str | None = None
     """Labelled faces for evaluation instead of a split of DATA (same formats as DATA)."""
-    eval_split: str | None = None
+    eval_split: str | None = field(default=None, metadata={"metavar": "NAME"})
     """DeepfakeBench JSON: the split held out for evaluation (e.g. val), read from --eval-data or else from DATA
     itself; default: --eval-data's --split, or --eval-fraction of DATA."""
-    frames_per_video: int | None = None
+    frames_per_video: int | None = field(default=None, metadata={"metavar": "N"})
     """At most N frames per video (extracted frames sharing a video_id, spread evenly from a seeded offset; X2-DFD
     trains on 8); video files give N frames (default: explain's 16). Default: every extracted frame."""
     balance: str = field(default="none", metadata={"choices": list(BALANCE)})
