@@ -52,6 +52,10 @@ class TrainConfig:
     """Weight of the blend-mask loss next to the real/fake loss."""
     seed: int = 0
     """Seed of the split, the self-blends, the augmentation and the initialisation of the heads."""
+    split_seed: int | None = None
+    """Seed of the train/val/holdout split alone (default: --seed); a continued run (--init-weights) gives the first run's seed so held-out faces stay out."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear learning-rate warmup before the cosine decay."""
     val_fraction: float = 0.1
     """Fraction of unique images used for validation AUC on held-out self-blends each epoch."""
     holdout_fraction: float = 0.0
@@ -85,7 +89,7 @@ class TrainConfig:
     device: str = "cpu"
     """Training device (cpu, cuda, cuda:1, ...)."""
     init_weights: Path | None = field(default=None, metadata={"metavar": "FILE"})
-    """A safetensors state dict loaded into the backbone before training (e.g. ImageNet weights converted offline)."""
+    """Safetensors weights to start from: a backbone state dict (e.g. ImageNet weights converted offline), or a whole blend expert (an earlier run's blend_*.safetensors, heads included) to continue training it with a fresh schedule."""
     time_budget_s: float | None = None
     """Seconds of training: after epoch 1, --epochs is cut to what fits (the LR schedule follows)."""
     progress: bool = True
@@ -109,6 +113,8 @@ class TrainConfig:
             raise UsageError(f"--freeze-blocks must be in [0, 16], got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         self.out = Path(self.out)
 
 

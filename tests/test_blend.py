@@ -191,6 +191,16 @@ def test_train_end_to_end_with_resume(tmp_path):
     with pytest.raises(UsageError, match="different data/model settings"):
         main(args + ["--epochs", "3", "--lr", "0.001", "--resume"])
 
+    # a second stage as the shipped weights had one: every weight continued, another augmentation seed, same split
+    stage2 = [a if a != str(out) else str(tmp_path / "run2") for a in args]
+    stage2[stage2.index("--seed") + 1] = "4"
+    assert main(stage2 + ["--epochs", "1", "--split-seed", "3", "--warmup-steps", "0", "--lr", "1e-4",
+                          "--init-weights", str(weights)]) == 0
+    rec3 = json.loads((tmp_path / "run2" / weights.name).with_suffix(".json").read_text())["training"]
+    assert rec3["init"].startswith(f"whole expert (backbone and heads) from {weights.name}")
+    assert rec3["seed"] == 4 and rec3["split"]["seed"] == 3
+    assert json.loads((tmp_path / "run2" / "split.json").read_text()) == split
+
 
 def test_split_dedup_and_fingerprint(tmp_path):
     from x2dfd.experts.train import fingerprint, list_images, split_files
