@@ -116,6 +116,7 @@ def test_crop_warner_counts_per_class_and_warns_once():
     assert msg is not None and w.warn() == msg and len(lines) == 2  # printed once (the line and its newline)
     assert msg.startswith("x2dfd assess: 10 of 20 inputs look like existing face crops") and "\n" not in msg
     assert "real 10 of 10, fake 0 of 10" in msg and "--no-face-crop" in msg and "black" in msg
+    assert "classes differ in framing" in msg
     quiet = CropWarner("x2dfd assess", stream=Sink())
     for k in range(20):
         quiet.observe((400, 300), (150, 100, 250, 220))
