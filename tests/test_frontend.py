@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2dfd.cropcheck import CROP_SIDE, CropWarner, fill_fraction, looks_like_crop, padding_fraction
+from x2dfd.cropcheck import CropWarner, fill_fraction, looks_like_crop, padding_fraction
 from x2dfd.dataset import count_videos, load_labelled, load_row_image, row_key, row_sha256, sample_frames
 from x2dfd.errors import MediaError, UsageError
 from x2dfd.faceswap import write_video

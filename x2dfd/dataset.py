@@ -1,4 +1,4 @@
-"""Labelled face data for ``x2dfd assess`` (and ``evaluate`` / ``finetune``): one loader, four layouts.
+"""Labelled face data for ``x2dfd assess`` (and ``evaluate`` / ``finetune``): one loader, five layouts.
 
     ds = load_labelled("data/")                    # data/real/**, data/fake/**
     ds = load_labelled("manifest.csv")             # path,label[,video_id,source]
@@ -63,7 +63,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
