@@ -497,6 +497,7 @@ def row_sha256(row: dict[str, Any], file_sha: str | None = None) -> str:
 def count_videos(ds) -> dict[str, int]:
     """Videos per class: distinct ``video_id``s, each row without one being its own video."""
     seen: list[set] = [set(), set()]
-    for r in ds:
-        seen[int(r["label"])].add(r["video_id"] if r["video_id"] is not None else ("row", row_key(r)))
+    frames = ds["frame"] if "frame" in ds.column_names else [None] * len(ds)
+    for label, vid, path, frame in zip(ds["label"], ds["video_id"], ds["path"], frames):
+        seen[int(label)].add(vid if vid is not None else ("row", row_key({"path": path, "frame": frame})))
     return {name: len(seen[i]) for i, name in enumerate(LABEL_NAMES)}
