@@ -150,7 +150,7 @@ class CropWarner:
         shortcut = ""
         if self.checked[0] and self.checked[1] and abs(self.flagged[0] / self.checked[0]
                                                        - self.flagged[1] / self.checked[1]) >= 0.5:
-            shortcut = " (the classes differ in framing: a shortcut a detector can learn)"
+            shortcut = "; the classes differ in framing, a shortcut a detector can learn"
         return (f"{self.command}: {self.n_flagged} of {self.n_checked} inputs look like existing face crops (the face "
                 f"box covers >= {self.threshold:.0%} of the picture on both axes{per_class}){shortcut}; cropping them "
                 f"again pads about {pad:.0%} of each crop with black - {self.hint}")
