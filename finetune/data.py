@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from x2dfd.cropcheck import CropWarner
 from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS, format_expert_score, render_template, template_version
 from x2dfd.errors import UsageError, X2DFDError
 from x2dfd.media import file_sha256
@@ -408,6 +409,7 @@ class DataBuilder:
                  "the answers are NOT grounded in the base model's evidence (data.json says so); "
                  "--cue-order image grounds them")
         self.rationale = bool(cfg.rationale) and get_mllm is not None
+        self.crop_warner = CropWarner("x2dfd finetune", scale=cfg.face_scale)
         self.rationale_seconds = 0.0
         self.rationale_faces = 0
         self.rationale_written = 0
@@ -487,6 +489,7 @@ class DataBuilder:
                 print(file=sys.stderr)
         if self.store is not None:
             self.store.close()
+        self.crop_warner.warn(quiet=cfg.quiet)  # one line, before training starts
         if eval_ds is not None:
             train, held = built["data"], built["eval_data"]
         else:
@@ -528,6 +531,7 @@ class DataBuilder:
             "expert_thresholds": {"fake_min": EXPERT_FAKE_MIN, "real_max": EXPERT_REAL_MAX},
             "templates": {"question": template_version(QUESTION_TEMPLATE), "answer": template_version(ANSWER_TEMPLATE)},
             "face": _face_setting(cfg),
+            "crop_check": {**self.crop_warner.summary(), "warning": self.crop_warner.message()},
             "balance": {"mode": cfg.balance, "train_before": before, "train": class_balance(train),
                         "eval": class_balance(held)},
             "dropped": {"no_face_or_unreadable": {k: len(v) for k, v in dropped.items()},
@@ -575,6 +579,7 @@ class DataBuilder:
         image = load_row_image(row, self._limits())
         [crop] = extract_faces(image, crop=cfg.face_crop, all_faces=False, scale=cfg.face_scale, align=cfg.align,
                                min_score=cfg.min_face_score)
+        self.crop_warner.observe_crop(image, crop, label=row["label"])  # inputs that already are face crops
         return crop.image
 
     def _samples(self, faces: list[_Face], data_dir: Path) -> list[dict]:

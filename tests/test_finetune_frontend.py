@@ -114,3 +114,28 @@ def test_eval_split_of_the_same_json(tmp_path):
         _build(tmp_path, name="c", data=str(js.parent / "frames"), eval_split="val")
     with pytest.raises(UsageError, match="--frames-per-video must be >= 1"):
         FinetuneConfig(data=str(js), ranking="r", frames_per_video=0)
+
+
+def test_inputs_that_are_face_crops_are_warned_about(tmp_path, capsys):
+    """Tight face crops (DeepfakeBench-style frames) cropped again: one warning line with the --no-face-crop hint."""
+    from conftest import shared_path
+
+    crops = sorted(shared_path("data", "stylegan2-vs-real", "images", "real").glob("*.jpg"))[:6]
+    data = tmp_path / "data"
+    for i, src in enumerate(crops):
+        dst = data / ("real" if i % 2 else "fake") / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    cfg = FinetuneConfig(data=str(data), ranking=str(_ranking(tmp_path / "mfa")), no_expert=True, cue_order="rank",
+                         eval_fraction=0.0)
+    capsys.readouterr()
+    info = ftdata.DataBuilder(cfg, lambda: [], get_mllm=None).build(tmp_path / "built")
+    check = info["crop_check"]
+    assert check["checked"] == 6 - sum(info["dropped"]["no_face_or_unreadable"].values())
+    assert check["look_like_crops"] >= 2 and check["warning"].startswith("x2dfd finetune: ")
+    err = [line for line in capsys.readouterr().err.splitlines() if "look like existing face crops" in line]
+    assert err == [check["warning"]] and err[0].endswith("pass --no-face-crop")
+    # --no-face-crop: nothing is detected, so nothing is checked or said
+    cfg.face_crop = False
+    info = ftdata.DataBuilder(cfg, lambda: [], get_mllm=None).build(tmp_path / "plain")
+    assert info["crop_check"]["checked"] == 0 and info["crop_check"]["warning"] is None
