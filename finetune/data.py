@@ -81,6 +81,7 @@ UNINFORMATIVE = "uninformative"
 # A ranking written before thresholds were stored, with no assess scores beside it: the cut X2-DFD's MFA
 # scores cues at (P(yes) = 0.5, "yes" = fake).
 FALLBACK_THRESHOLD = 0.5
+FALLBACK_SOURCE = "0.5 (no threshold in the ranking, no assess scores)"
 REQUIRED_COLUMNS = ("image", "label", "question", "answer")
 LOADED_COLUMNS = (*REQUIRED_COLUMNS, "path", "sha256", "video_id", "source")
 
@@ -166,7 +167,7 @@ def cue_thresholds(cues: Sequence[dict[str, Any]], assess_scores: dict[str, Any]
             thr, _ = youden_threshold([y for y, _ in pairs], [p for _, p in pairs])
             out[c["id"]] = {"threshold": round(thr, 6), "source": f"assess scores ({len(pairs)} faces)"}
         else:
-            out[c["id"]] = {"threshold": FALLBACK_THRESHOLD, "source": "0.5 (no threshold in the ranking, no assess scores)"}
+            out[c["id"]] = {"threshold": FALLBACK_THRESHOLD, "source": FALLBACK_SOURCE}
     return out
 
 
@@ -398,8 +399,7 @@ class DataBuilder:
         self.grounded = cfg.cue_order == "image"
         self.cached = self._assess_scores()
         self.thresholds = cue_thresholds(self.cues, self.cached) if self.grounded else {}
-        fallback = [k for k, v in self.thresholds.items() if v["threshold"] == FALLBACK_THRESHOLD
-                    and v["source"].startswith("0.5")]
+        fallback = [k for k, v in self.thresholds.items() if v["source"] == FALLBACK_SOURCE]
         if fallback:
             warn(f"the ranking stores no decision threshold for {len(fallback)} cue(s) and no assess scores are beside "
                  f"it: a cue is stated where P(yes) is on the label's side of 0.5 (re-run `x2dfd assess` for "
