@@ -541,3 +541,34 @@ def test_combined_ff_json_video_counts_at_every_level(tmp_path, stub_experts):
         assert (video["by_source"][name]["n_real"], video["by_source"][name]["n_fake"]) == (5, 5)
         assert (frame["by_source"][name]["n_real"], frame["by_source"][name]["n_fake"]) == (10, 10)
     assert met["data"]["sources"] == {"FF-real": 10, "FF-DF": 10, "FF-F2F": 10}
+
+
+def test_crop_check_counts_inputs_that_already_are_face_crops():
+    from x2dfd.evaluate import crop_check
+
+    items = [Item(f"/d/{k}.png", k % 2) for k in range(4)] + [Item("/d/v.mp4", 1)]
+    records = {f"/d/{k}.png": Record(path=f"/d/{k}.png", media={"width": 100, "height": 100},
+                                     face={"box": [5, 5, 95, 95] if k < 3 else [30, 30, 60, 60]}) for k in range(4)}
+    records["/d/v.mp4"] = Record(path="/d/v.mp4", kind="video", media={"width": 100, "height": 100},
+                                 frames=[{"index": 0, "face": None}, {"index": 4, "face": {"box": [0, 0, 100, 100]}}])
+    warner = crop_check(_cfg(), items, records)
+    assert warner.summary()["by_class"] == {"real": {"checked": 2, "look_like_crops": 2},
+                                            "fake": {"checked": 3, "look_like_crops": 2}}
+    assert "4 of 5 inputs look like existing face crops" in warner.message() and "--no-face-crop" in warner.message()
+    assert crop_check(_cfg(face_crop=False), items, records) is None
+
+
+def test_evaluate_warns_once_on_existing_face_crops(tmp_path, real_faces, stub_experts, capsys):
+    """Tight face photos (stylegan2-vs-real's reals) with face cropping on: one stderr line with the --no-face-crop
+    hint, the counts in metrics.json."""
+    import shutil
+
+    for k, f in enumerate(real_faces):
+        (tmp_path / "data" / ("real", "fake")[k % 2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / "data" / ("real", "fake")[k % 2] / f.name)
+    assert cli_main(["evaluate", str(tmp_path / "data"), "--mllm", "none", "--expert", "bright", "--bootstrap", "0",
+                     "--out", str(tmp_path / "ev")]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "look like existing face crops" in x]
+    assert len(lines) == 1 and lines[0].startswith("x2dfd evaluate: ") and "--no-face-crop" in lines[0]
+    met = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert met["data"]["face_crops"]["look_like_crops"] >= 1 and lines[0] in met["notes"]

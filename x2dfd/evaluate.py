@@ -45,6 +45,10 @@ Protocol (stated in every output, because numbers are only comparable when it is
 * subsets: one row per ``source`` (the first folder under real/ or fake/, or the manifest column); a
   source holding only fakes is scored against all real items of the report set (FaceForensics++
   per-manipulation convention), one holding only reals against all fakes.
+* face crops: with face cropping on, the items whose detected face box covers most of the picture (inputs that
+  already are face crops, e.g. DeepfakeBench's preprocessed frames) are counted per class in ``data.face_crops``,
+  and one stderr line (also in ``notes``) says so when they are many, with the ``--no-face-crop`` hint
+  (``x2dfd.cropcheck``, the rule assess and finetune apply): a second 1.3x crop pads them with black.
 * perturbations are applied to the decoded image or video frame before face detection (full frame,
   as re-compressing the distributed file would); see ``x2dfd.perturb``.
 * explanation checks (MLLM with explanations): the verdict the text states first ("This image is
@@ -1110,6 +1114,7 @@ class RunRecords:
     fusions: bool = True
     checks_records: dict[str, dict[str, Record]] = field(default_factory=dict)  # single run: condition -> records
     source: dict[str, Any] | None = None  # --records: the explain run(s) scored, and how they were checked
+    clean_records: dict[str, Record] = field(default_factory=dict)  # path -> a clean-run record (face box, size)
 
 
 def run_evaluate(cfg: EvaluateConfig, explainer=None) -> dict[str, Any]:
@@ -1180,7 +1185,7 @@ def run_single(cfg: EvaluateConfig, explainer, items: list[Item], all_items: lis
                       mllm_records={"mllm": per_condition} if explainer.mllm is not None else {},
                       cache_files=cache_files, cache_by_system={}, models=models, bank=bank,
                       kinds={p: r.kind for p, r in per_condition["clean"].items()},
-                      fusions=True, checks_records=per_condition)
+                      fusions=True, checks_records=per_condition, clean_records=per_condition["clean"])
 
 
 # ----------------------------------------------------------------------------------- --records (explain runs)
@@ -1394,7 +1399,8 @@ def run_from_records(cfg: EvaluateConfig, items: list[Item], all_items: list[Ite
     if missing:
         changed = f" ({stats['changed']} of them changed since: their record has another sha256)" if stats["changed"] else ""
         examples = ", ".join(f"'{safe(Path(p).name)}'" for p in missing[:3])
-        raise UsageError(f"--records: {len(missing)} of {len(all_items)} DATA items have no record of their file's "
+        what = "DATA items" if len(all_items) == len(items) else "items of DATA and of the --fit-split set"
+        raise UsageError(f"--records: {len(missing)} of {len(all_items)} {what} have no record of their file's "
                          f"content in {', '.join(repr(safe(r.path)) for r in runs)}{changed}, e.g. {examples}; explain "
                          f"them with the run's settings into the same --out (it resumes: only what is missing is "
                          f"explained), then evaluate again")
@@ -1465,7 +1471,7 @@ def run_from_records(cfg: EvaluateConfig, items: list[Item], all_items: list[Ite
                       mllm_records={"mllm": {"clean": per}} if mllm else {},
                       cache_files={"clean": str(cache.relative_to(out))}, cache_by_system={}, models=models,
                       bank=None, kinds={p: r.kind for p, r in per.items()}, fusions=True,
-                      checks_records={"clean": per if mllm else {}}, source=source)
+                      checks_records={"clean": per if mllm else {}}, source=source, clean_records=per)
 
 
 def prepare_settings(cfg: EvaluateConfig, experts: list, condition: Condition) -> dict[str, Any]:
@@ -1593,7 +1599,8 @@ def run_systems(cfg: EvaluateConfig, specs: list[SystemSpec], items: list[Item],
         notes.append("no fusions with --system (each system's fusion with the experts: run it alone)")
     return RunRecords(comps=comps, frames_for=frames_for, mllm_records=records,
                       cache_files=dict(cache_by_system[first]), cache_by_system=cache_by_system, models=models,
-                      bank=bank, kinds={p: u["kind"] for p, u in stores["clean"].units.items()}, fusions=False)
+                      bank=bank, kinds={p: u["kind"] for p, u in stores["clean"].units.items()}, fusions=False,
+                      clean_records=records[first]["clean"])
 
 
 def _spec_list(spec: SystemSpec) -> list[str]:
@@ -1739,6 +1746,11 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
         if rep["label_conflicts"]:
             notes.append(f"--references: {rep['label_conflicts']} path(s) carry a label that contradicts DATA's; "
                          "DATA's label is used")
+    crops = crop_check(cfg, items, run.clean_records)
+    if crops is not None:
+        line = crops.warn(quiet=cfg.quiet)
+        if line is not None:
+            notes.append(line)
     n_fake = sum(i.label for i in items)
     metrics = {
         "command": "evaluate",
@@ -1748,6 +1760,7 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
                  "n_items": len(items), "n_real": len(items) - n_fake, "n_fake": n_fake,
                  "n_reported": len(report_items), "per_class_sample": cfg.per_class,
                  "frames_per_video": cfg.frames_per_video,
+                 "face_crops": crops.summary() if crops is not None else None,
                  "sources": dict(Counter(i.source or "(none)" for i in items)),
                  "kinds": dict(Counter(run.kinds[i.path] for i in items if i.path in run.kinds)),
                  "fingerprint": data_fingerprint(items, hashes),
@@ -1784,6 +1797,28 @@ def assemble_metrics(cfg: EvaluateConfig, run: RunRecords, items: list[Item], al
         metrics["records_from"] = run.source
     write_outputs(cfg, metrics, clean_frames, out)
     return metrics
+
+
+def crop_check(cfg: EvaluateConfig, items: list[Item], records: dict[str, Record]):
+    """With face cropping on: how many of DATA's items look like existing face crops (the detected face box covers
+    most of the picture: a second 1.3x crop pads them with black), from the clean run's records
+    (:class:`x2dfd.cropcheck.CropWarner`, the rule assess and finetune apply); None with --no-face-crop."""
+    if not cfg.face_crop:
+        return None
+    from x2dfd.cropcheck import CropWarner
+
+    warner = CropWarner("x2dfd evaluate", scale=cfg.face_scale)
+    for item in items:
+        r = records.get(item.path)
+        media = (r.media or {}) if r is not None else {}
+        if not media.get("width") or not media.get("height"):
+            continue
+        face = r.face
+        if r.kind == "video":  # the first sampled frame with a face
+            face = next((f["face"] for f in r.frames or [] if isinstance(f.get("face"), dict)), None)
+        box = (face or {}).get("box")
+        warner.observe((media["width"], media["height"]), tuple(box) if box else None, item.label)
+    return warner
 
 
 def _value(block: dict[str, Any], name: str) -> float | None:
