@@ -56,8 +56,10 @@ class FinetuneConfig(ModelArgs):
     unprompted; --no-rationale keeps only the sentences checked against its evidence."""
     rationale_tokens: int = 64
     """Length limit of each generated rationale."""
-    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
-    """External expert whose score goes into the question (default: the shipped blending expert)."""
+    expert: list[str] = field(default_factory=list, metadata={"metavar": "NAME[=WEIGHTS]"})
+    """External expert whose score goes into the question (default: the shipped blending expert); NAME=WEIGHTS loads
+    other weights (e.g. from `x2dfd expert train`). Recorded with their sha256 in OUT/preset.json, and used by default
+    when explaining with this adapter."""
     no_expert: bool = field(default=False, metadata={"store_true": True})
     """No expert: questions carry no expert scores (then explain with --no-expert too)."""
     eval_fraction: float = 0.1

@@ -341,14 +341,14 @@ def _trainable_only(models, weights, output_dir) -> None:
 
 def check_inputs(cfg: FinetuneConfig) -> None:
     """The user's files, checked before anything heavy is imported or loaded (one-line errors in seconds)."""
-    from x2dfd.finetune.data import SPLIT_FILES, load_ranking, strong_cues
+    from x2dfd.finetune.data import SPLIT_FILES, check_cues, load_ranking
 
     if cfg.data_dir is not None:
         if not (Path(cfg.data_dir).expanduser() / SPLIT_FILES["train"]).is_file():
             raise UsageError(f"--data-dir '{cfg.data_dir}' has no {SPLIT_FILES['train']} (build one with --build-data-only)")
         return
     ranking, _ = load_ranking(cfg.ranking)
-    strong_cues(ranking, cfg.top_k)
+    check_cues(ranking, cfg)  # uninformative cues refused here, on every process, before any model loads
     for flag, path in (("DATA", cfg.data), ("--eval-data", cfg.eval_data)):
         if path is not None and not Path(path).expanduser().exists():
             raise UsageError(f"{flag} '{path}' does not exist (give a folder with real/ and fake/, a .csv/.jsonl "

@@ -139,7 +139,7 @@ def test_rank_order_says_not_grounded_once(faces, tmp_path, capsys):
     assert len(err) == 1 and "NOT grounded" in err[0]
 
 
-def test_uninformative_cues_are_refused_by_count_unless_allowed(faces, tmp_path, capsys):
+def test_uninformative_cues_are_refused_by_count_unless_allowed(faces, tmp_path, capsys, monkeypatch):
     flags = {"skin_texture.no_pores": ["uninformative"], "eyes.pupil_shape": ["uninformative", "always_no"]}
     ranking = _ranking(tmp_path / "mfa", flags=flags)
     data = faces[0][0].parent.parent
@@ -151,6 +151,17 @@ def test_uninformative_cues_are_refused_by_count_unless_allowed(faces, tmp_path,
                                                       "skin_texture.no_pores (AUC 0.80, CI 0.60-0.95), eyes.pupil_shape")
     assert "--allow-uninformative" in message
     assert not (tmp_path / "refused" / "data" / "train.jsonl").exists()
+    # refused before any model is loaded (check_inputs, on every process of an accelerate launch), in training too
+    import x2dfd.mllm
+
+    def never(*_a, **_k):
+        raise AssertionError("a model was loaded before the cue check")
+
+    monkeypatch.setattr(x2dfd.mllm, "load_mllm", never)
+    with pytest.raises(UsageError, match="^2 of the top-3 cues are uninformative"):
+        finetune_main([str(data), "--ranking", str(ranking), "--top-k", "3", "--no-face-crop", "--no-expert",
+                       "--out", str(tmp_path / "refused2"), "--quiet"])
+    monkeypatch.undo()
     # --top-k 1 keeps only the informative cue: no refusal
     assert ftdata.uninformative_message(ftdata.strong_cues(ftdata.load_ranking(ranking)[0], 1)) is None
 
