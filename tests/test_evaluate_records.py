@@ -212,3 +212,21 @@ def test_expert_only_run_without_config(tmp_path, lum_expert, monkeypatch, capsy
     met = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert met["systems"] == ["expert:lum"] and met["records_from"]["matched_by_path"] == 5 and _Lum.calls == 0
     assert any("no run config" in x for x in met["records_from"]["not_checked"])
+
+
+def test_a_run_made_against_its_adapters_experts_needs_the_override(explained, monkeypatch, capsys):
+    """explain --allow-expert-mismatch (other experts than the adapter was trained with) is recorded in the run's
+    config; scoring that run needs --allow-expert-mismatch too."""
+    data, run, _ = explained
+    _no_model(monkeypatch)
+    conf = run.with_name("results.config.json")
+    info = json.loads(conf.read_text())
+    info["adapter_experts"] = {"adapter": "runs/lora", "status": "mismatch allowed by --allow-expert-mismatch"}
+    conf.write_text(json.dumps(info))
+    args = ["evaluate", str(data), "--records", str(run), *COMMON, "--bootstrap", "0", "--out", str(run.parent / "e")]
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    assert "adapter 'runs/lora'" in _one_line_error(capsys)
+    assert cli_main(args + ["--allow-expert-mismatch"]) == 3
+    met = json.loads((run.parent / "e" / "metrics.json").read_text())
+    assert met["models"]["adapter_experts"]["status"].startswith("mismatch allowed")

@@ -77,7 +77,8 @@ score, all faces, threshold, frames, aggregate, topk and, for an MLLM run, max n
 model, revision, adapter, preset, dtype, quantization and experts are compared where evaluate's command line gives
 them, otherwise the run's are scored (and named in ``metrics.json``'s ``records_from``). An expert-only run
 (``explain --mllm none``) is scored with ``--mllm none``; an MLLM run may be scored with ``--mllm none`` (its experts
-alone). Records with an error count as failed items exactly as computed ones do. ``--perturb``, ``--system`` and
+alone); a run explain made with ``--allow-expert-mismatch`` (other experts than its adapter was trained with) needs
+that flag here too. Records with an error count as failed items exactly as computed ones do. ``--perturb``, ``--system`` and
 ``--cue-check`` need the model on the inputs and are refused with ``--records`` (the cue check is off by default
 there). A copy of the matched records is ``records/clean.from-records.<hash>.jsonl``.
 
@@ -1384,6 +1385,12 @@ def run_from_records(cfg: EvaluateConfig, items: list[Item], all_items: list[Ite
         if diffs:
             raise UsageError(f"--records '{safe(run.path)}' was made with other settings than this evaluate's "
                              f"({'; '.join(diffs)}); give evaluate the run's settings, or explain again with these")
+    for run in runs:  # a run that explain was told to make with other experts than its adapter's: say so here too
+        check = (run.info or {}).get("adapter_experts")
+        if isinstance(check, dict) and check.get("status", "match") != "match" and not cfg.allow_expert_mismatch:
+            raise UsageError(f"--records '{safe(run.path)}' ran other experts than adapter '{safe(check.get('adapter'))}' "
+                             f"was trained with (explain --allow-expert-mismatch: {check.get('status')}); add "
+                             "--allow-expert-mismatch to score it")
     first = runs[0]
     for run in runs[1:]:
         keys = list(dict.fromkeys(list(first.identity) + list(run.identity)))
