@@ -217,3 +217,21 @@ def test_assess_scores_video_frames_and_warns_about_crops(tmp_path, selfcontaine
     assert len(images) == 8  # each frame its own entry, though two frames share a file
     config = json.loads((out / "assess.config.json").read_text())["config"]
     assert config["frames_per_video"] == 2 and config["split"] == "train"
+
+
+def test_explain_warns_once_when_its_inputs_already_are_face_crops(tmp_path, capsys):
+    """explain (and expert score) apply the same rule to their records: a folder of tight face crops gets one
+    warning line before the outcome line; the same run with --no-face-crop, and FFHQ-framed faces, get none."""
+    from x2dfd.explain import main as explain_main
+
+    crops = sorted(shared_path("data", "stylegan2-vs-real", "images", "real").glob("*.jpg"))[:4]
+    ffhq = sorted(shared_path("data", "stylegan2-vs-real", "images", "fake").glob("*.jpg"))[:3]
+    assert explain_main([*map(str, crops), "--mllm", "none"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    warned = [line for line in err if "look like existing face crops" in line]
+    assert len(warned) == 1 and warned[0].startswith("x2dfd explain: ") and "pass --no-face-crop" in warned[0]
+    assert "look like" not in err[-1]  # the outcome line stays last
+    assert explain_main([*map(str, crops), "--mllm", "none", "--no-face-crop"]) == 0
+    assert "look like existing face crops" not in capsys.readouterr().err
+    assert explain_main([*map(str, ffhq), "--mllm", "none"]) == 0
+    assert "look like existing face crops" not in capsys.readouterr().err

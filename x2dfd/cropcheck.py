@@ -114,6 +114,19 @@ class CropWarner:
         face = getattr(crop, "face", None)
         return self.observe(image.size, None if face is None else tuple(face.box), label)
 
+    def observe_record(self, record: Any, label: int | None = None) -> bool:
+        """Count one input from its ``x2dfd.records.Record`` (the picture's size and the face box it holds; a
+        video: its first sampled frame with a face). Records without a face or a size are not counted."""
+        media = getattr(record, "media", None) or {}
+        if not media.get("width") or not media.get("height"):
+            return False
+        face = getattr(record, "face", None)
+        if getattr(record, "kind", None) == "video":
+            face = next((f["face"] for f in getattr(record, "frames", None) or []
+                         if isinstance(f, dict) and isinstance(f.get("face"), dict)), None)
+        box = (face or {}).get("box") if isinstance(face, dict) else None
+        return self.observe((media["width"], media["height"]), tuple(box) if box else None, label)
+
     @property
     def n_checked(self) -> int:
         return sum(self.checked)

@@ -1817,14 +1817,8 @@ def crop_check(cfg: EvaluateConfig, items: list[Item], records: dict[str, Record
     warner = CropWarner("x2dfd evaluate", scale=cfg.face_scale)
     for item in items:
         r = records.get(item.path)
-        media = (r.media or {}) if r is not None else {}
-        if not media.get("width") or not media.get("height"):
-            continue
-        face = r.face
-        if r.kind == "video":  # the first sampled frame with a face
-            face = next((f["face"] for f in r.frames or [] if isinstance(f.get("face"), dict)), None)
-        box = (face or {}).get("box")
-        warner.observe((media["width"], media["height"]), tuple(box) if box else None, item.label)
+        if r is not None:
+            warner.observe_record(r, item.label)
     return warner
 
 

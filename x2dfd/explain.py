@@ -717,6 +717,13 @@ def finish(command: str, cfg, run: ExplainRun) -> int:
         return EXIT_OK
     if not cfg.quiet and run.records:
         print(summary_table(run.records), file=sys.stderr)
+    if getattr(cfg, "face_crop", False) and run.records:
+        from x2dfd.cropcheck import CropWarner
+
+        crops = CropWarner(f"x2dfd {command}", scale=getattr(cfg, "face_scale", 1.3))  # inputs that already are face crops
+        for r in run.records:
+            crops.observe_record(r)
+        crops.warn(quiet=cfg.quiet)
     code, line = outcome_line(command, run.paths, run.records)
     print(line, file=sys.stderr)
     return code
