@@ -127,6 +127,16 @@ def test_explain_uses_the_recorded_experts(adapter, selfcontained_llava, tmp_pat
                                               face_crop=False, max_new_tokens=0))
     assert explainer.question(train_row["experts"]) == train_row["question"]
     assert explainer.template_version == json.loads((out / "preset.json").read_text())["template_version"]
+    # the run's identity holds the experts it resolved: resuming it with the recorded experts spelled out is the
+    # same run (not "other settings"), and a shipped-weights blend is another one
+    assert conf["config"]["experts_resolved"] == [f"blend={weights.resolve()}"]
+    more = [str(data / "real"), "--model", str(selfcontained_llava), "--adapter", str(out), "--no-face-crop",
+            "--max-new-tokens", "0", "--out", str(res), "--quiet"]
+    code, err = _explain([*more, "--expert", f"blend={weights.resolve()}"], capsys)
+    assert code == 0, err
+    assert len(_rows(res)) == len(rows) + len(list((data / "real").iterdir()))
+    code, err = _explain([*more, "--expert", "blend", "--allow-expert-mismatch"], capsys)
+    assert code == 2 and "holds a run with other settings (experts: " in err.splitlines()[-1]
 
 
 def test_other_experts_are_one_line_errors_unless_allowed(adapter, selfcontained_llava, tmp_path, capsys):

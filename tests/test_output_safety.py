@@ -187,6 +187,32 @@ def test_a_rerun_with_other_settings_refuses_or_moves_the_run_aside(tmp_path, ca
     assert json.loads(conf.read_text())["config"]["threshold"] == 0.7
 
 
+def test_a_resumed_run_whose_model_loads_at_another_precision_is_refused(tmp_path, capsys, selfcontained_llava):
+    """--dtype auto is resolved by the machine (bfloat16 on one GPU, float16 on another; float32, bfloat16 or NF4
+    on a CPU by free memory): the same options can load another precision, whose records must not join the
+    earlier run's. The earlier run's config says what it loaded; here it is edited as another machine wrote it."""
+    imgs = _images(tmp_path / "in", 2)
+    out, conf = tmp_path / "res.jsonl", tmp_path / "res.config.json"
+    run = ["explain", "--out", str(out), "--model", str(selfcontained_llava), "--dtype", "auto", "--no-face-crop",
+           "--expert", "bright", "--max-new-tokens", "2", "--quiet"]
+    assert cli_main([*run, str(imgs[0])]) == 0
+    info = json.loads(conf.read_text())
+    assert info["mllm"]["dtype"] == "float32" and info["config"]["dtype"] == "auto"
+    info["mllm"]["dtype"] = "bfloat16"
+    conf.write_text(json.dumps(info))
+    before = out.read_bytes()
+    assert cli_main([*run, str(imgs[1])]) == 2
+    line = _last_err_line(capsys)
+    assert "loaded at another precision (dtype as loaded: bfloat16 -> float32)" in line and "--force-new-run" in line
+    assert out.read_bytes() == before
+    assert cli_main([*run, str(imgs[1]), "--force-new-run"]) == 0
+    [moved] = tmp_path.glob("res.run-*.jsonl")
+    assert moved.read_bytes() == before and [r["path"] for r in _rows(out)] == [str(imgs[1])]
+    assert json.loads(conf.read_text())["mllm"]["dtype"] == "float32"
+    # the same precision resumes as before
+    assert cli_main([*run, str(imgs[0])]) == 0 and len(_rows(out)) == 2
+
+
 def test_mllm_none_config_names_no_model(tmp_path):
     [img] = _images(tmp_path / "in", 1)
     out = tmp_path / "res.jsonl"
@@ -383,7 +409,7 @@ def test_help_states_each_default_once_and_explains_mllm(capsys):
 
     text = " ".join(build_parser(ExplainConfig, "x2dfd explain").format_help().split())
     assert "(default: None)" not in text and "(default: False)" not in text
-    assert text.count("default: the shipped blending expert") == 1
+    assert text.count("the shipped blending expert") == 1
     assert "(default: printed to stdout)" in text and "printed to stdout). (default" not in text
     assert "auto (default): load the MLLM named by --model" in text and "none: expert-only" in text
     assert "(default: llava-hf/llava-1.5-7b-hf)" in text and "--force-new-run" in text

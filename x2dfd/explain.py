@@ -110,7 +110,10 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     from x2dfd.experts import DEFAULT_EXPERTS
 
     mllm = config.get("mllm", "auto") != "none"
-    experts = [] if config.get("no_expert") else list(config.get("expert") or DEFAULT_EXPERTS)
+    if "experts_resolved" in config:  # what the run resolved (an adapter's recorded experts included)
+        experts = list(config["experts_resolved"] or [])
+    else:  # a config written before x2dfd recorded it
+        experts = [] if config.get("no_expert") else list(config.get("expert") or DEFAULT_EXPERTS)
     ident: dict[str, Any] = {"mode": "mllm" if mllm else "expert-only"}
     for k in ("model", "revision", "adapter", "dtype", "load_in_4bit", "load_in_8bit"):
         ident[k] = config.get(k) if mllm else None
@@ -135,10 +138,17 @@ def _records_identity(records: list[Record]) -> dict[str, Any] | None:
 
 def resolved_config(cfg: ExplainConfig, command: str = "explain") -> dict[str, Any]:
     """``to_jsonable(cfg)`` with the MLLM's options null in expert-only runs (no model was loaded)."""
+    from x2dfd.api import resolve_expert_specs
+
     conf = to_jsonable(cfg)
     if cfg.mllm == "none":
         for k in MLLM_FIELDS:
             conf[k] = None
+    # The experts this run uses, as the explainer will resolve them: with no --expert, an adapter's recorded
+    # experts (preset.json), else the default set. A rerun naming the same experts explicitly is the same run.
+    conf["experts_resolved"] = [] if cfg.no_expert else resolve_expert_specs(
+        None if cfg.mllm == "none" else cfg, cfg.expert or None, cfg,
+        getattr(cfg, "allow_expert_mismatch", False))[0]
     return conf
 
 
@@ -521,6 +531,29 @@ def check_run(cfg: ExplainConfig, out: Path, shards: Shards, command: str) -> di
     return new_config
 
 
+def check_resolved_precision(cfg: ExplainConfig, out: Path, shards: Shards, explainer, command: str) -> None:
+    """After loading: ``--dtype auto`` (and what it chooses on a CPU: float32, bfloat16 or NF4) is resolved by the
+    machine, so a resumed run can load the same options at another precision (another GPU, less free memory). Its
+    records must not join the earlier ones: refused in one line, or the earlier run moved aside by --force-new-run."""
+    if explainer.mllm is None:
+        return
+    old = read_run_config(config_path(out))
+    before = (old or {}).get("mllm") or {}
+    now = explainer.mllm.describe()
+    diffs = [f"{k} as loaded: {_short(before[k])} -> {_short(now.get(k))}" for k in ("dtype", "quantization")
+             if k in before and before[k] != now.get(k)]
+    if not diffs or not (scan_jsonl(out).records or any(scan_jsonl(sh).records for sh in shards.shard_files())):
+        return
+    if cfg.force_new_run and shards.world == 1:
+        moved = archive_run(out, config_path(out), shards.shard_files())
+        _warn(f"x2dfd {command}: --force-new-run: the earlier run is kept as '{moved}' (and its config); "
+              f"starting a new run in '{out}'")
+        return
+    raise UsageError(f"'{safe_text(out)}' holds a run whose model loaded at another precision ({'; '.join(diffs)}); "
+                     "give a new --out file, fix the precision with --dtype, or add --force-new-run to move that run "
+                     "aside (nothing is deleted)")
+
+
 # ------------------------------------------------------------------------------------------ summary
 def summary_table(records: list[Record], limit: int = 40) -> str:
     """A readable summary: one row per record (first ``limit``), label counts, and every error. Untrusted
@@ -626,6 +659,13 @@ def _execute(cfg: ExplainConfig, command: str) -> ExplainRun:
         shards.agree(error)
         cfg.device = shards.device(cfg.device)
         explainer = build_explainer(cfg)
+        error = None
+        try:
+            if regular:
+                check_resolved_precision(cfg, out, shards, explainer, command)
+        except X2DFDError as err:
+            error = err
+        shards.agree(error)
         model = explainer.model_name
         done_records = shards.done() if regular else []
         done = {(r.path, r.sha256) for r in done_records if (r.model, r.adapter) == (model, explainer.adapter)}
