@@ -168,3 +168,18 @@ def test_lora_adapter_changes_the_answer(selfcontained_llava, tmp_path):
     assert adapted.describe()["adapter"] == str(tmp_path / "adapter")
     with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
         load_mllm(MLLMOptions(model=str(selfcontained_llava), adapter=str(tmp_path)))
+
+
+def test_bitsandbytes_cpu_kernel_notice_is_dropped_and_nothing_else(caplog):
+    """bitsandbytes logs, on AVX512-BF16 CPUs, that an optional hub kernel could not be fetched (it falls back to
+    its own CPU code): not a failure, so x2dfd drops exactly that line; its other messages still come through."""
+    import logging
+
+    import x2dfd.mllm  # noqa: F401  (installs the filter through x2dfd.compat)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", "No module named 'kernels'")
+        log.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]

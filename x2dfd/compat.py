@@ -8,6 +8,9 @@ Supported: transformers >= 5.17, < 5.40 (pyproject.toml); the versions CI tests 
   (the old name warns, and goes in v6): :func:`enable_activation_checkpointing`.
 * peft (0.21) itself still reads the deprecated ``is_gradient_checkpointing`` property when it wraps or
   loads an adapter: :func:`peft_calls` silences exactly that message, only around those calls.
+* bitsandbytes (0.50), imported by peft, logs on CPUs with AVX512-BF16 that it could not fetch an optional
+  kernel from the Hugging Face hub (the ``kernels`` package is not installed; it falls back to its own CPU
+  code): a line on every run that is no failure. Importing this module drops exactly that message.
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import warnings
 from collections.abc import Iterator
+
+_BNB_CPU_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+class _DropBnbKernelNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_BNB_CPU_KERNEL_NOTICE)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBnbKernelNotice())
 
 _CACHE_KEYWORD: dict[type, str] = {}
 
