@@ -10,12 +10,12 @@ import hashlib
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.stubs import brightness_expert
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -498,23 +498,8 @@ def test_evaluate_page_links_worst_errors_to_their_report_rows(driver, tmp_path)
 
     from x2dfd import experts
     from x2dfd.cli import main as cli_main
-    from x2dfd.records import ExpertScore
 
-    class Mean:
-        name, prompt_name = "mean", "mean"
-
-        @classmethod
-        def load(cls, weights=None, device="cpu", **kw):
-            return cls()
-
-        def score(self, faces):
-            return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-        def localize(self, faces):
-            return [None for _ in faces]
-
-        def info(self):
-            return {"name": self.name}
+    Mean = brightness_expert("mean", "mean")
 
     rng = np.random.default_rng(0)
     for label, level in (("real", 70), ("fake", 170)):

@@ -18,7 +18,8 @@ from x2dfd.errors import UsageError
 from x2dfd.evaluate import (EvaluateConfig, Item, Unit, add_fusions, evaluate_level, expand_perturb_args,
                             explanation_checks, frame_units, load_items, mentioned_cues, metric_block, plan_fit,
                             stated_verdict, subsets, video_units)
-from x2dfd.records import ExpertScore, Record
+from x2dfd.records import Record
+from tests.stubs import brightness_expert
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -271,31 +272,8 @@ def _folder(root: Path, n: int, size: int = 40) -> Path:
     return root
 
 
-class _Bright:
-    """Stub expert: mean brightness is its p_fake (counts its calls, to check resuming)."""
-
-    name, prompt_name, calls = "bright", "brightness", 0
-
-    @classmethod
-    def load(cls, weights=None, device="cpu", **kw):
-        return cls()
-
-    def score(self, faces):
-        type(self).calls += len(faces)
-        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-    def localize(self, faces):
-        return None
-
-    def info(self):
-        return {"name": self.name, "weights": None, "sha256": None}
-
-
-class _Green(_Bright):
-    name = "green"
-
-    def score(self, faces):
-        return [ExpertScore(self.name, float(np.asarray(f)[..., 1].mean() / 255.0)) for f in faces]
+_Bright = brightness_expert("bright", "brightness")
+_Green = brightness_expert("green", "brightness", channel=1)  # the green channel's mean
 
 
 @pytest.fixture

@@ -12,31 +12,11 @@ from PIL import Image
 
 from x2dfd import experts
 from x2dfd.cli import main as cli_main
-from x2dfd.records import ExpertScore
+from tests.stubs import brightness_expert
 
 
-class _Lum:
-    """Stub expert: mean brightness is its p_fake; counts its calls (a --records run must make none)."""
-
-    name, prompt_name, calls = "lum", "luminance", 0
-
-    @classmethod
-    def load(cls, weights=None, device="cpu", **kw):
-        return cls()
-
-    def score(self, faces):
-        type(self).calls += len(faces)
-        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-    def localize(self, faces):
-        return None
-
-    def info(self):
-        return {"name": self.name, "weights": None, "sha256": None}
-
-
-class _Red(_Lum):
-    name = "red"
+_Lum = brightness_expert("lum", "luminance")
+_Red = brightness_expert("red", "luminance")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from x2dfd.errors import UsageError
 from x2dfd.evaluate import EvaluateConfig, parse_system_specs
 
 from conftest import shared_path
+from tests.stubs import brightness_expert
 
 
 # ------------------------------------------------------------------------------------------ SPEC syntax
@@ -344,27 +345,8 @@ def test_stored_crops_keep_the_landmarks_the_evidence_names_regions_by():
 
 
 # ------------------------------------------------------------------------- experts an adapter was trained with
-class _Luma:
-    name, prompt_name = "luma", "luminance"
-
-    @classmethod
-    def load(cls, weights=None, device="cpu", **kw):
-        return cls()
-
-    def score(self, faces):
-        from x2dfd.records import ExpertScore
-
-        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-    def localize(self, faces):
-        return None
-
-    def info(self):
-        return {"name": self.name, "weights": None, "sha256": None}
-
-
-class _Chroma(_Luma):
-    name, prompt_name = "chroma", "chroma"
+_Luma = brightness_expert("luma", "luminance")
+_Chroma = brightness_expert("chroma", "chroma")
 
 
 class _Loaded(Exception):

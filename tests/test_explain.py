@@ -15,6 +15,7 @@ from PIL import Image
 
 from x2dfd.explain import main as explain_main
 from x2dfd.records import LABELS, Record
+from tests.stubs import brightness_expert
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"path", "sha256", "label", "p_fake", "explanation", "experts", "face", "model", "error", "timings",
@@ -138,25 +139,7 @@ def test_accelerate_launch_shards_and_merges(selfcontained_llava, tmp_path):
     assert config["processes"] == 2
 
 
-class _Bright:
-    """Stub expert: mean brightness is its p_fake; a half-bright heatmap for localization."""
-
-    name, prompt_name = "bright", "brightness"
-
-    @classmethod
-    def load(cls, weights=None, device="cpu", **kw):
-        return cls()
-
-    def score(self, faces):
-        from x2dfd.records import ExpertScore
-
-        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-    def localize(self, faces):
-        return [np.full((f.height, f.width), 0.5, np.float32) for f in faces]
-
-    def info(self):
-        return {"name": self.name, "weights": None}
+_Bright = brightness_expert("bright", "brightness", heatmap="half")
 
 
 @pytest.fixture

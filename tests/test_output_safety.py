@@ -22,28 +22,13 @@ import pytest
 from PIL import Image
 
 from x2dfd.cli import main as cli_main
-from x2dfd.records import ExpertScore, Record, scan_jsonl
+from x2dfd.records import scan_jsonl
+from tests.stubs import brightness_expert
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _Bright:
-    """Stub expert: p_fake = mean brightness; a left-to-right ramp heatmap."""
-
-    name, prompt_name = "bright", "brightness"
-
-    @classmethod
-    def load(cls, weights=None, device="cpu", **kw):
-        return cls()
-
-    def score(self, faces):
-        return [ExpertScore(self.name, float(np.asarray(f).mean() / 255.0)) for f in faces]
-
-    def localize(self, faces):
-        return [np.tile(np.linspace(0, 1, f.width, dtype=np.float32), (f.height, 1)) for f in faces]
-
-    def info(self):
-        return {"name": self.name, "weights": None}
+_Bright = brightness_expert("bright", "brightness", heatmap="ramp")
 
 
 @pytest.fixture(autouse=True)
