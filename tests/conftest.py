@@ -21,6 +21,18 @@ CHECKPOINTS = SHARED / "checkpoints"
 DATA = SHARED / "data"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread, and on a loaded 2-core machine more threads spin.
+    Module-scoped: a test file opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test when it is absent."""
     path = SHARED.joinpath(*parts)

@@ -20,12 +20,7 @@ SHIPPED = REPO / "experts" / "weights" / "blend_efficientnet_lite0.safetensors"
 CUE_IDS = ["boundary.jawline_seam", "skin_texture.no_pores", "eyes.pupil_shape"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _ranking(folder: Path) -> Path:

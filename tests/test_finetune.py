@@ -33,13 +33,7 @@ CUE_IDS = ["boundary.jawline_seam", "skin_texture.no_pores", "eyes.pupil_shape",
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on a loaded machine more threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class StubExpert:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from x2dfd.errors import UsageError
 from x2dfd.finetune.config import FinetuneConfig
@@ -14,12 +13,7 @@ from x2dfd.finetune.synthetic import make_seam_dataset
 from x2dfd.finetune.train import STATE_FILE, list_checkpoints, read_loss_lines, run_finetune
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
