@@ -2,7 +2,7 @@
 
     from tests.stubs import brightness_expert
     Bright = brightness_expert("bright", "brightness", heatmap="ramp")
-    experts.register_expert("bright", Bright, overwrite=True)
+    with registered(Bright): ...                             # or experts.register_expert("bright", Bright)
     Bright.calls = 0; ...; assert Bright.calls == 0          # faces it scored (a resumed run scores none)
 
 Each call of :func:`brightness_expert` makes a new class with its own name, prompt word, call counter,
@@ -11,6 +11,9 @@ a None heatmap per face), ``"ramp"`` (0 at the left edge to 1 at the right) or `
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,3 +52,17 @@ def brightness_expert(name: str = "bright", prompt_name: str = "brightness", hea
         raise ValueError(f"heatmap {heatmap!r}: choose one of {HEATMAPS}")
     return type(f"Brightness_{name}", (BrightnessExpert,),
                 {"name": name, "prompt_name": prompt_name, "calls": 0, "heatmap": heatmap, "channel": channel})
+
+
+@contextlib.contextmanager
+def registered(*classes: type) -> Iterator[None]:
+    """The stub classes registered under their names for the block (then unregistered)."""
+    from x2dfd import experts
+
+    for cls in classes:
+        experts.register_expert(cls.name, cls, overwrite=True)
+    try:
+        yield
+    finally:
+        for cls in classes:
+            experts.unregister_expert(cls.name)

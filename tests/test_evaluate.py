@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2dfd import experts
 from x2dfd import metrics as m
 from x2dfd.cli import main as cli_main
 from x2dfd.errors import UsageError
@@ -19,7 +18,7 @@ from x2dfd.evaluate import (EvaluateConfig, Item, Unit, add_fusions, evaluate_le
                             explanation_checks, frame_units, load_items, mentioned_cues, metric_block, plan_fit,
                             stated_verdict, subsets, video_units)
 from x2dfd.records import Record
-from tests.stubs import brightness_expert
+from tests.stubs import brightness_expert, registered
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -278,11 +277,8 @@ _Green = brightness_expert("green", "brightness", channel=1)  # the green channe
 
 @pytest.fixture
 def stub_experts():
-    experts.register_expert("bright", _Bright, overwrite=True)
-    experts.register_expert("green", _Green, overwrite=True)
-    yield
-    experts.unregister_expert("bright")
-    experts.unregister_expert("green")
+    with registered(_Bright, _Green):
+        yield
 
 
 def test_evaluate_experts_alone_end_to_end_with_perturbations_fusion_and_resume(tmp_path, stub_experts, capsys):

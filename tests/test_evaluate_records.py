@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2dfd import experts
 from x2dfd.cli import main as cli_main
-from tests.stubs import brightness_expert
+from tests.stubs import brightness_expert, registered
 
 
 _Lum = brightness_expert("lum", "luminance")
@@ -21,11 +20,8 @@ _Red = brightness_expert("red", "luminance")
 
 @pytest.fixture
 def lum_expert():
-    experts.register_expert("lum", _Lum, overwrite=True)
-    experts.register_expert("red", _Red, overwrite=True)
-    yield
-    experts.unregister_expert("lum")
-    experts.unregister_expert("red")
+    with registered(_Lum, _Red):
+        yield
 
 
 def _data(root: Path, n: int = 3) -> Path:
