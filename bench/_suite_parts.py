@@ -111,7 +111,7 @@ def emit(result: dict) -> None:
     print("PARTIAL " + json.dumps(result), flush=True)
 
 
-def load(spec: dict, ckpt: str, **quant):
+def load(spec: dict, ckpt: str, static_cache: bool = False, **quant):
     """The checkpoint through the same path ``x2dfd explain --model DIR`` takes (x2dfd.mllm.load_mllm + MLLMOptions).
     The time excludes importing the libraries (done first)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401 - imported before the clock
@@ -122,7 +122,8 @@ def load(spec: dict, ckpt: str, **quant):
         import bitsandbytes  # noqa: F401
     reset_peak(spec)
     t0 = time.perf_counter()
-    mllm = load_mllm(MLLMOptions(model=ckpt, device=spec["device"], dtype=spec["dtype"], **quant))
+    mllm = load_mllm(MLLMOptions(model=ckpt, device=spec["device"], dtype=spec["dtype"], static_cache=static_cache,
+                                 **quant))
     sync(spec)
     return mllm, time.perf_counter() - t0
 
@@ -274,25 +275,36 @@ def part_build(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ a. explain
-def part_explain(spec: dict) -> dict:
+def part_explain(spec: dict, static: bool = False) -> dict:
     """``MLLM.judge`` (what ``x2dfd explain`` calls per batch of faces) at each batch size: faces/s and the
-    prefill / decode split the runtime itself measures (generate's per-step clock)."""
+    prefill / decode split the runtime itself measures (generate's per-step clock). ``static``: with
+    ``--static-cache`` (a preallocated KV cache; on CUDA generate() compiles the decode step into CUDA graphs),
+    at ``static_batch_sizes``; its warm-up runs the full length twice (compile, then graph capture)."""
     import torch
 
-    mllm, load_s = load(spec, spec["checkpoint"])
+    mllm, load_s = load(spec, spec["checkpoint"], static_cache=True) if static else load(spec, spec["checkpoint"])
+    sizes = spec["static_batch_sizes"] if static else spec["batch_sizes"]
     question = explain_question()
     n_new = spec["max_new_tokens"]
-    faces = synthetic_faces(max(spec["batch_sizes"] or [1]), seed=1)
+    faces = synthetic_faces(max(sizes or [1]), seed=1)
     prompt_tokens = int(mllm.encode(faces[:1], [mllm.build_prompt(question)])["input_ids"].shape[1])
     rows = []
     head = {"load_s": round(load_s, 2), "prompt_tokens": prompt_tokens, "max_new_tokens": n_new,
-            "model": mllm.describe(), "rows": rows, "path": "x2dfd.mllm.load_mllm(MLLMOptions(model=DIR)).judge()"}
+            "model": mllm.describe(), "rows": rows, "static_cache": static,
+            "path": f"x2dfd.mllm.load_mllm(MLLMOptions(model=DIR{', static_cache=True' if static else ''})).judge()"}
     emit(head)
-    for bs in spec["batch_sizes"]:
+    for bs in sizes:
         row = {"batch_size": bs}
         try:
             images, questions = faces[:bs], [question] * bs
-            mllm.judge(images, questions, max_new_tokens=min(2, n_new))  # warm-up: kernels for this shape
+            if static:  # the cache length (prompt + new tokens) is part of the compiled shape: warm up at full length
+                t0 = time.perf_counter()
+                for _ in range(2):
+                    mllm.judge(images, questions, max_new_tokens=n_new)
+                sync(spec)
+                row["warmup_s"] = round(time.perf_counter() - t0, 2)
+            else:
+                mllm.judge(images, questions, max_new_tokens=min(2, n_new))  # warm-up: kernels for this shape
             reset_peak(spec)
             calls = []
             for _ in range(spec["reps"]):
@@ -460,6 +472,7 @@ PARTS = {
     "machine": part_machine,
     "build": part_build,
     "explain": part_explain,
+    "explain-static": lambda spec: part_explain(spec, static=True),
     "assess": part_assess,
     "lora": lambda spec: part_train(spec, "lora"),
     "qlora": lambda spec: part_train(spec, "qlora"),

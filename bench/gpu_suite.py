@@ -17,7 +17,9 @@ with the reason; the whole suite keeps to ``--budget-s``):
 
 a. explain: faces/s of ``MLLM.judge`` at batch 1/8/32 with 64 new tokens, prefill/decode split, against
    the arithmetic limit (prefill compute-bound at the card's peak bf16 FLOP/s, decode bound by reading the
-   weights + KV cache at the card's HBM bandwidth per step);
+   weights + KV cache at the card's HBM bandwidth per step); explain-static: the same at the largest batch
+   with ``--static-cache`` (generate() compiles the decode step into CUDA graphs; warm-up time reported),
+   run after the other parts;
 b. assess: CueScorer (cached prefix, packed cues) vs ``score_naive`` (one prompt per cue): (face, cue) pairs/s;
 c. LoRA and QLoRA training step (bench_finetune's step) at batch 2 and 8: step time, tokens/s, peak memory;
 d. 4-bit and 8-bit (bitsandbytes) load time and GPU memory;
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "checkpoints"
 CONFIG_NAME = "llava-1.5-7b-hf"
 GiB = 2**30
-ORDER = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "release")
+ORDER = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static", "release")
 
 # Assumed peaks per card (dense bf16 tensor-core FLOP/s, HBM bandwidth), matched on the CUDA device name.
 PEAKS = (  # (substring, label, TFLOP/s, TB/s), first match wins
@@ -62,9 +64,9 @@ PEAKS = (  # (substring, label, TFLOP/s, TB/s), first match wins
 
 # Default timeouts (s) of each part on CUDA (full size) and in --tiny mode.
 TIMEOUTS = {"machine": 90, "build": 240, "explain": 150, "assess": 120, "lora": 150, "qlora": 180,
-            "load-4bit": 100, "load-8bit": 100, "release": 150}
+            "load-4bit": 100, "load-8bit": 100, "explain-static": 200, "release": 150}
 TINY_TIMEOUTS = {"machine": 60, "build": 60, "explain": 90, "assess": 60, "lora": 60, "qlora": 60,
-                 "load-4bit": 45, "load-8bit": 45, "release": 60}
+                 "load-4bit": 45, "load-8bit": 45, "explain-static": 60, "release": 60}
 
 
 # ------------------------------------------------------------------------------------------------ imports
@@ -185,6 +187,7 @@ def make_spec(args) -> dict:
         "checkpoint": str(Path(args.model).resolve()) if args.model else None, "ckpt_dir": None,
         "work_dir": args.work_dir or tempfile.gettempdir(), "threads": args.threads,
         "batch_sizes": pick(args.batch_sizes, [1, 8, 32], [1, 4, 8]), "max_new_tokens": pick(args.max_new_tokens, 64, 8),
+        "static_batch_sizes": pick(args.batch_sizes, [1, 8, 32], [1, 4, 8])[-1:],
         "reps": pick(args.reps, 2, 1), "quant_new_tokens": 16 if not tiny else 4,
         "assess": {"faces": pick(args.faces, 4, 2), "cues": pick(args.cues, 0, 24),
                    "naive_cues": pick(args.naive_cues, 8, 4), "cue_batch_size": args.cue_batch_size},
@@ -331,6 +334,8 @@ def memory_needs(m: dict, spec: dict) -> dict:
     return {
         "build": W + slack,
         "explain": {bs: W + 1.2 * kv(bs, T + n) + bs * T * (2 * h + hi) * bpe * 2 + slack for bs in spec["batch_sizes"]},
+        "explain-static": {bs: W + 1.2 * kv(bs, T + n) + bs * T * (2 * h + hi) * bpe * 2 + slack
+                           for bs in spec["static_batch_sizes"]},
         "assess": W + kv(1, T) * 2 + T * (2 * h + hi) * bpe * 4 + slack,
         "lora": {bs: W + train_act(bs) + slack for bs in spec["train"]["batch_sizes"]},
         "qlora": {bs: W4 + train_act(bs) + slack for bs in spec["train"]["batch_sizes"]},
@@ -406,7 +411,8 @@ def main(argv=None) -> int:
         # build (or use --model)
         if spec["checkpoint"]:
             skip("build", f"--model {spec['checkpoint']} given: no checkpoint built")
-        elif "build" not in wanted and not (wanted & {"explain", "assess", "lora", "qlora", "load-4bit", "load-8bit"}):
+        elif "build" not in wanted and not (wanted & {"explain", "assess", "lora", "qlora", "load-4bit", "load-8bit",
+                                                              "explain-static"}):
             skip("build", "not in --parts")
         elif cuda_missing:
             skip("build", "CUDA is not available on this machine (use --tiny or --device cpu)")
@@ -430,7 +436,7 @@ def main(argv=None) -> int:
         no_bnb = None if bnb else ("bitsandbytes is not importable here (" + (machine.get("bitsandbytes_error") or "") +
                                    "); carry its wheel in .whl/ and run bench/gpu_suite.sh")
 
-        for name in ("explain", "assess", "lora", "qlora", "load-4bit", "load-8bit"):
+        for name in ("explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static"):
             if name not in wanted:
                 skip(name, "not in --parts")
                 continue
@@ -446,9 +452,9 @@ def main(argv=None) -> int:
             need = needs.get(name)
             saved = {}
             if isinstance(need, dict):  # per batch size: drop the sizes that cannot fit
-                key = "batch_sizes"
-                holder = spec if name == "explain" else spec["train"]
-                saved = {"holder": holder, "sizes": list(holder[key])}
+                key = "static_batch_sizes" if name == "explain-static" else "batch_sizes"
+                holder = spec if name.startswith("explain") else spec["train"]
+                saved = {"holder": holder, "key": key, "sizes": list(holder[key])}
                 dropped = [bs for bs, b in need.items() if not fits(b)]
                 holder[key] = [bs for bs in holder[key] if bs not in dropped]
                 if not holder[key]:
@@ -463,12 +469,12 @@ def main(argv=None) -> int:
                 continue
             res = run(name)
             if saved:
-                dropped = [bs for bs in saved["sizes"] if bs not in saved["holder"]["batch_sizes"]]
+                dropped = [bs for bs in saved["sizes"] if bs not in saved["holder"][saved["key"]]]
                 if dropped and res.get("result"):
                     res["result"].setdefault("rows", []).extend(
                         {"batch_size": bs, "skipped": f"does not fit: needs ~{need[bs] / GiB:.1f} GiB, {where}"}
                         for bs in dropped)
-                saved["holder"]["batch_sizes"] = saved["sizes"]
+                saved["holder"][saved["key"]] = saved["sizes"]
         if "release" not in wanted:
             skip("release", "not in --parts")
         elif cuda_missing:
@@ -578,23 +584,28 @@ def table_rows(report: dict) -> list[dict]:
     else:
         failed("build", "random-weight checkpoint")
 
-    r = with_rows("explain", "judge()")
-    for row in (r or {}).get("rows", []):
-        case = f"batch {row['batch_size']}, {r['max_new_tokens']} new tokens"
-        if "skipped" in row or "error" in row:
-            add("explain", case, "skipped" if "skipped" in row else "error", "", row.get("skipped") or row["error"])
-            continue
-        lim = explain_limit(m, peaks, row["batch_size"], r["prompt_tokens"], r["max_new_tokens"], bpe) if m else None
-        limit = "-"
-        if lim:
-            row["limit"] = lim
-            limit = (f"{lim['faces_per_s']:.3g} faces/s ({lim['prefill_s'] * 1000:.3g} ms prefill, "
-                     f"{lim['decode_ms_per_step']:.3g} ms/step); measured = {100 * lim['total_s'] / row['wall_s']:.0f}%")
-        add("explain", case, "ok", f"{row['faces_per_s']:.3g} faces/s",
-            f"{row['wall_s']:.3g} s/call: prompt {row['prompt_s']:.3g} s, prefill {row['prefill_s']:.3g} s "
-            f"({row['batch_size'] * r['prompt_tokens']} tok), decode {row['decode_s']:.3g} s "
-            f"({row['decode_ms_per_step']:.3g} ms/step x {max(1, row['new_tokens_max'] - 1)})",
-            _mem(row.get("memory")), limit)
+    def explain_rows(part, what, label):
+        r = with_rows(part, what)
+        for row in (r or {}).get("rows", []):
+            case = f"batch {row['batch_size']}, {r['max_new_tokens']} new tokens{label}"
+            if "skipped" in row or "error" in row:
+                add(part, case, "skipped" if "skipped" in row else "error", "", row.get("skipped") or row["error"])
+                continue
+            lim = explain_limit(m, peaks, row["batch_size"], r["prompt_tokens"], r["max_new_tokens"], bpe) if m else None
+            limit = "-"
+            if lim:
+                row["limit"] = lim
+                limit = (f"{lim['faces_per_s']:.3g} faces/s ({lim['prefill_s'] * 1000:.3g} ms prefill, "
+                         f"{lim['decode_ms_per_step']:.3g} ms/step); measured = {100 * lim['total_s'] / row['wall_s']:.0f}%")
+            add(part, case, "ok", f"{row['faces_per_s']:.3g} faces/s",
+                f"{row['wall_s']:.3g} s/call: prompt {row['prompt_s']:.3g} s, prefill {row['prefill_s']:.3g} s "
+                f"({row['batch_size'] * r['prompt_tokens']} tok), decode {row['decode_s']:.3g} s "
+                f"({row['decode_ms_per_step']:.3g} ms/step x {max(1, row['new_tokens_max'] - 1)})"
+                + (f"; warm-up {row['warmup_s']:.3g} s (compile, graph capture)" if "warmup_s" in row else ""),
+                _mem(row.get("memory")), limit)
+    explain_rows("explain", "judge()", "")
+    flush_tail()
+    explain_rows("explain-static", "judge(), --static-cache", ", --static-cache")
     flush_tail()
     if not failed("assess", "cue scoring"):
         r = parts["assess"]["result"]

@@ -52,6 +52,8 @@ class AssessConfig(ModelArgs):
     """Rank forgery cues by how well the MLLM's yes/no answers separate real from fake faces."""
 
     early_model_check: ClassVar[bool] = False  # run_assess checks --model after DATA (whose errors come first)
+    static_cache: bool = field(default=False, metadata={"cli": False})
+    """Not an option here: cue scoring reads yes/no logits from its own cached forwards and generates nothing."""
 
     data: str | None = field(default=None, metadata={"positional": True, "optional": True, "metavar": "DATA"})
     """Labelled faces: a folder with real/ and fake/ (images or videos), a CSV/JSONL manifest (path,label[,video_id,source]), a DeepfakeBench dataset JSON or X2-DFD JSON(s)."""

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_suite.sh"
-PARTS = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "release")
+PARTS = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static", "release")
 
 
 def _suite():
@@ -83,7 +83,7 @@ def test_tiny_suite_end_to_end(tmp_path):
     report = json.loads((out / "gpu_suite.json").read_text())
     assert report["complete"] and report["tiny"]
     assert set(PARTS) <= set(report["parts"])
-    for name in ("machine", "build", "explain", "assess", "lora"):
+    for name in ("machine", "build", "explain", "assess", "lora", "explain-static"):
         assert report["parts"][name]["status"] == "ok", (name, report["parts"][name])
     has_bnb = bool(report["machine"].get("bitsandbytes"))
     for name in ("qlora", "load-4bit", "load-8bit"):  # bitsandbytes: ok where importable, else skipped with a reason
@@ -95,6 +95,10 @@ def test_tiny_suite_end_to_end(tmp_path):
     explain = report["parts"]["explain"]["result"]
     assert [r["batch_size"] for r in explain["rows"]] == [1, 4, 8]
     assert all(r["new_tokens_max"] == explain["max_new_tokens"] for r in explain["rows"])  # nothing stopped early
+    static = report["parts"]["explain-static"]["result"]  # --static-cache at the largest batch, after a full warm-up
+    assert static["static_cache"] and [r["batch_size"] for r in static["rows"]] == [8]
+    assert static["rows"][0]["warmup_s"] > 0 and static["rows"][0]["faces_per_s"] > 0
+    assert static["rows"][0]["p_fake_first"] == pytest.approx(explain["rows"][-1]["p_fake_first"], abs=1e-5)
     assert report["parts"]["assess"]["result"]["max_abs_diff_p_yes"] < 1e-4
     md = (out / "gpu_suite.md").read_text()
     for name in PARTS:

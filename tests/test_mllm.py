@@ -71,6 +71,21 @@ def test_p_fake_is_softmax_of_verdict_logits(fixture, request):
     assert len({round(j.p_fake, 6) for j in results}) > 1  # different images, different answers
 
 
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_smolvlm", "tiny_qwen2vl"])
+def test_static_cache_gives_the_same_verdicts_and_text(fixture, request):
+    """--static-cache (a preallocated KV cache; compiled decode steps on CUDA) changes speed only: the same
+    p_fake and, token for token, the same explanation as the default dynamic cache, on the real architectures."""
+    ckpt = request.getfixturevalue(fixture)
+    dynamic = load_mllm(MLLMOptions(model=str(ckpt)))
+    static = load_mllm(MLLMOptions(model=str(ckpt), static_cache=True))
+    images = _faces(3)
+    a = dynamic.judge(images, [QUESTION] * 3, max_new_tokens=6)
+    b = static.judge(images, [QUESTION] * 3, max_new_tokens=6)
+    for x, y in zip(a, b):
+        assert y.p_fake == pytest.approx(x.p_fake, abs=1e-5)
+        assert (y.explanation, y.new_tokens) == (x.explanation, x.new_tokens)
+
+
 def test_verdict_only_generates_no_text(selfcontained_llava):
     mllm = load_mllm(MLLMOptions(model=str(selfcontained_llava)))
     [j] = mllm.judge(_faces(1), [QUESTION], max_new_tokens=0)

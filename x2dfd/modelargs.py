@@ -35,6 +35,8 @@ class MLLMOptions:
     """Quantize the MLLM to 8-bit with bitsandbytes."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (only for checkpoints you trust)."""
+    static_cache: bool = False
+    """Generate explanations with a static (preallocated) KV cache; on CUDA, transformers then compiles each decode step into CUDA graphs (torch.compile; the first batch of each shape compiles for a while). Same verdicts and text; for throughput on a GPU."""
     preset: str | None = None
     """Prompt format, experts and verdict readout of a published detector: x2dfd-release, fakevlm, x2dfd, or a preset JSON file (default: a preset.json inside the adapter folder, then the model folder, if any; else x2dfd's own prompt)."""
 
