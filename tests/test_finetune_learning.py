@@ -70,7 +70,8 @@ def test_finetune_learns_a_visible_artifact(tmp_path, one_thread):
                         "--bootstrap", "20", "--quiet"]) == 0
     out = tmp_path / "run"
     assert finetune_main([str(tmp_path / "train"), "--ranking", str(tmp_path / "mfa" / "ranking.json"), *model,
-                          "--out", str(out), "--no-face-crop", "--no-expert", "--top-k", "1", "--cues-per-answer", "1",
+                          "--out", str(out), "--no-face-crop", "--no-expert", "--no-rationale", "--top-k", "1",
+                          "--cues-per-answer", "1",
                           "--epochs", "14", "--batch-size", "8", "--lr", "5e-3", "--projector-lr", "5e-4",
                           "--warmup-ratio", "0.05", "--eval-fraction", "0.1", "--no-gradient-checkpointing",
                           "--no-eval-before", "--quiet"]) == 0
@@ -98,8 +99,8 @@ def test_finetune_learns_a_visible_artifact(tmp_path, one_thread):
 # ------------------------------------------------------------------------------------------------ expert evidence
 # The small-model recipe under which a random tiny LLaVA learns to read an expert score from its question
 # (measured over seeds 0-2; see test_finetune_learns_to_use_the_expert_score and bench/learn_evidence.py).
-EVIDENCE_RECIPE = ["--epochs", "12", "--batch-size", "8", "--lr", "3e-3", "--projector-lr", "5e-4", "--warmup-ratio", "0.05",
-                   "--lora-r", "16", "--lora-alpha", "32"]
+EVIDENCE_RECIPE = ["--epochs", "12", "--batch-size", "8", "--lr", "3e-3", "--projector-lr", "5e-4",
+                   "--warmup-ratio", "0.05", "--lora-r", "16", "--lora-alpha", "32"]
 EVIDENCE_SEED = 0
 N_TRAIN, N_HELD_OUT = 150, 48  # per class
 
@@ -246,7 +247,7 @@ def test_finetune_learns_to_use_the_expert_score(tmp_path, one_thread):
         unregister_expert("evidence")
     print(f"evidence test: held-out AUC fine-tuned {auc_tuned:.3f}, stub expert {auc_expert:.3f}, base {auc_base:.3f}, "
           f"shuffled-score control {auc_control:.3f}, {time.perf_counter() - t0:.1f} s")
-    # Margins from seeds 0-2 (~95 held-out photos: chance alone spreads an AUC by ~0.06): fine-tuned 0.83-0.96,
+    # Margins from seeds 0-2 (~95 held-out photos: chance alone spreads an AUC by ~0.06): fine-tuned 0.83-0.94,
     # stub 0.88-0.95, base 0.44-0.57, control 0.49-0.61.
     assert auc_tuned >= 0.75
     assert auc_tuned >= auc_expert - 0.1
