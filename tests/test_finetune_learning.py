@@ -71,6 +71,7 @@ def test_finetune_learns_a_visible_artifact(tmp_path, one_thread):
     out = tmp_path / "run"
     assert finetune_main([str(tmp_path / "train"), "--ranking", str(tmp_path / "mfa" / "ranking.json"), *model,
                           "--out", str(out), "--no-face-crop", "--no-expert", "--no-rationale", "--top-k", "1",
+                          "--allow-uninformative",
                           "--cues-per-answer", "1",
                           "--epochs", "14", "--batch-size", "8", "--lr", "5e-3", "--projector-lr", "5e-4",
                           "--warmup-ratio", "0.05", "--eval-fraction", "0.1", "--no-gradient-checkpointing",
@@ -209,13 +210,15 @@ def test_finetune_learns_to_use_the_expert_score(tmp_path, one_thread):
         # A random model answers every cue alike, so on indistinguishable classes every cue may come out
         # "inverted" (finetune then refuses the ranking); the cue ranking comes from the seam set, where this
         # model's boundary cue leans the right way (the visible-artifact test above). The cues are not what is
-        # tested here: --cue-order rank states the ranking's top cue in every answer.
+        # tested here: --cue-order rank states the ranking's top cue in every answer (--allow-uninformative: a
+        # random model's cue AUC on 12 faces per class has a CI that covers 0.5).
         make_seam_dataset(tmp_path / "seam", 64, 64, seed=1)
         assert assess_main([str(tmp_path / "seam"), *model, "--out", str(tmp_path / "mfa"), "--no-face-crop",
                             "--only", "boundary", "--per-class", "12", "--bootstrap", "20", "--quiet"]) == 0
         out = tmp_path / "run"
         assert finetune_main([str(tmp_path / "train"), "--ranking", str(tmp_path / "mfa"), *model, "--out", str(out),
                               "--no-face-crop", "--expert", "evidence", "--no-rationale", "--top-k", "1",
+                              "--allow-uninformative",
                               "--cues-per-answer", "1", "--cue-order", "rank", *EVIDENCE_RECIPE,
                               "--eval-fraction", "0.1", "--seed", str(EVIDENCE_SEED), "--no-gradient-checkpointing",
                               "--no-eval-before", "--quiet"]) == 0
