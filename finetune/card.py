@@ -128,8 +128,12 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
                  f"{' (uninformative)' if 'uninformative' in (c.get('flags') or ()) else ''} | {_fmt(c.get('threshold'))} "
                  f"| {c['present']} |" for c in data.get("cues") or []]
     before = metrics.get("eval_before") or {}
-    eval_lines = [f"| before training | {_fmt(before.get('auc'))} | {_fmt(before.get('accuracy'))} |"] if before else []
-    eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {_fmt(e.get('auc'))} | {_fmt(e.get('accuracy'))} |"
+    def auc_cell(e: dict[str, Any]) -> str:
+        ci = e.get("auc_ci95")
+        return _fmt(e.get("auc")) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    eval_lines = [f"| before training | {auc_cell(before)} | {_fmt(before.get('accuracy'))} |"] if before else []
+    eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {auc_cell(e)} | {_fmt(e.get('accuracy'))} |"
                    for e in metrics.get("epochs") or []]
     train = metrics.get("train") or {}
     rows, info = read_data(data["dir"]) if data.get("dir") else ([], {})
@@ -176,7 +180,9 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- final training loss {_fmt(train.get('final_loss'))} after {_fmt(train.get('seconds'))} s (curve: `loss.png`, "
         "`loss.jsonl`)", "",
         "## Evaluation (held-out p_fake)", "",
-        "| when | AUC | accuracy at 0.5 |", "|---|---|---|", *eval_lines, "",
+        "| when | AUC [95% CI] | accuracy at 0.5 |", "|---|---|---|", *eval_lines, "",
+        "The interval resamples the held-out faces (whole videos where they have one), 1000 times: a split of a few "
+        "dozen faces gives a wide one, so compare runs on a proper test set (`x2dfd evaluate`).", "",
         "Files: `adapter_config.json`, `adapter_model.safetensors`, processor files, `finetune.config.json` (resolved "
         "options), `ranking.json` (the cue ranking trained from), `metrics.json`.", "",
         "## Reference", "", CITATION, "",

@@ -400,6 +400,10 @@ def test_outputs_card_and_adapter_use(trained, seam_data, selfcontained_llava, t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_before"]["n"] == 4 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["final"] == metrics["epochs"][-1] and result.metrics["final"]["auc"] == metrics["final"]["auc"]
+    for ev in [metrics["eval_before"], *metrics["epochs"]]:  # 4 held-out faces: an interval that says how little
+        lo, hi = ev["auc_ci95"]
+        assert 0.0 <= lo <= ev["auc"] <= hi <= 1.0
+        assert f"{ev['auc']:.4f} [{lo:.2f}, {hi:.2f}]" in text
     losses = _rows(out / "loss.jsonl")
     assert [r["step"] for r in losses] == list(range(1, result.steps + 1)) == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["lr"] is not None and r["projector_lr"] is not None for r in losses)
