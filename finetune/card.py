@@ -8,7 +8,9 @@ The front matter carries what the Hub reads: ``base_model``, ``library_name: pef
 (cues, experts, data balance, LoRA targets, schedule), how to use it (``x2dfd explain --adapter``) and
 what the training answers are made of, counted from the ``train.jsonl`` it was trained on (distinct
 answers, cues per answer, answers with no supported cue, with a rationale, with an expert sentence),
-whether they are grounded per face, the uninformative cues, and the rationale's label conditioning.
+whether they are grounded per face, the uninformative cues, and the rationale's label conditioning. Data built
+with ``--top-k 0`` (``weak_only`` in ``data.json``): the card says the answers carry no cues, "Weak Feature
+Supplementing only" (plain verdict fine-tuning when no expert was used either), with no cue table or ranking.
 """
 
 from __future__ import annotations
@@ -85,7 +87,12 @@ def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
     if not rows:
         return ["No training answer could be read from `data/train.jsonl`.", ""]
     n = comp["answers"]
-    if grounding.get("grounded"):
+    weak = bool(info.get("weak_only"))
+    if weak:
+        how = ("Weak Feature Supplementing only (`--top-k 0`): the answers carry no cues. No cue sentence is in any "
+               "answer and no cue ranking was used; each answer is the verdict, the base model's rationale where one "
+               "was written, and an expert sentence where the expert agrees with the label by X2-DFD's margin.")
+    elif grounding.get("grounded"):
         how = ("Each answer states only those of the top cues that the base model's own evidence on THAT face "
                "supports: its P(yes) for the cue is above the cue's decision threshold from the ranking (fake, stated "
                "present) or below it (real, stated absent); unsupported cues are omitted.")
@@ -98,21 +105,27 @@ def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
              f"- answers: {n}; distinct: {comp['distinct']} (real {comp['by_label']['real']['distinct']} of "
              f"{comp['by_label']['real']['answers']}, fake {comp['by_label']['fake']['distinct']} of "
              f"{comp['by_label']['fake']['answers']}); the most repeated answer occurs {comp['most_repeated']} times",
-             f"- cues stated per answer: mean {c['mean']:.2f}, min {c['min']}, max {c['max']}",
-             f"- answers with no supported cue (verdict without a cue sentence): {comp['no_cue']['real']} real, "
-             f"{comp['no_cue']['fake']} fake",
+             *(["- cues stated per answer: none (`--top-k 0`)"] if weak else
+               [f"- cues stated per answer: mean {c['mean']:.2f}, min {c['min']}, max {c['max']}",
+                f"- answers with no supported cue (verdict without a cue sentence): {comp['no_cue']['real']} real, "
+                f"{comp['no_cue']['fake']} fake"]),
              f"- answers with a rationale by the base model: {comp['with_rationale']}",
              f"- answers with an expert sentence (expert agrees by X2-DFD's margin): {comp['with_expert_sentence']}"]
     ids = unin.get("ids") or []
-    lines.append(f"- uninformative cues (AUC CI covers 0.5) among the top cues: {len(ids)}"
-                 + (f" ({', '.join(f'`{i}`' for i in ids)}; trained on with `--allow-uninformative`)" if ids else ""))
+    if not weak:  # --top-k 0: no cue, none uninformative
+        named = f" ({', '.join(f'`{i}`' for i in ids)}; trained on with `--allow-uninformative`)" if ids else ""
+        lines.append(f"- uninformative cues (AUC CI covers 0.5) among the top cues: {len(ids)}{named}")
     if rat.get("enabled"):
         spf = rat.get("seconds_per_face")
+        given = ("GIVEN the label (and no cue): they can state things the model would not find unprompted, and nothing "
+                 "checked them against its own evidence." if weak else
+                 "GIVEN the label and the stated cues: they can state things the "
+                 "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
+                 "evidence.")
         lines += ["", f"Rationales (asked for {rat.get('faces')} faces, {_fmt(spf)} s per face, at most "
                   f"{rat.get('max_new_tokens')} tokens; kept where a sentence was completed) were written by the base "
-                  "model GIVEN the label and the stated cues: they can state things the "
-                  "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
-                  "evidence." + (" None ended a sentence, so no answer carries one." if not comp["with_rationale"] else "")]
+                  f"model {given}" + ("" if comp["with_rationale"] else " None ended a sentence, so no answer carries "
+                                                                      "one.")]
     return lines + [""]
 
 
@@ -144,14 +157,32 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
                    if grounded is False else "an explanation (see Training answers)")
     q = " --load-in-4bit" if resolved.get("quantization") == "4bit" else ""
     no_expert = " --no-expert" if cfg.get("no_expert") else ""
+    weak = bool(info.get("weak_only") or data.get("weak_only"))  # --top-k 0: no cue in any answer, no ranking
+    if weak and resolved.get("experts"):
+        what = ("\"This image is real.\" / \"This image is fake.\", then, where the external expert whose score is "
+                "written into the question clearly agrees with the label, a sentence on that score: Weak Feature "
+                "Supplementing only (`--top-k 0`), the answers carry no cues (no Strong Feature Strengthening, no "
+                "cue ranking).")
+    elif weak:
+        what = ("\"This image is real.\" / \"This image is fake.\" alone (`--top-k 0` without an expert): plain "
+                "verdict fine-tuning, the answers carry no cues and the questions no expert score.")
+    else:
+        what = (f"\"This image is real.\" / \"This image is fake.\" and {explanation} (Strong Feature Strengthening), "
+                "and to read an external expert's score written into the question (Weak Feature Supplementing).")
+    if weak:
+        cue_section = ["- cues: none (`--top-k 0`: Weak Feature Supplementing only; no ranking, no cue sentence)", ""]
+    else:
+        cue_section = [
+            f"- cues (top {cfg.get('top_k')} of the ranking, at most {cfg.get('cues_per_answer')} per answer); ranking "
+            f"fingerprint `{(resolved.get('ranking_fingerprint') or '-')[:16]}`:", "",
+            "| rank | cue | AUC (base model) | threshold on P(yes) | stated for fakes as |", "|---|---|---|---|---|",
+            *cue_lines, ""]
     lines = [
         "---", meta, "---", "",
         f"# {Path(cfg['out']).name or 'x2dfd adapter'}: explainable deepfake detection LoRA for `{cfg['model']}`", "",
         "A LoRA adapter (plus the fully trained vision-language projector) made with `x2dfd finetune`, following "
         "X2-DFD (Chen et al., NeurIPS 2025): the model is trained to answer the question of `x2dfd explain` with "
-        f"\"This image is real.\" / \"This image is fake.\" and {explanation} (Strong Feature Strengthening), and to "
-        "read an external expert's score written into the question (Weak Feature Supplementing). P(fake) is the "
-        "softmax of the \" real\"/\" fake\" logits after \"This image is\".",
+        f"{what} P(fake) is the softmax of the \" real\"/\" fake\" logits after \"This image is\".",
         "", "## Use", "", "```bash",
         f"x2dfd explain faces/ --model {cfg['model']} --adapter ADAPTER_DIR{q}{no_expert} --out results.jsonl",
         f"x2dfd assess data/ --model {cfg['model']} --adapter ADAPTER_DIR --out assess-tuned/   # which cues got stronger",
@@ -162,10 +193,7 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- class balance (train): {train_b.get('real', '-')} real, {train_b.get('fake', '-')} fake "
         f"(`--balance {cfg.get('balance')}`); held-out: {eval_b.get('real', '-')} real, {eval_b.get('fake', '-')} fake",
         f"- expert(s) in the question: {experts}",
-        f"- cues (top {cfg.get('top_k')} of the ranking, at most {cfg.get('cues_per_answer')} per answer); ranking "
-        f"fingerprint `{(resolved.get('ranking_fingerprint') or '-')[:16]}`:", "",
-        "| rank | cue | AUC (base model) | threshold on P(yes) | stated for fakes as |", "|---|---|---|---|---|",
-        *cue_lines, "",
+        *cue_section,
         "## Training answers", "", *answer_lines(rows, info),
         "## Training", "",
         f"- LoRA r {cfg['lora_r']}, alpha {cfg['lora_alpha']}, dropout {cfg['lora_dropout']} on {lora['layers']} linear "
@@ -184,7 +212,8 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
         "The interval resamples the held-out faces (whole videos where they have one), 1000 times: a split of a few "
         "dozen faces gives a wide one, so compare runs on a proper test set (`x2dfd evaluate`).", "",
         "Files: `adapter_config.json`, `adapter_model.safetensors`, processor files, `finetune.config.json` (resolved "
-        "options), `ranking.json` (the cue ranking trained from), `metrics.json`.", "",
+        "options), " + ("no `ranking.json` (no cue ranking: `--top-k 0`)" if weak else
+                        "`ranking.json` (the cue ranking trained from)") + ", `metrics.json`.", "",
         "## Reference", "", CITATION, "",
     ]
     return "\n".join(lines)

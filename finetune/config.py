@@ -31,7 +31,7 @@ class FinetuneConfig(ModelArgs):
     DeepfakeBench or X2-DFD dataset JSON; images, extracted frames or video files (frames sampled as explain does)."""
     ranking: str | None = None
     """ranking.json of `x2dfd assess` (or its output folder): the cues to strengthen, and the per-image P(yes) beside
-    it."""
+    it. Not needed with --top-k 0 (then ignored, with a note: not read, copied or fingerprinted)."""
     out: str = "finetune-out"
     """Output folder: the peft adapter, processor, model card, metrics, loss log, checkpoints/, data/."""
     data_dir: str | None = None
@@ -41,7 +41,10 @@ class FinetuneConfig(ModelArgs):
     """Build the training data (OUT/data: train.jsonl, eval.jsonl, images/, data.json), report it and stop."""
     # ---------------------------------------------------------------------------------------- data
     top_k: int = 5
-    """Strong cues taken from the top of the ranking (cues flagged inverted or constant are skipped)."""
+    """Strong cues taken from the top of the ranking (cues flagged inverted or constant are skipped). 0: Weak Feature
+    Supplementing alone, no --ranking needed: answers are the verdict, the rationale and the expert sentence where the
+    expert agrees, with no cue sentence. With --no-expert too it is plain verdict fine-tuning (allowed, with a note: it
+    is the baseline X2-DFD's cue and expert answers are measured against)."""
     allow_uninformative: bool = field(default=False, metadata={"store_true": True})
     """Train on top-K cues the ranking flags uninformative (AUC CI covers 0.5); without it they are refused."""
     cues_per_answer: int = 3
@@ -152,15 +155,18 @@ class FinetuneConfig(ModelArgs):
         if self.data_dir is None and self.data is None:
             raise UsageError("give DATA (a folder with real/ and fake/, a manifest or a DeepfakeBench JSON) "
                              "or --data-dir DIR (built earlier with --build-data-only)")
-        if self.data_dir is None and self.ranking is None:
-            raise UsageError("building the training data needs --ranking RUN/ranking.json (from `x2dfd assess`)")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0: no cue in any answer), got {self.top_k}")
+        if self.data_dir is None and self.ranking is None and self.top_k != 0:
+            raise UsageError("building the training data needs --ranking RUN/ranking.json (from `x2dfd assess`), "
+                             "or --top-k 0 to train on the expert's evidence alone (no cue in any answer)")
         if self.data_dir is not None and self.data is not None:
             raise UsageError("DATA and --data-dir exclude each other (--data-dir trains from data built earlier)")
         if self.data_dir is not None and self.build_data_only:
             raise UsageError("--data-dir and --build-data-only exclude each other (the data is already built)")
         if self.no_expert and self.expert:
             raise UsageError("--no-expert and --expert exclude each other")
-        positive = {"--top-k": self.top_k, "--cues-per-answer": self.cues_per_answer, "--epochs": self.epochs,
+        positive = {"--cues-per-answer": self.cues_per_answer, "--epochs": self.epochs,
                     "--batch-size": self.batch_size, "--grad-accum": self.grad_accum, "--lora-r": self.lora_r,
                     "--lora-alpha": self.lora_alpha, "--eval-batch-size": self.eval_batch_size,
                     "--rationale-tokens": self.rationale_tokens, "--save-total-limit": self.save_total_limit}

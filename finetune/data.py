@@ -33,6 +33,12 @@ was given, and can state things it would not find unprompted (a seam it cannot s
 fine-tuned model learns to produce such text too. Only the cue sentence is checked against the base
 model's own evidence; the rationale is not. ``--no-rationale`` trains on checked sentences only.
 
+``--top-k 0`` is Weak Feature Supplementing alone: no cue sentence in any answer, no ranking needed (a
+``--ranking`` given is ignored with a one-line note: not read, copied or fingerprinted, since no answer
+depends on it), no cue scored; answers are the verdict, the rationale (asked given the label and no cues)
+and the expert sentence where the expert agrees. ``data.json`` says so (``weak_only``, ``ranking``: null,
+``cues``: []). With ``--no-expert`` too it is plain verdict fine-tuning, built with a one-line note.
+
 Uninformative cues (ranking flag ``uninformative``: the bootstrap CI of the cue's AUC holds 0.5) among
 the top-K are refused by default (one line naming them, by count); ``--allow-uninformative`` trains on
 them with a one-line warning, recorded in ``data.json`` and the model card.
@@ -114,7 +120,8 @@ def strong_cues(ranking: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
             raise UsageError(f"--ranking: cue '{r.get('id', '?')}' lacks {', '.join(missing)} (re-run `x2dfd assess`)")
     if not keep:
         raise UsageError("--ranking: every cue is flagged inverted or constant, so none can be stated as evidence; "
-                         "assess more faces or a different cue bank")
+                         "assess more faces or a different cue bank (or --top-k 0: train on the expert's evidence "
+                         "alone, no cue in any answer)")
     return keep[:top_k]
 
 
@@ -140,7 +147,10 @@ def uninformative_message(cues: Sequence[dict[str, Any]]) -> str | None:
 
 def check_cues(ranking: dict[str, Any], cfg) -> list[dict[str, Any]]:
     """The top-K strong cues of ``cfg``, refusing (one line, by count) uninformative ones unless
-    ``cfg.allow_uninformative``: what ``DataBuilder`` checks first; callable before any model is loaded."""
+    ``cfg.allow_uninformative``: what ``DataBuilder`` checks first; callable before any model is loaded. ``--top-k 0``:
+    no cue (the ranking is not looked at)."""
+    if cfg.top_k == 0:
+        return []
     cues = strong_cues(ranking, cfg.top_k)
     message = uninformative_message(cues)
     if message and not getattr(cfg, "allow_uninformative", False):
@@ -382,7 +392,8 @@ def warn(message: str) -> None:
 class DataBuilder:
     """Builds the data folder. ``load_experts`` runs once the ranking and the data have been checked;
     ``get_mllm`` loads the base MLLM only if cue scoring or rationales need it (without one, no rationale).
-    Uninformative top-K cues are refused here, before anything is loaded, unless ``cfg.allow_uninformative``."""
+    Uninformative top-K cues are refused here, before anything is loaded, unless ``cfg.allow_uninformative``.
+    ``cfg.top_k == 0`` (Weak Feature Supplementing alone): no ranking is read and no cue is stated or scored."""
 
     def __init__(self, cfg, load_experts: Callable[[], Sequence], get_mllm: Callable[[], Any] | None = None,
                  chunk: int = 8):
@@ -392,12 +403,22 @@ class DataBuilder:
         self.expert_names: list[tuple[str, str]] = []
         self.get_mllm = get_mllm
         self.chunk = chunk
-        self.ranking, self.ranking_path = load_ranking(cfg.ranking)
+        self.weak_only = cfg.top_k == 0
+        if self.weak_only:
+            self.ranking, self.ranking_path = {}, None
+            if cfg.ranking is not None:
+                warn(f"--top-k 0 states no cue, so --ranking '{cfg.ranking}' is ignored (not read, copied or "
+                     "fingerprinted)")
+            if cfg.no_expert:
+                warn("--top-k 0 with --no-expert: the answers are the verdict (and the rationale) only, plain verdict "
+                     "fine-tuning with no cue and no expert score to learn from")
+        else:
+            self.ranking, self.ranking_path = load_ranking(cfg.ranking)
         self.cues = check_cues(self.ranking, cfg)
         self.uninformative = uninformative_message(self.cues)
         if self.uninformative:
             warn(f"{self.uninformative}; training on them anyway (--allow-uninformative)")
-        self.grounded = cfg.cue_order == "image"
+        self.grounded = cfg.cue_order == "image" and not self.weak_only
         self.cached = self._assess_scores()
         self.thresholds = cue_thresholds(self.cues, self.cached) if self.grounded else {}
         fallback = [k for k, v in self.thresholds.items() if v["source"] == FALLBACK_SOURCE]
@@ -405,7 +426,7 @@ class DataBuilder:
             warn(f"the ranking stores no decision threshold for {len(fallback)} cue(s) and no assess scores are beside "
                  f"it: a cue is stated where P(yes) is on the label's side of 0.5 (re-run `x2dfd assess` for "
                  f"per-cue thresholds)")
-        if not self.grounded:
+        if not self.grounded and not self.weak_only:
             warn("--cue-order rank states the ranking's top cues in every answer without checking them on the face: "
                  "the answers are NOT grounded in the base model's evidence (data.json says so); "
                  "--cue-order image grounds them")
@@ -424,7 +445,7 @@ class DataBuilder:
         """Per-image P(yes) of the assess run the ranking comes from (empty when its scores file is gone)."""
         from x2dfd.feature_assessment.cache import SCORES_FILE, read_scores
 
-        if self.cfg.cue_order != "image":
+        if self.cfg.cue_order != "image" or self.ranking_path is None:
             return {}
         if not (self.ranking_path.parent / self.ranking.get("scores_path", SCORES_FILE)).is_file():
             return {}
@@ -499,28 +520,26 @@ class DataBuilder:
         train = rebalance(train, cfg.balance, cfg.seed)
         for split, rows in (("train", train), ("eval", held)):
             _write_jsonl(data_dir / SPLIT_FILES[split], rows)
-        if self.ranking_path.resolve() != (data_dir / RANKING_FILE).resolve():
+        if self.ranking_path is not None and self.ranking_path.resolve() != (data_dir / RANKING_FILE).resolve():
             shutil.copyfile(self.ranking_path, data_dir / RANKING_FILE)  # the folder stays self-contained
+        elif self.ranking_path is None:
+            stale_copy(data_dir / RANKING_FILE, cfg.ranking)  # an earlier build's: these answers used no ranking
         info = {
             "command": "finetune --build-data-only" if cfg.build_data_only else "finetune",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {"data": cfg.data, "eval_data": eval_source, "split": cfg.split, "eval_split": eval_split,
                        "frames_per_video": getattr(cfg, "frames_per_video", None)},
             "videos": {"train": video_counts(train), "eval": video_counts(held)},
-            "ranking": {"path": str(self.ranking_path), "copy": RANKING_FILE,
-                        "fingerprint": file_sha256(self.ranking_path), "model": self.ranking.get("model"),
-                        "setting": (self.ranking.get("setting") or {}).get("id")},
+            "top_k": cfg.top_k, "weak_only": self.weak_only,
+            "ranking": None if self.ranking_path is None else {
+                "path": str(self.ranking_path), "copy": RANKING_FILE, "fingerprint": file_sha256(self.ranking_path),
+                "model": self.ranking.get("model"), "setting": (self.ranking.get("setting") or {}).get("id")},
             "cues": [{"id": c["id"], "rank": c.get("rank"), "auc": c.get("auc"), "auc_ci": c.get("auc_ci"),
                       "flags": list(c.get("flags") or []), **self.thresholds.get(c["id"], {}),
                       "present": c["present"], "absent": c["absent"]} for c in self.cues],
-            "cue_order": cfg.cue_order, "cues_per_answer": cfg.cues_per_answer,
-            "grounding": {
-                "grounded": self.grounded,
-                "rule": ("a cue is stated for a face only where its base-model P(yes) on that face is above the cue's "
-                         "threshold (fake, stated present) or below it (real, stated absent); otherwise omitted"
-                         if self.grounded else
-                         "not grounded: --cue-order rank states the ranking's top cues in every answer, unchecked"),
-            },
+            "cue_order": None if self.weak_only else cfg.cue_order,
+            "cues_per_answer": 0 if self.weak_only else cfg.cues_per_answer,
+            "grounding": {"grounded": None if self.weak_only else self.grounded, "rule": self._grounding_rule()},
             "uninformative_cues": {"ids": [c["id"] for c in uninformative_cues(self.cues)],
                                    "allowed": bool(getattr(cfg, "allow_uninformative", False)),
                                    "message": self.uninformative},
@@ -552,6 +571,14 @@ class DataBuilder:
             raise UsageError(f"no training sample could be built from '{cfg.data}' (see {data_dir / INFO_FILE})")
         return info
 
+    def _grounding_rule(self) -> str:
+        if self.weak_only:
+            return "no cue is stated in any answer (--top-k 0: Weak Feature Supplementing only)"
+        if self.grounded:
+            return ("a cue is stated for a face only where its base-model P(yes) on that face is above the cue's "
+                    "threshold (fake, stated present) or below it (real, stated absent); otherwise omitted")
+        return "not grounded: --cue-order rank states the ranking's top cues in every answer, unchecked"
+
     def _rationale_info(self) -> dict[str, Any]:
         cfg = self.cfg
         if not self.rationale:
@@ -560,9 +587,12 @@ class DataBuilder:
                 "written": self.rationale_written, "seconds": round(self.rationale_seconds, 3),
                 "seconds_per_face": round(self.rationale_seconds / self.rationale_faces, 4) if self.rationale_faces else None,
                 "label_conditioned": True,
-                "caveat": "written by the base MLLM GIVEN the label and the stated cues: it may state things the model "
-                          "would not find unprompted; unlike the cue sentence it is not checked against the model's "
-                          "own evidence"}
+                "caveat": ("written by the base MLLM GIVEN the label (and no cue: --top-k 0): it may state things the "
+                           "model would not find unprompted; nothing checks it against the model's own evidence"
+                           if self.weak_only else
+                           "written by the base MLLM GIVEN the label and the stated cues: it may state things the model "
+                           "would not find unprompted; unlike the cue sentence it is not checked against the model's "
+                           "own evidence")}
 
     def _limits(self):
         from x2dfd.media import MediaLimits
@@ -623,7 +653,7 @@ class DataBuilder:
                 "question": render_question(self.expert_names, f.experts),
                 "answer": render_answer(label, ph, support, rationale),
                 "cues": [c["id"] for c in cues], "cue_p_yes": {k: round(v, 6) for k, v in f.p_yes.items()},
-                "cue_source": source, "grounded": self.grounded, "rationale": rationale,
+                "cue_source": source, "grounded": None if self.weak_only else self.grounded, "rationale": rationale,
                 "experts": f.experts, "expert_sentence": bool(support),
                 "path": f.row["path"], "frame": f.row.get("frame"), "sha256": f.row["sha256"],
                 "video_id": f.row.get("video_id"),
@@ -633,6 +663,8 @@ class DataBuilder:
 
     def _cue_scores(self, face: _Face) -> str:
         """Fill ``face.p_yes`` for the strong cues: from the assess run, else scored now (cached in the data folder)."""
+        if not self.cues:
+            return "none"  # --top-k 0: no cue to score
         if self.cfg.cue_order != "image":
             return "rank"
         ids = [c["id"] for c in self.cues]
@@ -671,6 +703,14 @@ class DataBuilder:
             self.store = ScoreStore(self.data_dir / SCORES_FILE)
             self.store.add_setting(self.setting_id, {**build_setting(self.cfg), "mllm": mllm.describe()})
         return self.scorer, self.store, self.setting_id
+
+
+def stale_copy(path: Path, keep: str | None = None) -> None:
+    """Remove ``path`` (a ranking copy an earlier run left in a folder this run writes) unless it is ``keep``, the
+    --ranking the user named."""
+    if path.is_file() and (keep is None or Path(keep).expanduser().resolve() not in (path.resolve(),
+                                                                                     path.parent.resolve())):
+        path.unlink()
 
 
 def _face_setting(cfg) -> dict[str, Any]:

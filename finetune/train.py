@@ -4,6 +4,7 @@
     x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora                 # build data, train, evaluate
     x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x2dfd-lora --build-data-only  # then inspect/edit OUT/data
     x2dfd finetune --data-dir runs/x2dfd-lora/data --out runs/x2dfd-lora --load-in-4bit    # QLoRA from (edited) data
+    x2dfd finetune data/ --top-k 0 --out runs/wfs-only                                    # WFS alone: no cue sentences
     x2dfd finetune ... --resume                                                           # continue after a crash
     accelerate launch -m x2dfd finetune data/ --ranking mfa/ranking.json --out runs/x   # many GPUs / nodes
     x2dfd explain faces/ --adapter runs/x2dfd-lora                                        # use it
@@ -17,7 +18,8 @@ explain reads it, ``MLLM.judge``) before training and after every epoch, and wri
 
 * ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA + projector) and the processor files,
 * ``README.md`` (Hugging Face model card), ``finetune.config.json`` (resolved options, data and ranking
-  fingerprints, LoRA targets, trainable share), ``ranking.json`` (the ranking trained from),
+  fingerprints, LoRA targets, trainable share), ``ranking.json`` (the ranking trained from; none with --top-k 0,
+  whose answers state no cue: then the config's ranking and its fingerprint are null),
 * ``preset.json``: the experts whose scores were in the training questions (name, prompt word, weights path and
   sha256; ``[]`` for --no-expert), the question template version and the base model: ``x2dfd explain --adapter
   OUT`` runs those experts by default and refuses others unless --allow-expert-mismatch (``x2dfd.presets``),
@@ -327,7 +329,8 @@ def data_summary(info: dict[str, Any], data_dir: Path) -> str:
              f"  eval:  {b['eval']['real']} real, {b['eval']['fake']} fake",
              f"  dropped (no face / unreadable): {dropped['real']} real, {dropped['fake']} fake; "
              f"duplicate files: {info['dropped']['duplicate_files']}",
-             f"  cues: {', '.join(c['id'] for c in info['cues'])}",
+             f"  cues: {', '.join(c['id'] for c in info['cues'])}" if info["cues"] or not info.get("weak_only") else
+             "  cues: none (--top-k 0: Weak Feature Supplementing only, no cue sentence in any answer)",
              f"  answers with an expert sentence: {info['expert_sentences']}"]
     ratio = train["fake_per_real"]
     if b["mode"] == "none" and ratio is not None and not 0.5 <= ratio <= 2:
@@ -362,8 +365,9 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         if not (Path(cfg.data_dir).expanduser() / SPLIT_FILES["train"]).is_file():
             raise UsageError(f"--data-dir '{cfg.data_dir}' has no {SPLIT_FILES['train']} (build one with --build-data-only)")
         return
-    ranking, _ = load_ranking(cfg.ranking)
-    check_cues(ranking, cfg)  # uninformative cues refused here, on every process, before any model loads
+    if cfg.top_k > 0:  # --top-k 0 states no cue: the ranking is not read (DataBuilder notes it is ignored)
+        ranking, _ = load_ranking(cfg.ranking)
+        check_cues(ranking, cfg)  # uninformative cues refused here, on every process, before any model loads
     for flag, path in (("DATA", cfg.data), ("--eval-data", cfg.eval_data)):
         if path is not None and not Path(path).expanduser().exists():
             raise UsageError(f"{flag} '{path}' does not exist (give a folder with real/ and fake/, a .csv/.jsonl "
@@ -382,7 +386,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
 
     from x2dfd.finetune.batch import AnswerEncoder
     from x2dfd.finetune.card import plot_loss, write_model_card
-    from x2dfd.finetune.data import RANKING_FILE, data_fingerprint, load_training_data
+    from x2dfd.finetune.data import RANKING_FILE, data_fingerprint, load_training_data, stale_copy
     from x2dfd.finetune.lora import (add_lora, find_parts, load_for_training, lora_modules, param_groups, target_regex,
                                trainable_share)
     from x2dfd.media import file_sha256
@@ -575,8 +579,10 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
         unwrapped.save_pretrained(str(out_dir))
         mllm.processor.save_pretrained(str(out_dir))
         ranking_src = data_dir / RANKING_FILE
-        if ranking_src.is_file():
+        if ranking_src.is_file() and not data_info.get("weak_only"):
             shutil.copyfile(ranking_src, out_dir / "ranking.json")
+        elif data_info.get("weak_only"):  # no ranking behind these answers (--top-k 0): none, not an earlier run's
+            stale_copy(out_dir / "ranking.json", cfg.ranking)
         losses = read_loss_lines(loss_path)
         metrics["train"] = {"steps": step, "final_loss": losses[-1]["loss"] if losses else None,
                             "seconds": round(train_seconds, 2), "samples": len(train_ds)}
@@ -595,6 +601,7 @@ def run_finetune(cfg: FinetuneConfig, on_step: Callable[[int], None] | None = No
                          "effective_batch": cfg.batch_size * cfg.grad_accum * world},
             "data": {"dir": str(data_dir), "fingerprint": fingerprint, "train": len(train_ds), "held_out": len(eval_ds),
                      "balance": data_info.get("balance"), "cues": data_info.get("cues"),
+                     "top_k": data_info.get("top_k"), "weak_only": bool(data_info.get("weak_only")),
                      "templates": data_info.get("templates")},
             "experts": experts_used, "question_template": question_version(data_info),
             "ranking": data_info.get("ranking"),
