@@ -190,7 +190,7 @@ def test_bitsandbytes_cpu_kernel_notice_is_dropped_and_nothing_else(caplog):
     its own CPU code): not a failure, so x2dfd drops exactly that line; its other messages still come through."""
     import logging
 
-    import x2dfd.mllm  # noqa: F401  (installs the filter through x2dfd.compat)
+    import x2dfd  # noqa: F401  (installs the filter through x2dfd.compat)
 
     log = logging.getLogger("bitsandbytes.backends.cpu.ops")
     with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from x2dfd import compat as _compat  # noqa: E402,F401  (light: installs the bitsandbytes log filter before any import)
+
 _EXPORTS = {
     "load_detector": "x2dfd.api",
     "Detector": "x2dfd.api",

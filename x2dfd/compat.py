@@ -10,7 +10,8 @@ Supported: transformers >= 5.17, < 5.40 (pyproject.toml); the versions CI tests 
   loads an adapter: :func:`peft_calls` silences exactly that message, only around those calls.
 * bitsandbytes (0.50), imported by peft, logs on CPUs with AVX512-BF16 that it could not fetch an optional
   kernel from the Hugging Face hub (the ``kernels`` package is not installed; it falls back to its own CPU
-  code): a line on every run that is no failure. Importing this module drops exactly that message.
+  code): a line on every run that is no failure. Importing this module (``import x2dfd`` does) drops exactly
+  that message.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image
 
-import x2dfd.compat  # noqa: F401  (before peft/bitsandbytes are imported: see its docstring)
 from x2dfd.prompts import ANSWER_PREFIX, VERDICT_WORDS
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.log import get_logger
