@@ -293,8 +293,8 @@ def test_x2dfd_json(tmp_path):
         {"image_path": "DiFF/T2I/SDXL/face_a.png", "label": "fake"}]}))
     ds = load_labelled(str(real))
     assert ds["label"] == [0, 0, 0] and set(ds["source"]) == {"FF_real"} and data_layout(str(real)) == "x2dfd"
-    assert ds["video_id"] == ["FaceForensics++/original_sequences/youtube/c23/frames/000"] * 2 + [
-        str(root / "FaceForensics++/original_sequences/youtube/c23/frames/001").replace("\\", "/")]
+    assert ds["video_id"] == ["FF_real/FaceForensics++/original_sequences/youtube/c23/frames/000"] * 2 + [
+        "FF_real/" + str(root / "FaceForensics++/original_sequences/youtube/c23/frames/001").replace("\\", "/")]
     both = load_labelled(str(bench))  # the benchmark folder: every X2-DFD JSON in it
     assert data_layout(str(bench)) == "x2dfd-folder"
     assert class_counts(both) == {"real": 3, "fake": 4} and both["source"][:4] == ["Deepfakes_fake"] * 4
@@ -302,6 +302,14 @@ def test_x2dfd_json(tmp_path):
     assert fake_videos[0] == fake_videos[1] != fake_videos[2]  # Deepfakes and Face2Face of 000_003: two videos
     assert fake_videos[3] is None  # not a numbered frame: a lone image
     assert count_videos(both) == {"real": 2, "fake": 3}
+    # two manipulations' files, each relative to its own Description, write the same "000_003/000.png": two videos
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, method in (("DF_fake.json", "Deepfakes"), ("F2F_fake.json", "Face2Face")):
+        (pair / name).write_text(json.dumps({
+            "Description": str(root / f"FaceForensics++/manipulated_sequences/{method}/c23/frames"),
+            "images": [{"image_path": "000_003/000.png"}]}))
+    assert sorted(load_labelled(str(pair))["video_id"]) == ["DF_fake/000_003", "F2F_fake/000_003"]
 
     moved = tmp_path / "moved.json"  # the Description names the author's machine: --data-root overrides it
     moved.write_text(json.dumps({"Description": "/data/250010183/Datasets", "images": [{"image_path": "DiFF/T2I/SDXL/face_a.png"}]}))

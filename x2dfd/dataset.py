@@ -42,9 +42,9 @@ Layouts:
   contains "real" is 0, every other 1 (X2-DFD's own rule); an entry may carry its own ``"label"``
   (an extension). Relative image paths are resolved against ``root`` if given (``--data-root``: the
   Description usually names the author's machine), else the Description, else the JSON's folder.
-  ``source`` is the file's stem; an image named by a number (``159.png``, an extracted frame) gets its
-  folder as written as ``video_id`` (``FaceForensics++/manipulated_sequences/Deepfakes/c23/frames/000_003``,
-  unique per manipulation), any other image none. ``"path"`` is read where ``"image_path"`` is absent,
+  ``source`` is the file's stem; an image named by a number (``159.png``, an extracted frame) gets the
+  file's stem and its folder as written as ``video_id`` (``Deepfakes_fake/000_003``: unique per file, so
+  two manipulations' files that both write ``000_003/159.png`` give two videos), any other image none. ``"path"`` is read where ``"image_path"`` is absent,
   as X2-DFD's inference does.
 
 Frames per video (:func:`sample_frames`): rows sharing a ``video_id`` are cut to at most N, spread
@@ -295,8 +295,10 @@ def _x2dfd_rows(path: Path, data: dict, root: str | None) -> tuple[list[dict[str
         except UsageError as err:
             raise UsageError(f"{err} ({hint})") from None
         is_frame = stem.isdigit() and parent and media_kind(written) == "image"
+        # A numbered frame's video is its folder, qualified by the JSON file: DF_fake.json and F2F_fake.json may
+        # both write "000_003/000.png" under their own Description, and those are two videos.
         rows.append({"path": resolved, "label": label, "source": path.stem,
-                     "video_id": _opt_str(entry.get("video_id")) or (parent if is_frame else None)})
+                     "video_id": _opt_str(entry.get("video_id")) or (f"{path.stem}/{parent}" if is_frame else None)})
     return rows, base
 
 
