@@ -116,3 +116,19 @@ def test_one_pass_metrics_equal_scikit_learn_with_ties():
     assert got["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
     assert got["ap"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
     assert got["acc"] == pytest.approx(skm.accuracy_score(y, s >= 0.5), abs=1e-12)
+
+
+def test_rank_auc_equals_scikit_learn_with_ties():
+    """rank_auc (the bootstrap replicates' AUC) is roc_auc_score, ties counted 1/2, on heavily tied scores."""
+    from sklearn.metrics import roc_auc_score
+
+    from x2dfd.metrics import rank_auc
+
+    rng = np.random.default_rng(3)
+    for n, levels in ((2, 1), (7, 2), (50, 3), (400, 5), (3000, 1000)):
+        for _ in range(5):
+            y = rng.integers(0, 2, n)
+            y[:2] = (0, 1)  # both classes
+            s = rng.integers(0, levels, n) / max(1, levels - 1)
+            assert rank_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert rank_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5

@@ -954,7 +954,7 @@ def paired_auc(units: list[Unit], systems: list[str], cfg: EvaluateConfig, group
     with a paired bootstrap interval (the same resamples for both): is a stage's gain more than noise?"""
     import numpy as np
 
-    from x2dfd.metrics import roc_auc
+    from x2dfd.metrics import rank_auc, roc_auc
 
     ref = systems[0]
     out: dict[str, Any] = {"reference": ref, "deltas": {}}
@@ -982,7 +982,7 @@ def paired_auc(units: list[Unit], systems: list[str], cfg: EvaluateConfig, group
             values = np.empty(cfg.bootstrap)
             for r in range(cfg.bootstrap):
                 idx = np.concatenate([c[j] for c in clusters for j in rng.integers(0, len(c), len(c))])
-                values[r] = roc_auc(y[idx], b[idx]) - roc_auc(y[idx], a[idx])
+                values[r] = rank_auc(y[idx], b[idx]) - rank_auc(y[idx], a[idx])  # both classes in every replicate
             alpha = 1.0 - cfg.ci
             lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
             entry["ci"] = [round(float(lo), 6), round(float(hi), 6)]

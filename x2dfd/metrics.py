@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 
 from x2dfd.errors import UsageError
 
-__all__ = ["roc_auc", "average_precision", "roc_curve", "eer", "tpr_at_fpr", "accuracy", "detection_metrics",
+__all__ = ["roc_auc", "rank_auc", "average_precision", "roc_curve", "eer", "tpr_at_fpr", "accuracy", "detection_metrics",
            "bootstrap_ci", "bootstrap_metrics"]
 
 
@@ -45,6 +45,18 @@ def roc_auc(y_true: Sequence, scores: Sequence) -> float:
     """Area under the ROC curve (``sklearn.metrics.roc_auc_score``): Mann-Whitney U / (n_pos * n_neg), ties 1/2."""
     y, s = _check(y_true, scores)
     return float(skm.roc_auc_score(y, s))
+
+
+def rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """:func:`roc_auc` of already checked arrays (0/1 labels, both classes, finite scores), from average ranks:
+    (sum of the fakes' ranks - n_fake (n_fake + 1) / 2) / (n_fake n_real), the Mann-Whitney U with ties 1/2.
+    Equal to ``roc_auc_score`` (tested on heavily tied data) and 4-20x faster: for bootstrap replicates."""
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    return float((r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def roc_curve(y_true: Sequence, scores: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
