@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--no-face-crop", action="store_true")
     ap.add_argument("--load-in-4bit", action="store_true")
+    ap.add_argument("--static-cache", action="store_true",
+                    help="explain's --static-cache: preallocated KV cache (compiled decode steps on CUDA)")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_explain.json"))
     ap.add_argument("--precisions", default=None,
                     help="comma list of float32, bfloat16, nf4: one process each, peak RSS, s/face, p_fake vs float32")
@@ -88,7 +90,7 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         mllm = load_mllm(MLLMOptions(model=str(ckpt), device=args.device, dtype=args.dtype,
-                                     load_in_4bit=args.load_in_4bit))
+                                     load_in_4bit=args.load_in_4bit, static_cache=args.static_cache))
         load_s = time.perf_counter() - t0
         n_params = sum(p.numel() for p in mllm.model.parameters())
         options = PipelineOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
