@@ -104,6 +104,16 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def batch_error(spec: dict, err: BaseException) -> str:
+    """One batch size failing (e.g. out of memory) ends only its own row: the row's one-line error, after CUDA's
+    cached blocks are released for the next size."""
+    import torch
+
+    if is_cuda(spec):
+        torch.cuda.empty_cache()
+    return ("out of memory: " if is_oom(err) else "") + one_line(err)
+
+
 def emit(result: dict) -> None:
     """The result so far: kept by the orchestrator if the part dies or times out later."""
     import json
@@ -280,8 +290,6 @@ def part_explain(spec: dict, static: bool = False) -> dict:
     prefill / decode split the runtime itself measures (generate's per-step clock). ``static``: with
     ``--static-cache`` (a preallocated KV cache; on CUDA generate() compiles the decode step into CUDA graphs),
     at ``static_batch_sizes``; its warm-up runs the full length twice (compile, then graph capture)."""
-    import torch
-
     mllm, load_s = load(spec, spec["checkpoint"], static_cache=True) if static else load(spec, spec["checkpoint"])
     sizes = spec["static_batch_sizes"] if static else spec["batch_sizes"]
     question = explain_question()
@@ -330,9 +338,7 @@ def part_explain(spec: dict, static: bool = False) -> dict:
                 p_fake_first=js[0].p_fake,
             )
         except Exception as err:  # noqa: BLE001 - one batch size failing (e.g. out of memory) must not end the part
-            row["error"] = ("out of memory: " if is_oom(err) else "") + one_line(err)
-            if is_cuda(spec):
-                torch.cuda.empty_cache()
+            row["error"] = batch_error(spec, err)
         rows.append(row)
         print(f"explain batch {bs}: {row}", flush=True)
         emit(head)
@@ -396,8 +402,6 @@ def part_train(spec: dict, mode: str) -> dict:
     one process per mode, the model loaded once; CUDA peak memory reset before each batch size."""
     import argparse
 
-    import torch
-
     import bench_finetune
 
     t = spec["train"]
@@ -415,11 +419,9 @@ def part_train(spec: dict, mode: str) -> dict:
             r["tokens_per_s"] = round(tokens / r["step_s_mean"], 1)
             r["samples_per_s"] = round(bs / r["step_s_mean"], 3)
             r["memory"] = mem_now(spec)
-        except Exception as err:  # noqa: BLE001
-            r = {"batch_size": bs, "error": ("out of memory: " if is_oom(err) else "") + one_line(err)}
-            state["optimizer"].zero_grad(set_to_none=True)
-            if is_cuda(spec):
-                torch.cuda.empty_cache()
+        except Exception as err:  # noqa: BLE001 - one batch size failing (e.g. out of memory) must not end the part
+            state["optimizer"].zero_grad(set_to_none=True)  # its gradients go before the cache is released
+            r = {"batch_size": bs, "error": batch_error(spec, err)}
         rows.append(r)
         print(f"{mode} batch {bs}: {r}", flush=True)
         emit(head)
