@@ -266,9 +266,8 @@ def generate_rationales(mllm, faces: list, labels: list[int], phrases: list[list
         prompts.append(mllm.build_prompt(question, answer_head(label)))
     inputs = mllm.encode(faces, prompts)
     with torch.inference_mode():
-        static = {"cache_implementation": "static"} if getattr(mllm.options, "static_cache", False) else {}
         out = mllm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=mllm.tokenizer.pad_token_id, **static)  # --static-cache as explain
+                                  pad_token_id=mllm.tokenizer.pad_token_id, **mllm.cache_options())
     new = out[:, inputs["input_ids"].shape[1]:]
     texts = mllm.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [clean_rationale(t) for t in texts]

@@ -305,6 +305,12 @@ class MLLM:
         return out
 
     # ----------------------------------------------------------------------------------------- inference
+    def cache_options(self) -> dict[str, Any]:
+        """generate() keywords of the KV cache: with --static-cache a preallocated one (no growth per step), for
+        which generate() on CUDA compiles the decode step into CUDA graphs (the per-step launch overhead that
+        dominates decoding goes); else generate()'s default dynamic cache."""
+        return {"cache_implementation": "static"} if getattr(self.options, "static_cache", False) else {}
+
     @torch.inference_mode()
     def judge(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 128) -> list[Judgement]:
         """P(fake) and the explanation for each (image, question), in one batched generate() call."""
@@ -315,9 +321,6 @@ class MLLM:
         inputs = self.encode(images, prompts)
         t_prompt = time.perf_counter() - t0
         timer = _StepTimer()
-        # --static-cache: a preallocated KV cache (no growth per step); on CUDA generate() then compiles the
-        # decode step (CUDA graphs), which removes the per-step launch overhead that dominates decoding.
-        static = {"cache_implementation": "static"} if getattr(self.options, "static_cache", False) else {}
         out = self.model.generate(
             **inputs,
             max_new_tokens=max(1, max_new_tokens),
@@ -327,7 +330,7 @@ class MLLM:
             return_dict_in_generate=True,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=timer,
-            **static,
+            **self.cache_options(),
         )
         t_end = time.perf_counter()
         # stamps: [prompt handed over, step 1 done, step 2 done, ..., end]
