@@ -13,7 +13,6 @@ Train your own with ``x2dfd expert train --expert blend --real DIR --out DIR``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -116,14 +115,6 @@ def _as_rgb_array(face: Any) -> np.ndarray:
     return arr
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_weights(weights: str | Path | None, default: Path = DEFAULT_WEIGHTS, prefix: str = "blend") -> Path:
     """A .safetensors file, or a directory holding exactly one ``<prefix>_*.safetensors``; None: the shipped one."""
     if weights is None:
@@ -147,6 +138,26 @@ def resolve_weights(weights: str | Path | None, default: Path = DEFAULT_WEIGHTS,
     if path.suffix != ".safetensors":
         raise UsageError(f"{prefix} weights must be a .safetensors file (pickles are never loaded), got '{path.name}'")
     return path
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU (the one reader of expert weights; pickles are never loaded)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], mismatch: str) -> None:
+    """Load ``state`` into ``module`` exactly (every key, every shape), each value cast to the module's dtype
+    (float16 files load into float32 models). A mismatch is one UsageError line starting with ``mismatch``."""
+    own = module.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        raise UsageError(f"{mismatch}: {str(err).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise UsageError(f"{mismatch}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
 
 
 class _TorchThreads:
@@ -203,24 +214,14 @@ class BlendExpert:
         return cls(BlendNet(cfg), cfg, device=device, **kw)
 
     def load_weights(self, path: str | Path) -> "BlendExpert":
-        from safetensors.torch import load_file
-
         path = Path(path)
-        state = load_file(str(path), device="cpu")
-        own = self.model.state_dict()
-        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-        try:
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # same names, other shapes
-            raise UsageError(f"blend weights '{path.name}' do not match the {self.config.backbone} config "
-                             f"in {path.with_suffix('.json').name}: {str(err).splitlines()[-1].strip()}") from err
-        if missing or unexpected:
-            raise UsageError(
-                f"blend weights '{path.name}' do not match the {self.config.backbone} config: "
-                f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
-            )
+        load_state(self.model, load_safetensors(path),
+                   f"{self.name} weights '{path.name}' do not match the {self.config.backbone} config "
+                   f"in {path.with_suffix('.json').name}")
         self.model.to(self.device).eval()
-        self.weights_path, self.weights_sha256 = path, sha256_file(path)
+        from x2dfd.media import weights_sha256
+
+        self.weights_path, self.weights_sha256 = path, weights_sha256(path)
         return self
 
     @classmethod

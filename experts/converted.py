@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from x2dfd.errors import ModelNotFoundError, UsageError
-from x2dfd.media import file_sha256
+from x2dfd.media import weights_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,7 +139,7 @@ class ConvertedExpert:
         path = Path(path)
         load_into(self.name, self.model, path, self.ignored_keys)
         self.model.to(self.device).eval()
-        self.weights_path, self.weights_sha256 = path, file_sha256(path)
+        self.weights_path, self.weights_sha256 = path, weights_sha256(path)
         return self
 
     @classmethod

@@ -187,9 +187,9 @@ def train_classifier(real: np.ndarray, fake: np.ndarray, val_real: np.ndarray, v
     if hasattr(model.backbone, "config_kwargs"):
         config.backbone_kwargs = dict(model.backbone.config_kwargs)
     if init_weights:
-        from safetensors.torch import load_file
+        from x2dfd.experts.train import load_init_weights
 
-        model.backbone.load_state_dict(load_file(str(init_weights)))
+        log(f"init: {load_init_weights(model, init_weights, config.backbone)}")
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     n = len(real)

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, sha256_file, to_tensor
+from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, to_tensor
+from x2dfd.media import file_sha256
 from x2dfd.experts.sbi import augment_pair, degrade_pair, jitter_landmarks, self_blend
 from x2dfd.errors import UsageError
 from x2dfd.inputs import IMAGE_EXTS
@@ -78,7 +79,7 @@ def split_files(files: Sequence[Path], seed: int = 0, val_fraction: float = 0.1,
     seen: dict[str, Path] = {}
     dups: list[str] = []
     for f in sorted(files, key=str):
-        h = sha256_file(f)
+        h = file_sha256(f)
         if h in seen:
             dups.append(str(f))
         else:
@@ -597,22 +598,13 @@ def load_init_weights(model: torch.nn.Module, path: str | Path, backbone: str) -
     training continues from it with a fresh schedule. Any other file is a backbone state dict
     (e.g. ImageNet weights converted offline). Values are cast to the model's dtype (float16 files too).
     """
-    from safetensors.torch import load_file
+    from x2dfd.experts.blend import load_safetensors, load_state
 
     path = Path(path)
-    state = load_file(str(path), device="cpu")
+    state = load_safetensors(path)
     whole = bool(state) and all(k.split(".", 1)[0] in ("backbone", "cls_head", "mask_head") for k in state)
-    target = model if whole else model.backbone
-    own = target.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-    try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # same names, other shapes
-        raise UsageError(f"--init-weights '{path}' does not fit the {backbone} "
-                         f"{'expert' if whole else 'backbone'}: {str(err).splitlines()[-1].strip()}") from None
-    if unexpected or missing:
-        raise UsageError(f"--init-weights '{path}' does not fit the {backbone} {'expert' if whole else 'backbone'}: "
-                         f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+    load_state(model if whole else model.backbone, state,
+               f"--init-weights '{path}' does not fit the {backbone} {'expert' if whole else 'backbone'}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     what = "whole expert (backbone and heads)" if whole else "backbone"
     return f"{what} from {path.name} (sha256 {digest[:16]})"

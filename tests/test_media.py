@@ -282,6 +282,22 @@ def test_file_sha256(tmp_path):
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
+def test_weights_sha256_hashes_once_until_the_file_changes(tmp_path, monkeypatch):
+    import x2dfd.media as media
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"first")
+    calls = []
+    real = media.file_sha256
+    monkeypatch.setattr(media, "file_sha256", lambda p: calls.append(p) or real(p))
+    assert media.weights_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert media.weights_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert len(calls) == 1  # checked, then loaded: one read
+    path.write_bytes(b"second file")  # replaced (other size and time): hashed again
+    assert media.weights_sha256(path) == hashlib.sha256(b"second file").hexdigest()
+    assert len(calls) == 2
+
+
 def test_limits_validated():
     with pytest.raises(UsageError, match="--max-pixels"):
         MediaLimits(max_pixels=0)

@@ -93,6 +93,22 @@ def file_sha256(path: str | Path) -> str:
             os.close(fd)
 
 
+_WEIGHTS_SHA: dict[tuple, str] = {}
+
+
+def weights_sha256(path: str | Path) -> str:
+    """``file_sha256`` of a weights file, computed once per process while the file is unchanged (same device,
+    inode, size and modification time): a run checks an adapter's recorded expert weights and then loads
+    them, and both need the hash."""
+    import os
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHTS_SHA:
+        _WEIGHTS_SHA[key] = file_sha256(path)
+    return _WEIGHTS_SHA[key]
+
+
 def _check_file(path: Path, name: str, max_mb: float, flag: str) -> int:
     """Size of an existing, non-empty regular file within the limit; else MediaError."""
     try:

@@ -358,7 +358,7 @@ def _recorded_file(record: Preset, entry: dict[str, Any]) -> Path | None:
 def check_recorded_files(record: Preset, allow: bool = False) -> None:
     """Before the adapter's own experts are loaded: each recorded NAME=WEIGHTS file is still there and has its
     recorded sha256 (a changed file is refused unless ``allow``; a missing one always)."""
-    from x2dfd.media import file_sha256
+    from x2dfd.media import weights_sha256
 
     folder = _record_folder(record)
     for e in record.experts:
@@ -369,7 +369,7 @@ def check_recorded_files(record: Preset, allow: bool = False) -> None:
             raise UsageError(f"adapter '{folder}' was trained with {e['name']} weights '{path}' (sha256 "
                              f"{e['sha256'][:12]}), which is missing: put that file back, or give --expert "
                              f"{e['name']}=FILE {ALLOW_FLAG} to run with other weights")
-        sha = file_sha256(path)
+        sha = weights_sha256(path)
         if sha != e["sha256"] and not allow:
             raise UsageError(f"{e['name']} weights '{path}' changed since adapter '{folder}' was trained with them "
                              f"(sha256 now {sha[:12]}, recorded {e['sha256'][:12]}): put the original file back, or "
