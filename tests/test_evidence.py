@@ -262,3 +262,48 @@ def test_pipeline_records_carry_the_fields_and_evidence_checks_out(tmp_path):
     assert where["numbers"]["by"] == "landmarks"
     names = {r["region"] for r in where["numbers"].get("regions", [])}
     assert names <= set(NAMES)
+
+
+def test_a_real_verdict_says_which_forgery_kinds_no_expert_that_ran_covers():
+    """Issue 16: the shipped blend expert is blind to fully synthetic faces (its scope says so, with the AUC);
+    a real or uncertain verdict carries that as a ``coverage`` item, a fake one does not, and an expert that
+    covers the kind removes it."""
+    from x2dfd.experts import load_expert
+
+    blend = load_expert("blend")
+    blind = blend.info()["scope"]["blind_to"]
+    assert blind and blind[0]["kind"].startswith("fully synthetic") and blind[0]["auc"] < 0.5
+
+    class Synth:
+        name = "synthesis"
+        prompt_name = "synthesis"
+
+        def info(self):
+            return {"name": "synthesis", "scope": {"covers_kinds": [blind[0]["kind"]]}}
+
+    def explainer(*experts):
+        class E:
+            class options:
+                threshold = 0.5
+
+                @staticmethod
+                def band():
+                    return (0.35, 0.65)
+        E.experts = list(experts)
+        return E()
+
+    for p, expect in ((0.1, True), (0.5, True), (0.9, False)):
+        rec = Record(path="a.jpg", label="real", p_fake=p, mode="expert-only", experts={"blend": p})
+        annotate(rec, None, explainer(blend))
+        cov = [e for e in rec.evidence if e["kind"] == "coverage"]
+        assert bool(cov) is expect, (p, rec.evidence)
+        if cov:
+            assert cov[0]["numbers"] == {"forgery_kind": blind[0]["kind"], "expert": "blend", "auc": round(blind[0]["auc"], 2)}
+            assert "does not rule them out" in cov[0]["text"] and "fully synthetic" in cov[0]["text"]
+        check_sentences(rec)
+    covered = Record(path="b.jpg", label="real", p_fake=0.1, mode="expert-only", experts={"blend": 0.1, "synthesis": 0.1})
+    annotate(covered, None, explainer(blend, Synth()))
+    assert not [e for e in covered.evidence if e["kind"] == "coverage"]
+    unscored = Record(path="c.jpg", label="real", p_fake=0.1, mode="expert-only", experts={"blend": None})
+    annotate(unscored, None, explainer(blend))  # an expert that did not score says nothing about coverage
+    assert not [e for e in unscored.evidence if e["kind"] == "coverage"]

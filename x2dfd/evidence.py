@@ -12,6 +12,10 @@ Rules (documented in the README's record table):
 * ``disagreement``: every pair of judges (the MLLM's p_fake in ``mllm`` mode, each expert that scored)
   where one says >= 0.7 and the other <= 0.3 (:data:`DISAGREE_HIGH`, :data:`DISAGREE_LOW`);
   ``{"a", "b", "a_p", "b_p"}`` with ``a`` the fake-leaning one.
+* ``coverage`` (an evidence item, only when the verdict is not ``fake``): the forgery kinds that an expert
+  which ran says it does not detect (``blind_to`` in its info()'s scope, with the measured AUC) and that no
+  other expert which ran covers (``covers_kinds``). A "real" from a swap detector is no clearance of a
+  fully synthetic face, and the record says so as data.
 * ``evidence``: a list of ``{"kind", "text", "numbers"}``. Every number in ``text`` is one of ``numbers``
   (p values with 2 decimals, shares as whole percents, seconds with 1 decimal), and every word that grades
   a number (strongly / leans / no strong response ...) follows the thresholds below. Nothing is said that
@@ -26,9 +30,10 @@ from typing import Any
 from x2dfd.records import Record
 
 DEFAULT_BAND = (0.35, 0.65)
-"""A convention, not a calibration: the shipped blending expert has no calibration data (its weights
-carry ``calibration: none``, temperature 1.0), so the band is threshold 0.5 +/- 0.15. An expert or
-MLLM calibrated on held-out data would justify another band: pass it with ``--uncertain-band``."""
+"""A convention, not a calibration: threshold 0.5 +/- 0.15. The shipped blending expert's temperature is
+fitted on validation self-blends, but on real swaps its ECE is 0.05-0.13 (experts/README.md), too loose to
+derive a band from. An expert or MLLM calibrated on held-out data of the user's own kind would justify
+another band: pass it with ``--uncertain-band``."""
 DISAGREE_HIGH = 0.7
 DISAGREE_LOW = 0.3
 STRONG = 0.7  # "strongly fake" at or above; "strongly real" at or below 1 - STRONG
@@ -151,6 +156,35 @@ def _covers(info: dict[str, Any] | None, prompt_name: str | None) -> tuple[str |
     return text, numbers
 
 
+def _scope(info: dict[str, Any]) -> dict[str, Any]:
+    scope = (info or {}).get("scope")
+    return scope if isinstance(scope, dict) else {}
+
+
+def _not_covered(record: Record, expert_info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ``coverage`` item per forgery kind that an expert which scored is blind to (its scope's ``blind_to``:
+    ``[{"kind", "auc", "on"}]``) and no expert which scored covers (scope ``covers_kinds``)."""
+    ran = [n for n, p in (record.experts or {}).items() if p is not None]
+    covered = {str(k) for n in ran for k in (_scope(expert_info.get(n) or {}).get("covers_kinds") or [])}
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for name in ran:
+        for b in _scope(expert_info.get(name) or {}).get("blind_to") or []:
+            kind = str(b.get("kind", "")) if isinstance(b, dict) else str(b)
+            if not kind or kind in covered or kind in seen:
+                continue
+            seen.add(kind)
+            nums: dict[str, Any] = {"forgery_kind": kind, "expert": name}
+            text = f"Not covered: {kind}. {name} does not detect them"
+            auc = b.get("auc") if isinstance(b, dict) else None
+            if isinstance(auc, (int, float)) and not isinstance(auc, bool):
+                nums["auc"] = round(float(auc), 2)
+                text += f" (AUC {p2(auc)}" + (f" on {b['on']}" if b.get("on") else "") + ")"
+            text += ", and no other expert that ran covers them: this verdict does not rule them out."
+            out.append({"kind": "coverage", "text": text, "numbers": nums})
+    return out
+
+
 def build_evidence(record: Record, *, threshold: float, band: tuple[float, float], heatmap=None, landmarks=None,
                    expert_info: dict[str, dict[str, Any]] | None = None, localizer: str | None = None) -> list[dict[str, Any]]:
     """The evidence sentences of a record (see the module docstring), from its numbers and the heatmap."""
@@ -182,6 +216,8 @@ def build_evidence(record: Record, *, threshold: float, band: tuple[float, float
         ev.append({"kind": "expert", "text": text,
                    "numbers": {"expert": name, "p_fake": round(float(ep), 4), "threshold": threshold,
                                "strong": STRONG, **nums}})
+    if verdict != "fake":
+        ev.extend(_not_covered(record, expert_info))
     for d in record.disagreement or []:
         ev.append({"kind": "disagreement",
                    "text": (f"{d['a']} ({p2(d['a_p'])}) and {d['b']} ({p2(d['b_p'])}) disagree: one is at or above "
