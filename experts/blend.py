@@ -45,6 +45,10 @@ class BlendConfig:
     dropout: float = 0.2
     mask_channels: int = 64
     crop_scale: float = 1.3  # faces are expected cropped at this multiple of the detector box
+    # members > 1: that many networks of this config, trained separately (assemble_ensemble), whose logits and
+    # blend-mask logits are averaged; 1 = one network (state-dict keys without a "members." prefix)
+    members: int = 1
+    flip_average: bool = False  # also run the mirrored face and average (logits; heatmaps mirrored back)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -52,6 +56,9 @@ class BlendConfig:
             raise UsageError(f"Unknown backbone '{self.backbone}'. Available: {', '.join(BACKBONES)}.")
         if self.image_size < 32:
             raise UsageError(f"blend: image_size must be >= 32, got {self.image_size}")
+        if int(self.members) < 1:
+            raise UsageError(f"blend: members must be >= 1, got {self.members}")
+        self.members = int(self.members)
         cls = BACKBONES[self.backbone]
         self.mean = tuple(float(v) for v in (self.mean or cls.mean))
         self.std = tuple(float(v) for v in (self.std or cls.std))
@@ -82,6 +89,31 @@ class BlendNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, fmap = self.backbone(x)
         return self.cls_head(pooled).squeeze(-1), self.mask_head(fmap)
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake logit alone (no mask head)."""
+        pooled, _ = self.backbone(x)
+        return self.cls_head(pooled).squeeze(-1)
+
+
+class BlendEnsemble(nn.Module):
+    """``config.members`` BlendNets of one config, trained separately: logits and mask logits are averaged."""
+
+    def __init__(self, config: BlendConfig):
+        super().__init__()
+        self.members = nn.ModuleList(BlendNet(config) for _ in range(config.members))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m(x) for m in self.members]
+        return torch.stack([o[0] for o in outs]).mean(0), torch.stack([o[1] for o in outs]).mean(0)
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.logit(x) for m in self.members]).mean(0)
+
+
+def build_net(config: BlendConfig) -> nn.Module:
+    """The network a config describes: one BlendNet, or a BlendEnsemble of ``config.members``."""
+    return BlendNet(config) if config.members == 1 else BlendEnsemble(config)
 
 
 def resize_face(image: np.ndarray, size: int) -> np.ndarray:
@@ -191,7 +223,7 @@ class BlendExpert:
     default_weights: Path = DEFAULT_WEIGHTS
     weights_prefix = "blend"
 
-    def __init__(self, model: BlendNet, config: BlendConfig, device: str = "cpu", batch_size: int = 32):
+    def __init__(self, model: nn.Module, config: BlendConfig, device: str = "cpu", batch_size: int = 32):
         self.model = model.to(device).eval()
         self.config = config
         self.device = device
@@ -211,7 +243,7 @@ class BlendExpert:
     def from_config(cls, config: dict[str, Any] | BlendConfig | None = None, device: str = "cpu", **kw: Any) -> "BlendExpert":
         """Random weights, nothing read (backbone ImageNet/CLIP init only if backbone_kwargs asks for it)."""
         cfg = config if isinstance(config, BlendConfig) else BlendConfig.from_dict(dict(config or {}))
-        return cls(BlendNet(cfg), cfg, device=device, **kw)
+        return cls(build_net(cfg), cfg, device=device, **kw)
 
     def load_weights(self, path: str | Path) -> "BlendExpert":
         path = Path(path)
@@ -277,6 +309,22 @@ class BlendExpert:
             x = to_tensor([resize_face(a, size) for a in chunk], self.config.mean, self.config.std)
             yield chunk, x.to(self.device)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake logits (before the temperature) of a normalised batch: every member, the mirrored faces too
+        when ``flip_average`` (what ``score`` turns into p_fake and calibration is fitted on)."""
+        if not self.config.flip_average:
+            return self.model.logit(x)
+        n = len(x)
+        z = self.model.logit(torch.cat([x, x.flip(3)]))
+        return (z[:n] + z[n:]) / 2
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.config.flip_average:
+            return self.model(x)
+        n = len(x)
+        z, m = self.model(torch.cat([x, x.flip(3)]))
+        return (z[:n] + z[n:]) / 2, (m[:n] + m[n:].flip(3)) / 2
+
     @torch.inference_mode()
     def predict(self, faces: Sequence[Any]) -> tuple[list[ExpertScore], list[np.ndarray]]:
         """Scores and heatmaps from one forward pass (what ``score`` and ``localize`` each return)."""
@@ -284,7 +332,7 @@ class BlendExpert:
         heatmaps: list[np.ndarray] = []
         for chunk, x in self._batches(faces):
             with _TorchThreads(self.cpu_threads, self.device):
-                logits, mask_logits = self.model(x)
+                logits, mask_logits = self._forward(x)
             p = torch.sigmoid(logits.float() / self.temperature).cpu().numpy()
             masks = torch.sigmoid(mask_logits.float())
             scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
@@ -301,8 +349,7 @@ class BlendExpert:
         scores: list[ExpertScore] = []
         for _, x in self._batches(faces):
             with _TorchThreads(self.cpu_threads, self.device):
-                pooled, _ = self.model.backbone(x)
-                logits = self.model.cls_head(pooled).squeeze(-1)
+                logits = self.logits(x)
             p = torch.sigmoid(logits.float() / self.temperature).cpu().numpy()
             scores += [ExpertScore(self.name, float(np.clip(v, 0.0, 1.0))) for v in p]
         return scores
@@ -320,6 +367,8 @@ class BlendExpert:
             "prompt_name": self.prompt_name,
             "backbone": self.config.backbone,
             "image_size": self.config.image_size,
+            "members": self.config.members,
+            "flip_average": self.config.flip_average,
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.weights_sha256,
             "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "train_seconds") if k in rec},

@@ -1,6 +1,7 @@
 """``x2dfd expert``: train the blending expert, or score inputs with the experts (no MLLM).
 
     x2dfd expert train --expert blend --real DIR [--real DIR2] --out DIR [--epochs 8 --seed 0 --resume]
+    x2dfd expert ensemble --weights A.safetensors --weights B.safetensors --out DIR [--flip-average]
     x2dfd expert score INPUT... [--expert NAME[=WEIGHTS]] [--out FILE.jsonl]
     x2dfd expert list
 
@@ -135,6 +136,47 @@ def train_main(argv: list[str]) -> int:
 
 
 @dataclass
+class EnsembleConfig:
+    """Combine separately trained blend experts into one: their logits and blend masks are averaged (and, with
+    --flip-average, over each face's mirror image too). The members must share the backbone, the input size and
+    the train/val/holdout split; the temperature is fitted anew on their validation self-blends. Writes
+    OUT/blend_<backbone>.safetensors + .json (each member's training record inside)."""
+
+    weights: list[Path] = field(default_factory=list, metadata={"metavar": "FILE"})
+    """A member's blend_*.safetensors (the --out of `x2dfd expert train`); give --weights again for each member (at least two)."""
+    out: Path | None = field(default=None, metadata={"metavar": "DIR"})
+    """Output directory for the combined weights and record."""
+    flip_average: bool = field(default=False, metadata={"store_true": True})
+    """Also score each face's mirror image and average (twice the compute per face)."""
+    real: list[str] = field(default_factory=list, metadata={"metavar": "DIR"})
+    """The real photos the members were trained on (default: the first member's recorded --real): their validation split calibrates the ensemble."""
+    cache_dir: Path | None = None
+    """Face-crop cache of the training runs (default OUT/cache)."""
+    save_dtype: str = field(default="float16", metadata={"choices": ["float32", "float16"]})
+    """Precision of the saved weights."""
+
+    def __post_init__(self):
+        if len(self.weights) < 2:
+            raise UsageError("give --weights FILE at least twice: an ensemble needs two or more members")
+        if self.out is None:
+            raise UsageError("--out DIR is required: where the combined weights go")
+        self.out = Path(self.out)
+
+
+def ensemble_main(argv: list[str]) -> int:
+    cfg = parse_config(EnsembleConfig, argv, prog="x2dfd expert ensemble")
+    from x2dfd.experts.train import assemble_ensemble, command_line
+
+    path, record = assemble_ensemble(cfg.weights, cfg.out, real=cfg.real or None, cache_dir=cfg.cache_dir,
+                                     flip_average=cfg.flip_average, command=command_line(argv, "ensemble"),
+                                     save_dtype=cfg.save_dtype)
+    cal = record["calibration"]
+    print(f"wrote {path} ({len(cfg.weights)} members{', flip-averaged' if cfg.flip_average else ''}; temperature "
+          f"{cal['temperature']}, ECE {cal['ece_before']} -> {cal['ece_after']} on {record['val_images']} validation faces)")
+    return 0
+
+
+@dataclass
 class ScoreConfig(PipelineOptions):
     """Score faces with the external experts alone (no MLLM): p_fake per input as JSON lines, the same
     inputs and face cropping as `x2dfd explain` (this is `x2dfd explain --mllm none`)."""
@@ -188,16 +230,17 @@ def list_main(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"train": train_main, "score": score_main, "list": list_main}
+SUBCOMMANDS = {"train": train_main, "ensemble": ensemble_main, "score": score_main, "list": list_main}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: x2dfd expert {train,score,list} [options]\n\n"
-              "  train  train the blend expert on self-blended real faces\n"
-              "  score  p_fake (and heatmaps) from the experts alone, no MLLM\n"
-              "  list   registered experts (built-ins and x2dfd.experts plugins)\n\n"
+        print("usage: x2dfd expert {train,ensemble,score,list} [options]\n\n"
+              "  train     train the blend expert on self-blended real faces\n"
+              "  ensemble  combine separately trained blend experts into one (averaged logits)\n"
+              "  score     p_fake (and heatmaps) from the experts alone, no MLLM\n"
+              "  list      registered experts (built-ins and x2dfd.experts plugins)\n\n"
               "Run 'x2dfd expert <subcommand> --help' for its options.")
         return 0 if argv else 2
     sub, rest = argv[0], argv[1:]

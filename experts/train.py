@@ -353,6 +353,16 @@ def build_config(s: TrainSettings) -> BlendConfig:
     return BlendConfig(backbone=s.backbone, backbone_kwargs=kwargs, image_size=s.image_size, crop_scale=CROP_SCALE)
 
 
+def split_name(path: Path | str, roots: Sequence[Path]) -> str:
+    """How split.json and the training record name a file: relative to its --real root (prefixed by the
+    root's name when there are several roots)."""
+    rp = Path(path).resolve()
+    for r in roots:
+        if rp.is_relative_to(r):
+            return str(rp.relative_to(r)) if len(roots) == 1 else f"{r.name}/{rp.relative_to(r)}"
+    return str(path)
+
+
 def prepare(s: TrainSettings) -> dict[str, Any]:
     """Split, deduplicate and cache the faces of ``s.real``: what ``fit`` and the record need."""
     out = Path(s.out)
@@ -361,16 +371,8 @@ def prepare(s: TrainSettings) -> dict[str, Any]:
     files = list_images(s.real)
     split = split_files(files, _split_seed(s), s.val_fraction, s.holdout_fraction, s.max_images)
     roots = [Path(r).resolve() for r in s.real]
-
-    def rel(p: Path | str) -> str:
-        rp = Path(p).resolve()
-        for r in roots:
-            if rp.is_relative_to(r):
-                return str(rp.relative_to(r)) if len(roots) == 1 else f"{r.name}/{rp.relative_to(r)}"
-        return str(p)
-
-    split_json = {k: [rel(p) for p, _ in split[k]] for k in ("train", "val", "holdout")}
-    split_json["duplicates_dropped"] = [rel(p) for p in split["duplicates"]]
+    split_json = {k: [split_name(p, roots) for p, _ in split[k]] for k in ("train", "val", "holdout")}
+    split_json["duplicates_dropped"] = [split_name(p, roots) for p in split["duplicates"]]
     (out / "split.json").write_text(json.dumps(split_json, indent=1) + "\n")
     train_faces, skip_tr = cache_faces(split["train"], cache_dir, "train")
     val_faces, skip_val = cache_faces(split["val"], cache_dir, "val")
@@ -411,8 +413,7 @@ def calibrate(expert: BlendExpert, faces: Sequence[CachedFace], seed: int = 0, b
     for i in range(0, len(ds), batch):
         items = [ds[j] for j in range(i, min(i + batch, len(ds)))]
         x = torch.cat([torch.stack([it["real"] for it in items]), torch.stack([it["fake"] for it in items])])
-        pooled, _ = model.backbone(x.to(device))
-        logits.append(model.cls_head(pooled).squeeze(-1).float().cpu().numpy())
+        logits.append(expert.logits(x.to(device)).float().cpu().numpy())
         labels.append(np.r_[np.zeros(len(items)), np.ones(len(items))])
     z, y = np.concatenate(logits), np.concatenate(labels)
     t = fit_temperature(z, y)
@@ -621,5 +622,63 @@ def _settings_key(s: TrainSettings) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def command_line(argv: Sequence[str]) -> str:
-    return "x2dfd expert train " + " ".join(shlex.quote(a) for a in argv)
+def command_line(argv: Sequence[str], sub: str = "train") -> str:
+    return f"x2dfd expert {sub} " + " ".join(shlex.quote(a) for a in argv)
+
+
+# ------------------------------------------------------------------------------------------ ensembles
+
+
+def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequence[str | Path] | None = None,
+                      cache_dir: str | Path | None = None, flip_average: bool = False, command: str | None = None,
+                      save_dtype: str = "float16") -> tuple[Path, dict[str, Any]]:
+    """One blend expert from separately trained ones (same backbone and input size, same train/val/holdout
+    split): their logits and blend masks are averaged (``BlendConfig.members``), optionally over the mirrored
+    face too. The temperature is fitted anew on the members' validation self-blends (never trained on) and
+    the training record keeps every member's own. Writes OUT/blend_<backbone>.safetensors + .json."""
+    if len(weights) < 2:
+        raise UsageError("an ensemble needs at least two --weights files")
+    loaded = [BlendExpert.load(w) for w in weights]
+    first = loaded[0]
+    for e in loaded[1:]:
+        if (e.config.backbone, e.config.image_size, e.config.members) != (first.config.backbone, first.config.image_size, 1) \
+                or first.config.members != 1:
+            raise UsageError(f"ensemble members must be single {first.config.backbone} networks at {first.config.image_size} px; "
+                             f"'{e.weights_path}' is {e.config.backbone} at {e.config.image_size} px with {e.config.members} member(s)")
+    splits = [(e.record.get("split") or {}) for e in loaded]
+    for e, sp in zip(loaded, splits):
+        if not sp.get("val") or (sp.get("val"), sp.get("holdout")) != (splits[0].get("val"), splits[0].get("holdout")):
+            raise UsageError(f"'{e.weights_path}' was trained on another train/val/holdout split than '{first.weights_path}' "
+                             "(or records none): an ensemble's held-out faces must be held out from every member")
+    rec0 = first.record
+    real = [str(r) for r in (real or rec0.get("real_dirs") or [])]
+    if not real:
+        raise UsageError("give --real DIR: the real photos the members were trained on (their validation faces calibrate it)")
+    sp = splits[0]
+    roots = [Path(r).resolve() for r in real]
+    wanted = set(sp["val"])
+    val_items = [(f, file_sha256(f)) for f in list_images(real) if split_name(f, roots) in wanted]
+    if len(val_items) != len(wanted):
+        raise UsageError(f"--real {' '.join(real)} holds {len(val_items)} of the members' {len(wanted)} validation "
+                         "images: pass the folder(s) they were trained on")
+    out = Path(out)
+    val_faces, _ = cache_faces(val_items, Path(cache_dir) if cache_dir else out / "cache", "val")
+
+    cfg = BlendConfig.from_dict({**first.config.to_dict(), "members": len(loaded), "flip_average": bool(flip_average)})
+    expert = BlendExpert.from_config(cfg)
+    for i, e in enumerate(loaded):
+        expert.model.members[i].load_state_dict(e.model.state_dict())
+    calibration = calibrate(expert, val_faces, int(rec0.get("seed", 0)))
+    record = {
+        "command": command or "(python API)",
+        "ensemble": {"combination": "mean of the members' logits (and blend-mask logits)" +
+                                    (", each over the face and its mirror image" if flip_average else ""),
+                     "members": [{"file": e.weights_path.name, "sha256": e.weights_sha256,
+                                  "calibration": e.calibration, "training": e.record} for e in loaded]},
+        "real_dirs": rec0.get("real_dirs"), "split": sp, "data_fingerprint": rec0.get("data_fingerprint"),
+        "train_images": rec0.get("train_images"), "val_images": len(val_faces), "image_size": cfg.image_size,
+        "calibration": calibration,
+    }
+    path = out / f"blend_{cfg.backbone}.safetensors"
+    expert.save(path, training=record, dtype={"float32": None, "float16": torch.float16}[save_dtype])
+    return path, record

@@ -183,7 +183,7 @@ def test_expert_cli_dispatch(capsys):
     out = capsys.readouterr().out
     assert "blend  (default)" in out and "hf" in out
     assert main([]) == 2
-    with pytest.raises(UsageError, match="Available: train, score, list"):
+    with pytest.raises(UsageError, match="Available: train, ensemble, score, list"):
         main(["frobnicate"])
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])

@@ -1,0 +1,91 @@
+"""Blend ensembles (`x2dfd expert ensemble`) and mirror averaging: separately trained members on one split
+become one expert whose logits are the mean of theirs, calibrated on their validation faces, loaded and used
+like any blend weights; members of other splits or shapes are refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from x2dfd import experts
+from x2dfd.errors import UsageError
+from x2dfd.experts.blend import BlendConfig, BlendExpert, to_tensor
+
+SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _faces(n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (72, 60 + 4 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_flip_average_is_mirror_invariant_and_averages_both_views():
+    torch.manual_seed(0)
+    plain = experts.build_expert("blend", {"image_size": 64})
+    flipped = BlendExpert(plain.model, BlendConfig.from_dict({**plain.config.to_dict(), "flip_average": True}))
+    faces = _faces()
+    mirrored = [Image.fromarray(np.ascontiguousarray(np.asarray(f)[:, ::-1])) for f in faces]
+    p = [s.p_fake for s in flipped.score(faces)]
+    assert p == pytest.approx([s.p_fake for s in flipped.score(mirrored)], abs=1e-5)  # a face and its mirror agree
+    a, b = [s.p_fake for s in plain.score(faces)], [s.p_fake for s in plain.score(mirrored)]
+    assert p != pytest.approx(a, abs=1e-4)  # the random model is not mirror-symmetric on its own
+    logit = lambda q: np.log(np.asarray(q) / (1 - np.asarray(q)))  # noqa: E731
+    assert logit(p) == pytest.approx((logit(a) + logit(b)) / 2, abs=1e-4)
+    scores, maps = flipped.predict(faces)
+    assert [s.p_fake for s in scores] == pytest.approx(p, abs=1e-6)
+    assert [m.shape for m in maps] == [np.asarray(f).shape[:2] for f in faces]
+    assert flipped.info()["flip_average"] is True and plain.info()["members"] == 1
+
+
+@pytest.mark.slow
+def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsys):
+    if not SHARED_REAL.is_dir():
+        pytest.skip("../shared data not available")
+    pytest.importorskip("x2dfd.face")
+    from x2dfd.experts.cli import main
+
+    cache = tmp_path / "cache"
+    base = ["train", "--real", str(SHARED_REAL), "--cache-dir", str(cache), "--image-size", "64", "--batch-size", "2",
+            "--max-steps", "1", "--max-images", "10", "--val-fraction", "0.3", "--holdout-fraction", "0.2",
+            "--workers", "0", "--no-pretrained", "--no-progress", "--epochs", "1"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert main(base + ["--out", str(tmp_path / "b"), "--seed", "4", "--split-seed", "3"]) == 0
+    wa, wb = (tmp_path / m / "blend_efficientnet_lite0.safetensors" for m in "ab")
+    out = tmp_path / "ens"
+    assert main(["ensemble", "--weights", str(wa), "--weights", str(wb), "--out", str(out), "--cache-dir", str(cache),
+                 "--save-dtype", "float32"]) == 0
+
+    ens = experts.load_expert("blend", weights=str(out))
+    a, b = BlendExpert.load(wa), BlendExpert.load(wb)
+    assert ens.config.members == 2 and ens.info()["members"] == 2
+    x = to_tensor([np.asarray(f.resize((64, 64))) for f in _faces()], ens.config.mean, ens.config.std)
+    with torch.inference_mode():
+        assert torch.allclose(ens.logits(x), (a.logits(x) + b.logits(x)) / 2, atol=1e-5)
+    rec = json.loads((out / "blend_efficientnet_lite0.json").read_text())
+    members = rec["training"]["ensemble"]["members"]
+    assert [m["sha256"] for m in members] == [a.weights_sha256, b.weights_sha256]
+    assert rec["training"]["split"] == a.record["split"]  # the held-out list evaluations read stays the members'
+    cal = rec["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["n"] == 2 * rec["training"]["val_images"]
+    assert ens.temperature == pytest.approx(cal["temperature"])
+    assert len(ens.score(_faces())) == 4 and len(ens.localize(_faces())) == 4
+
+    # a member trained on another split, a lone member, or an ensemble as a member: one line each
+    assert main(base + ["--out", str(tmp_path / "c"), "--seed", "5"]) == 0
+    with pytest.raises(UsageError, match="another train/val/holdout split"):
+        main(["ensemble", "--weights", str(wa), "--weights", str(tmp_path / "c" / wa.name), "--out", str(tmp_path / "x"),
+              "--cache-dir", str(cache)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # an option error: usage status, one line
+        main(["ensemble", "--weights", str(wa), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "at least twice" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="single efficientnet_lite0 networks"):
+        main(["ensemble", "--weights", str(wa), "--weights", str(out / wa.name), "--out", str(tmp_path / "x"),
+              "--cache-dir", str(cache)])
