@@ -417,7 +417,9 @@ def calibrate(expert: BlendExpert, faces: Sequence[CachedFace], seed: int = 0, b
         labels.append(np.r_[np.zeros(len(items)), np.ones(len(items))])
     z, y = np.concatenate(logits), np.concatenate(labels)
     t = fit_temperature(z, y)
-    rec = {"method": "temperature", "temperature": round(t, 5),
+    from x2dfd.metrics import roc_auc
+
+    rec = {"method": "temperature", "temperature": round(t, 5), "val_auc": round(roc_auc(y, z), 5),
            "fitted_on": f"validation split self-blends ({len(faces)} real + {len(faces)} pseudo-fake faces, fixed 1.3x crop)",
            "n": int(len(y)), "ece_before": round(ece(y, sigmoid(z)), 4), "ece_after": round(ece(y, sigmoid(z / t)), 4),
            "nll_before": round(nll(z, y, 1.0), 4), "nll_after": round(nll(z, y, t), 4)}
@@ -673,11 +675,12 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
         "command": command or "(python API)",
         "ensemble": {"combination": "mean of the members' logits (and blend-mask logits)" +
                                     (", each over the face and its mirror image" if flip_average else ""),
-                     "members": [{"file": e.weights_path.name, "sha256": e.weights_sha256,
-                                  "calibration": e.calibration, "training": e.record} for e in loaded]},
+                     "members": [{"file": e.weights_path.name, "sha256": e.weights_sha256, "calibration": e.calibration,
+                                  # the split is the ensemble's own (checked above): stored once, below
+                                  "training": {**e.record, "split": "the ensemble's split"}} for e in loaded]},
         "real_dirs": rec0.get("real_dirs"), "split": sp, "data_fingerprint": rec0.get("data_fingerprint"),
         "train_images": rec0.get("train_images"), "val_images": len(val_faces), "image_size": cfg.image_size,
-        "calibration": calibration,
+        "val_auc": calibration["val_auc"], "calibration": calibration,
     }
     path = out / f"blend_{cfg.backbone}.safetensors"
     expert.save(path, training=record, dtype={"float32": None, "float16": torch.float16}[save_dtype])

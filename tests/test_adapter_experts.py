@@ -42,8 +42,10 @@ def _own_blend_weights(folder: Path) -> Path:
     from x2dfd.experts import load_expert
 
     expert = load_expert("blend")
-    with torch.no_grad():
-        expert.model.cls_head[-1].bias += 0.25
+    with torch.no_grad():  # every network's classifier bias (the shipped expert is an ensemble)
+        for name, param in expert.model.named_parameters():
+            if name.endswith("cls_head.1.bias"):
+                param += 0.25
     return expert.save(folder / "blend_own.safetensors")
 
 

@@ -263,7 +263,10 @@ def test_shipped_record_states_scope_calibration_and_figures():
     for key in ("fr_swap1", "fr_swap2", "un_swap1", "un_swap2", "stylegan2", "fr_swap1_jpeg_50", "fr_swap1_noise_0.02"):
         assert 0.0 <= ev[key]["auc"] <= 1.0 and ev[key]["n_real"] > 0 and ev[key]["set"]
     rec = meta["training"]
-    assert rec["augmentations"]["degrade_pair"] and rec["augmentations"]["landmark_jitter"] > 0
+    # every network in it ends with the degradation + landmark-jitter training; each stage has its command
+    members = [m["training"] for m in rec["ensemble"]["members"]] if "ensemble" in rec else [rec]
+    assert all(m["augmentations"]["degrade_pair"] and m["augmentations"]["landmark_jitter"] > 0 for m in members)
+    assert len(members) == meta["config"].get("members", 1) and rec["reproduce"]
     # the held-out split is disjoint from what was trained and validated on
     assert not set(rec["split"]["holdout"]) & (set(rec["split"]["train"]) | set(rec["split"]["val"]))
     expert = experts.load_expert("blend")

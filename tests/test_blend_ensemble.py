@@ -75,6 +75,8 @@ def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsy
     cal = rec["calibration"]
     assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["n"] == 2 * rec["training"]["val_images"]
     assert ens.temperature == pytest.approx(cal["temperature"])
+    assert 0.0 <= rec["training"]["val_auc"] == cal["val_auc"] <= 1.0 and ens.info()["training"]["val_auc"] == cal["val_auc"]
+    assert all(m["training"]["split"] == "the ensemble's split" for m in members)  # stored once
     assert len(ens.score(_faces())) == 4 and len(ens.localize(_faces())) == 4
 
     # a member trained on another split, a lone member, or an ensemble as a member: one line each
