@@ -608,7 +608,7 @@ def load_init_weights(model: torch.nn.Module, path: str | Path, backbone: str) -
     whole = bool(state) and all(k.split(".", 1)[0] in ("backbone", "cls_head", "mask_head") for k in state)
     load_state(model if whole else model.backbone, state,
                f"--init-weights '{path}' does not fit the {backbone} {'expert' if whole else 'backbone'}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     what = "whole expert (backbone and heads)" if whole else "backbone"
     return f"{what} from {path.name} (sha256 {digest[:16]})"
 
