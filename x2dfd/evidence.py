@@ -175,12 +175,12 @@ def _not_covered(record: Record, expert_info: dict[str, dict[str, Any]]) -> list
                 continue
             seen.add(kind)
             nums: dict[str, Any] = {"forgery_kind": kind, "expert": name}
-            text = f"Not covered: {kind}. {name} does not detect them"
+            text = f"Not covered: {kind}: {name} does not detect them"
             auc = b.get("auc") if isinstance(b, dict) else None
             if isinstance(auc, (int, float)) and not isinstance(auc, bool):
                 nums["auc"] = round(float(auc), 2)
                 text += f" (AUC {p2(auc)}" + (f" on {b['on']}" if b.get("on") else "") + ")"
-            text += ", and no other expert that ran covers them: this verdict does not rule them out."
+            text += " and no other expert that ran covers them, so this verdict does not rule them out."
             out.append({"kind": "coverage", "text": text, "numbers": nums})
     return out
 
