@@ -20,7 +20,6 @@ Prints one table; nothing is written into the repository.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -35,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eval-dir", type=Path, default=ROOT / "bench" / "out" / "eval_experts")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / "out" / "blend_cache",
-                    help="x2dfd expert train --cache-dir of faces-real-photos (the blend training's)")
+                    help="x2dfd expert train --cache-dir of faces-real-photos (the blend training's; faces missing from "
+                         "it are detected now)")
     ap.add_argument("--ae-steps", type=int, default=300)
     ap.add_argument("--ae-width", type=int, default=32)
     ap.add_argument("--device", default="cpu")
@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
+    from eval_experts import crops_for
     from x2dfd.experts.backbones import BACKBONES, build_backbone
     from x2dfd.experts.blend import to_tensor
     from x2dfd.experts.synthesis import UPSAMPLERS, UpsamplingAE
+    from x2dfd.experts.train import CACHE_SCALE, recorded_split_faces
+    from x2dfd.face import get_detector
     from x2dfd.metrics import roc_auc
 
     torch.set_num_threads(args.threads)
@@ -59,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not sets_file.is_file():
         raise SystemExit(f"{sets_file} is missing: run bench/eval_experts.py --build-only first")
     sets = json.loads(sets_file.read_text())["sets"]
-    split = json.loads((ROOT / "experts" / "weights" / "blend_efficientnet_lite0.json").read_text())["training"]["split"]
-    by_name = {}
-    for meta in args.cache.glob("*.json"):
-        info = json.loads(meta.read_text())
-        if info.get("landmarks") is not None:
-            by_name[Path(info["path"]).name] = meta.with_suffix(".png")
+    record = json.loads((ROOT / "experts" / "weights" / "blend_efficientnet_lite0.json").read_text())["training"]
+    real_dirs = [str(ROOT / d) if not Path(d).is_absolute() else d for d in record["real_dirs"]]
+    detector = get_detector()
 
     def face_box(img: np.ndarray, scale: float) -> np.ndarray:
         s = int(round(img.shape[0] / scale))
@@ -76,17 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
 
     def eval_set(name: str) -> tuple[list[np.ndarray], np.ndarray]:
-        xs, ys = [], []
-        for r in sets[name]:
-            key = hashlib.sha256(f"{r['path']}|clean".encode()).hexdigest()[:20]
-            png = args.eval_dir / "crops" / "clean" / f"{key}.png"
-            if png.is_file():
-                xs.append(face_box(read(png), 1.3))
-                ys.append(r["label"])
-        return xs, np.array(ys)
+        rows = [r for r in crops_for(sets[name], "clean", args.eval_dir / "crops" / "clean", detector) if r["crop"]]
+        return [face_box(read(r["crop"]), 1.3) for r in rows], np.array([r["label"] for r in rows])
 
-    train = [face_box(read(by_name[n]), 1.8) for n in split["train"] if n in by_name]
-    val = [face_box(read(by_name[n]), 1.8) for n in split["val"] if n in by_name]
+    def split_faces(part: str) -> list[np.ndarray]:  # in the record's order (what the autoencoders sample from)
+        names = record["split"][part]
+        faces = {Path(f.path).name: f for f in recorded_split_faces(names, real_dirs, args.cache, part)}
+        return [face_box(read(faces[n].crop_path), CACHE_SCALE) for n in names if n in faces]
+
+    train, val = split_faces("train"), split_faces("val")
     tests = {name: eval_set(name) for name in ("stylegan2", "un_swap1", "fr_swap1")}
     net = build_backbone("efficientnet_lite0", pretrained=True).eval().to(args.device)
     norm = BACKBONES["efficientnet_lite0"]

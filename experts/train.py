@@ -363,6 +363,20 @@ def split_name(path: Path | str, roots: Sequence[Path]) -> str:
     return str(path)
 
 
+def recorded_split_faces(names: Sequence[str], real: Sequence[str | Path], cache_dir: Path,
+                         part: str = "val") -> list[CachedFace]:
+    """The cached faces of one part of a recorded split (its ``split_name``s under the ``real`` folders the run was
+    trained on), in the folders' sorted file order, detected now where the cache lacks them. Folders that do not
+    hold every named image: one line."""
+    roots = [Path(r).resolve() for r in real]
+    wanted = set(names)
+    items = [(f, file_sha256(f)) for f in list_images(real) if split_name(f, roots) in wanted]
+    if len(items) != len(wanted):
+        raise UsageError(f"--real {' '.join(map(str, real))} holds {len(items)} of the {len(wanted)} recorded {part} "
+                         "images: pass the folder(s) the run was trained on")
+    return cache_faces(items, cache_dir, part)[0]
+
+
 def prepare(s: TrainSettings) -> dict[str, Any]:
     """Split, deduplicate and cache the faces of ``s.real``: what ``fit`` and the record need."""
     out = Path(s.out)
@@ -657,14 +671,8 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
     if not real:
         raise UsageError("give --real DIR: the real photos the members were trained on (their validation faces calibrate it)")
     sp = splits[0]
-    roots = [Path(r).resolve() for r in real]
-    wanted = set(sp["val"])
-    val_items = [(f, file_sha256(f)) for f in list_images(real) if split_name(f, roots) in wanted]
-    if len(val_items) != len(wanted):
-        raise UsageError(f"--real {' '.join(real)} holds {len(val_items)} of the members' {len(wanted)} validation "
-                         "images: pass the folder(s) they were trained on")
     out = Path(out)
-    val_faces, _ = cache_faces(val_items, Path(cache_dir) if cache_dir else out / "cache", "val")
+    val_faces = recorded_split_faces(sp["val"], real, Path(cache_dir) if cache_dir else out / "cache", "val")
 
     cfg = BlendConfig.from_dict({**first.config.to_dict(), "members": len(loaded), "flip_average": bool(flip_average)})
     expert = BlendExpert.from_config(cfg)
