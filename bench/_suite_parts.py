@@ -290,7 +290,7 @@ def part_explain(spec: dict, static: bool = False) -> dict:
     prefill / decode split the runtime itself measures (generate's per-step clock). ``static``: with
     ``--static-cache`` (a preallocated KV cache; on CUDA generate() compiles the decode step into CUDA graphs),
     at ``static_batch_sizes``; its warm-up runs the full length twice (compile, then graph capture)."""
-    mllm, load_s = load(spec, spec["checkpoint"], static_cache=True) if static else load(spec, spec["checkpoint"])
+    mllm, load_s = load(spec, spec["checkpoint"], static_cache=static)
     sizes = spec["static_batch_sizes"] if static else spec["batch_sizes"]
     question = explain_question()
     n_new = spec["max_new_tokens"]

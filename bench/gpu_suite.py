@@ -52,6 +52,7 @@ DEFAULT_SHARED = REPO.parent / "shared" / "checkpoints"
 CONFIG_NAME = "llava-1.5-7b-hf"
 GiB = 2**30
 ORDER = ("machine", "build", "explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static", "release")
+MODEL_PARTS = ("explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static")  # need the checkpoint
 
 # Assumed peaks per card (dense bf16 tensor-core FLOP/s, HBM bandwidth), matched on the CUDA device name.
 PEAKS = (  # (substring, label, TFLOP/s, TB/s), first match wins
@@ -411,8 +412,7 @@ def main(argv=None) -> int:
         # build (or use --model)
         if spec["checkpoint"]:
             skip("build", f"--model {spec['checkpoint']} given: no checkpoint built")
-        elif "build" not in wanted and not (wanted & {"explain", "assess", "lora", "qlora", "load-4bit", "load-8bit",
-                                                              "explain-static"}):
+        elif "build" not in wanted and not wanted & set(MODEL_PARTS):
             skip("build", "not in --parts")
         elif cuda_missing:
             skip("build", "CUDA is not available on this machine (use --tiny or --device cpu)")
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
         no_bnb = None if bnb else ("bitsandbytes is not importable here (" + (machine.get("bitsandbytes_error") or "") +
                                    "); carry its wheel in .whl/ and run bench/gpu_suite.sh")
 
-        for name in ("explain", "assess", "lora", "qlora", "load-4bit", "load-8bit", "explain-static"):
+        for name in MODEL_PARTS:
             if name not in wanted:
                 skip(name, "not in --parts")
                 continue

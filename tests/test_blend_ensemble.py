@@ -5,7 +5,6 @@ like any blend weights; members of other splits or shapes are refused in one lin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from PIL import Image
 from x2dfd import experts
 from x2dfd.errors import UsageError
 from x2dfd.experts.blend import BlendConfig, BlendExpert, to_tensor
-
-SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-real-photos" / "real"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,13 +43,14 @@ def test_flip_average_is_mirror_invariant_and_averages_both_views():
 
 @pytest.mark.slow
 def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsys):
-    if not SHARED_REAL.is_dir():
-        pytest.skip("../shared data not available")
+    from tests.conftest import shared_path
+
+    real = shared_path("data", "faces-real-photos", "real")  # skips without ../shared
     pytest.importorskip("x2dfd.face")
     from x2dfd.experts.cli import main
 
     cache = tmp_path / "cache"
-    base = ["train", "--real", str(SHARED_REAL), "--cache-dir", str(cache), "--image-size", "64", "--batch-size", "2",
+    base = ["train", "--real", str(real), "--cache-dir", str(cache), "--image-size", "64", "--batch-size", "2",
             "--max-steps", "1", "--max-images", "10", "--val-fraction", "0.3", "--holdout-fraction", "0.2",
             "--workers", "0", "--no-pretrained", "--no-progress", "--epochs", "1"]
     assert main(base + ["--out", str(tmp_path / "a"), "--seed", "3"]) == 0

@@ -134,16 +134,20 @@ def grade(p: float, threshold: float) -> str:
     return "strongly real"
 
 
+def _scope(info: dict[str, Any] | None) -> dict[str, Any]:
+    """An expert's info()'s ``scope`` (what it detects and not), or {} when it states none."""
+    scope = (info or {}).get("scope")
+    return scope if isinstance(scope, dict) else {}
+
+
 def _covers(info: dict[str, Any] | None, prompt_name: str | None) -> tuple[str | None, dict[str, Any]]:
     """What an expert covers (from its info(): scope, then its measured evaluation), and the numbers."""
     info = info or {}
     numbers: dict[str, Any] = {}
-    scope = info.get("scope") or {}
-    covers = None
-    if isinstance(scope, dict):
-        covers = scope.get("detects") or scope.get("covers")
-        if isinstance(covers, list):
-            covers = ", ".join(str(c) for c in covers)
+    scope = _scope(info)
+    covers = scope.get("detects") or scope.get("covers")
+    if isinstance(covers, list):
+        covers = ", ".join(str(c) for c in covers)
     covers = str(covers) if covers else COVERS.get(str(prompt_name or info.get("prompt_name") or ""))
     measured = []
     for key, ev in (info.get("evaluation") or {}).items():
@@ -154,11 +158,6 @@ def _covers(info: dict[str, Any] | None, prompt_name: str | None) -> tuple[str |
     if measured:
         text = (text + "; " if text else "") + "measured " + ", ".join(measured[:3])
     return text, numbers
-
-
-def _scope(info: dict[str, Any]) -> dict[str, Any]:
-    scope = (info or {}).get("scope")
-    return scope if isinstance(scope, dict) else {}
 
 
 def _not_covered(record: Record, expert_info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
