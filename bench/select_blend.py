@@ -1,0 +1,126 @@
+"""Choose a blend expert among candidates by the rule fixed before any test figure: validation data only.
+
+    .venv/bin/python bench/select_blend.py A=bench/out/cand/cpuft B=bench/out/cand/lite2 AB=bench/out/cand/ens_ab
+    .venv/bin/python bench/select_blend.py --flip shipped=experts/weights   # also each candidate mirror-averaged
+
+The rule (the one behind the shipped weights' ``training.selection``):
+
+1. score the candidates on the VALIDATION split's fixed self-blends (the split every candidate records,
+   which must be the same; faces from ``--cache-dir``, detected where missing), clean and under
+   jpeg:50 / blur:1 / resize:0.5 / noise:0.02 applied to the 1.3x crop;
+2. keep those that score at least ``--min-faces-per-s`` (10: the issue's constraint) with ``score()`` at batch 32
+   on real 1.3x face crops, as ``bench/bench_expert.py`` measures it (the expert's own CPU thread count);
+3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest.
+
+No held-out, Unsplash, faceswap2 or StyleGAN2 figure enters. Prints one markdown table and writes
+``bench/out/select_blend.json``. The pairs are built as ``experts.train`` builds its validation view (crop
+256 px, seeded per face), so a candidate's clean figure is its training record's validation AUC up to the
+resize to its input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDITIONS = ["jpeg:50", "blur:1", "resize:0.5", "noise:0.02"]
+PAIR_SEED = 7777777  # fixed per-face seeds of the validation pairs (the same pairs for every candidate)
+
+
+def parse_candidate(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise SystemExit(f"select_blend: a candidate is NAME=WEIGHTS (file or folder), got '{text}'")
+    return name, Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("candidates", nargs="+", help="NAME=WEIGHTS (a blend_*.safetensors or the folder holding one)")
+    ap.add_argument("--flip", action="store_true", help="also score each candidate averaged over the face and its mirror")
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / "bench" / "out" / "blend_cache")
+    ap.add_argument("--min-faces-per-s", type=float, default=10.0)
+    ap.add_argument("--speed-faces", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the validation scoring (speed: the expert's own)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "select_blend.json")
+    args = ap.parse_args(argv)
+
+    import torch
+    from PIL import Image
+
+    from bench_expert import real_crops
+    from x2dfd.experts.blend import BlendExpert
+    from x2dfd.experts.train import make_pair, recorded_split_faces
+    from x2dfd.metrics import roc_auc
+    from x2dfd.perturb import parse_perturbations
+
+    torch.set_num_threads(args.threads)
+    print(f"start: load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, {os.cpu_count()} CPUs", file=sys.stderr)
+    loaded = []
+    for text in args.candidates:
+        name, path = parse_candidate(text)
+        loaded.append((name, BlendExpert.load(path)))
+    splits = {name: (e.record.get("split") or {}).get("val") for name, e in loaded}
+    first_name, first = loaded[0]
+    for name, val in splits.items():
+        if not val or sorted(val) != sorted(splits[first_name]):
+            raise SystemExit(f"select_blend: '{name}' records another (or no) validation split than '{first_name}'")
+    real = [str(ROOT / d) if not Path(d).is_absolute() else d for d in first.record.get("real_dirs") or []]
+    faces = recorded_split_faces(splits[first_name], real, args.cache_dir, "val")
+    pairs = []
+    for i, face in enumerate(faces):
+        r, f, _ = make_pair(face, np.random.default_rng([0, PAIR_SEED, i]), 256, False)
+        pairs.append((Image.fromarray(r), Image.fromarray(f)))
+    conditions = [None] + parse_perturbations(CONDITIONS)
+    views = {c.name if c else "clean": [c(x) if c else x for p in pairs for x in p] for c in conditions}
+    y = np.tile([0, 1], len(pairs))
+    speed_faces = real_crops(args.speed_faces)
+
+    rows = []
+    for name, expert in loaded:
+        for flip in ([False, True] if args.flip and not expert.config.flip_average else [expert.config.flip_average]):
+            expert.config.flip_average = flip
+            label = name + (", mirror-averaged" if flip else "")
+            aucs = {}
+            threads, expert.cpu_threads = expert.cpu_threads, None  # validation scoring: --threads
+            for cond, images in views.items():
+                aucs[cond] = round(roc_auc(y, np.array([s.p_fake for s in expert.score(images)])), 4)
+            expert.cpu_threads = threads
+            aucs["mean"] = round(float(np.mean([aucs[c] for c in views])), 4)
+            expert.batch_size = 32
+            expert.score(speed_faces[:4])
+            t = time.perf_counter()
+            expert.score(speed_faces)
+            fps = len(speed_faces) / (time.perf_counter() - t)
+            rows.append({"candidate": label, "weights": str(expert.weights_path), "sha256": expert.weights_sha256,
+                         "members": expert.config.members, "backbone": expert.config.backbone, **aucs,
+                         "faces_per_s": round(fps, 1)})
+            print(f"{label}: {aucs} {fps:.1f} faces/s", file=sys.stderr, flush=True)
+    eligible = [r for r in rows if r["faces_per_s"] >= args.min_faces_per_s]
+    chosen = None
+    if eligible:
+        best = max(r["mean"] for r in eligible)
+        chosen = max((r for r in eligible if r["mean"] >= best - 0.002), key=lambda r: r["faces_per_s"])["candidate"]
+    cols = ["clean", *CONDITIONS, "mean"]
+    print(f"\n{len(faces)} validation faces ({len(y)} images), {args.speed_faces} crops for speed; "
+          f"rule: highest mean with >= {args.min_faces_per_s:g} faces/s, ties within 0.002 to the fastest\n")
+    print("| candidate | " + " | ".join(cols) + " | faces/s | |\n|---|" + "---|" * (len(cols) + 2))
+    for r in rows:
+        mark = "**chosen**" if r["candidate"] == chosen else ("" if r in eligible else "too slow")
+        print(f"| {r['candidate']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {r['faces_per_s']:.1f} | {mark} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rule": __doc__.split("The rule")[1].split("No held-out")[0].strip(),
+                                    "validation_faces": len(faces), "conditions": cols, "rows": rows,
+                                    "chosen": chosen, "load_average": os.getloadavg()}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
