@@ -172,6 +172,16 @@ def resolve_weights(weights: str | Path | None, default: Path = DEFAULT_WEIGHTS,
     return path
 
 
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """The one writer of expert weights (and training checkpoints). The header's metadata is only
+    ``{"format": "pt"}``: safetensors writes that map in hash order, so with a second key two saves of the
+    same tensors could differ in their bytes, and a recorded sha256 would name a save, not the weights. The
+    expert's name and config live in the JSON beside the file."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors on the CPU (the one reader of expert weights; pickles are never loaded)."""
     from safetensors.torch import load_file
@@ -283,14 +293,12 @@ class BlendExpert:
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
         """Write ``path`` (.safetensors) and its ``.json`` (config + training record)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(path), metadata={"format": "pt", "expert": self.name, "backbone": self.config.backbone})
+        save_safetensors(state, path)
         cfg = self.config.to_dict()
         cfg["backbone_kwargs"] = {k: v for k, v in cfg["backbone_kwargs"].items() if k != "pretrained"}
         meta = {"expert": self.name, "config": cfg, "training": training or self.record or {}}

@@ -98,11 +98,11 @@ def load_into(name: str, model: torch.nn.Module, path: Path, ignore: tuple[str, 
 
 
 def save_state(model: torch.nn.Module, path: Path, meta: dict[str, Any], ignore: tuple[str, ...] = ()) -> Path:
-    from safetensors.torch import save_file
+    from x2dfd.experts.blend import save_safetensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not any(s in k for s in ignore)}
-    save_file(state, str(path), metadata={"format": "pt", "expert": str(meta.get("expert"))})
+    save_safetensors(state, path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return path
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, to_tensor
+from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, save_safetensors, to_tensor
 from x2dfd.media import file_sha256
 from x2dfd.experts.sbi import augment_pair, degrade_pair, jitter_landmarks, self_blend
 from x2dfd.errors import UsageError
@@ -291,17 +291,15 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def _save_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     ckpt.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors.tmp"))
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors.tmp")
     osd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for idx, st in osd["state"].items():
         for k, v in st.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"state.{idx}.{k}"] = t.detach().cpu().contiguous()
-    save_file(tensors, str(ckpt / "optimizer.safetensors.tmp"))
+    save_safetensors(tensors, ckpt / "optimizer.safetensors.tmp")
     (ckpt / "trainer.json.tmp").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, indent=1))
     for name in ("model.safetensors", "optimizer.safetensors", "trainer.json"):  # replace all three at once
         os.replace(ckpt / f"{name}.tmp", ckpt / name)

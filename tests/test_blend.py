@@ -349,3 +349,17 @@ def test_freeze_blocks_bound_follows_the_backbone(tmp_path):
         config(freeze_blocks=17)
     with pytest.raises(UsageError, match=r"\[0, 0\] for clip"):
         config(backbone="clip", freeze_blocks=1)
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    """The recorded sha256 names the weights, not the save: the safetensors header holds no map whose order
+    varies (with three metadata keys, six saves gave three different files)."""
+    from x2dfd.media import file_sha256
+
+    torch.manual_seed(0)
+    expert = BlendExpert.from_config({"image_size": 64})
+    hashes = set()
+    for i in range(6):
+        path = expert.save(tmp_path / f"w{i}" / "blend_efficientnet_lite0.safetensors")
+        hashes.add(file_sha256(path))
+    assert len(hashes) == 1
