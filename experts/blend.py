@@ -14,7 +14,7 @@ Train your own with ``x2dfd expert train --expert blend --real DIR --out DIR``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +48,9 @@ class BlendConfig:
     # members > 1: that many networks of this config, trained separately (assemble_ensemble), whose logits and
     # blend-mask logits are averaged; 1 = one network (state-dict keys without a "members." prefix)
     members: int = 1
+    # members with different EfficientNet-Lite backbones (one per member; same input size and normalisation);
+    # None: every member is ``backbone``
+    member_backbones: list[str] | None = None
     flip_average: bool = False  # also run the mirrored face and average (logits; heatmaps mirrored back)
     format_version: int = FORMAT_VERSION
 
@@ -59,6 +62,15 @@ class BlendConfig:
         if int(self.members) < 1:
             raise UsageError(f"blend: members must be >= 1, got {self.members}")
         self.members = int(self.members)
+        if self.member_backbones is not None:
+            names = [str(b) for b in self.member_backbones]
+            if len(names) != self.members or names[0] != self.backbone:
+                raise UsageError(f"blend: member_backbones must name {self.members} backbones, the first '{self.backbone}', "
+                                 f"got {names}")
+            for b in names:
+                if b not in BACKBONES or not b.startswith("efficientnet_lite"):
+                    raise UsageError(f"blend: an ensemble mixes efficientnet_lite backbones only, got '{b}'")
+            self.member_backbones = names if len(set(names)) > 1 else None
         cls = BACKBONES[self.backbone]
         self.mean = tuple(float(v) for v in (self.mean or cls.mean))
         self.std = tuple(float(v) for v in (self.std or cls.std))
@@ -101,7 +113,9 @@ class BlendEnsemble(nn.Module):
 
     def __init__(self, config: BlendConfig):
         super().__init__()
-        self.members = nn.ModuleList(BlendNet(config) for _ in range(config.members))
+        names = config.member_backbones or [config.backbone] * config.members
+        self.members = nn.ModuleList(
+            BlendNet(replace(config, backbone=name, members=1, member_backbones=None)) for name in names)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [m(x) for m in self.members]
@@ -376,6 +390,7 @@ class BlendExpert:
             "backbone": self.config.backbone,
             "image_size": self.config.image_size,
             "members": self.config.members,
+            "member_backbones": self.config.member_backbones or [self.config.backbone] * self.config.members,
             "flip_average": self.config.flip_average,
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.weights_sha256,

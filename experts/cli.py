@@ -141,9 +141,10 @@ def train_main(argv: list[str]) -> int:
 @dataclass
 class EnsembleConfig:
     """Combine separately trained blend experts into one: their logits and blend masks are averaged (and, with
-    --flip-average, over each face's mirror image too). The members must share the backbone, the input size and
-    the train/val/holdout split; the temperature is fitted anew on their validation self-blends. Writes
-    OUT/blend_<backbone>.safetensors + .json (each member's training record inside)."""
+    --flip-average, over each face's mirror image too). The members must share the input size and the
+    train/val/holdout split, and the backbone (EfficientNet-Lite0/1/2 may be mixed); the temperature is fitted anew
+    on their validation self-blends. Writes OUT/blend_<backbone>.safetensors + .json (each member's training record
+    inside; blend_<backbone>-<backbone>... when the backbones differ)."""
 
     weights: list[Path] = field(default_factory=list, metadata={"metavar": "FILE"})
     """A member's blend_*.safetensors (the --out of `x2dfd expert train`); give --weights again for each member (at least two)."""

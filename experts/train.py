@@ -646,19 +646,27 @@ def command_line(argv: Sequence[str], sub: str = "train") -> str:
 def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequence[str | Path] | None = None,
                       cache_dir: str | Path | None = None, flip_average: bool = False, command: str | None = None,
                       save_dtype: str = "float16") -> tuple[Path, dict[str, Any]]:
-    """One blend expert from separately trained ones (same backbone and input size, same train/val/holdout
-    split): their logits and blend masks are averaged (``BlendConfig.members``), optionally over the mirrored
-    face too. The temperature is fitted anew on the members' validation self-blends (never trained on) and
-    the training record keeps every member's own. Writes OUT/blend_<backbone>.safetensors + .json."""
+    """One blend expert from separately trained ones (same input size, same train/val/holdout split; the same
+    backbone, or EfficientNet-Lites of different sizes): their logits and blend masks are averaged
+    (``BlendConfig.members``), optionally over the mirrored face too. The temperature is fitted anew on the
+    members' validation self-blends (never trained on) and the training record keeps every member's own.
+    Writes OUT/blend_<backbone>.safetensors + .json (``blend_<backbone>-<backbone>...`` when they differ)."""
     if len(weights) < 2:
         raise UsageError("an ensemble needs at least two --weights files")
     loaded = [BlendExpert.load(w) for w in weights]
     first = loaded[0]
-    for e in loaded[1:]:
-        if (e.config.backbone, e.config.image_size, e.config.members) != (first.config.backbone, first.config.image_size, 1) \
-                or first.config.members != 1:
-            raise UsageError(f"ensemble members must be single {first.config.backbone} networks at {first.config.image_size} px; "
-                             f"'{e.weights_path}' is {e.config.backbone} at {e.config.image_size} px with {e.config.members} member(s)")
+
+    def kind(e: BlendExpert) -> tuple:
+        c = e.config
+        family = "efficientnet_lite" if c.backbone.startswith("efficientnet_lite") else c.backbone
+        return family, c.image_size, tuple(c.mean), tuple(c.std), c.members
+
+    for e in loaded:
+        if kind(e) != kind(first)[:-1] + (1,):
+            c = e.config
+            raise UsageError(f"ensemble members must be single {first.config.backbone.rstrip('0123456789')}* networks at "
+                             f"{first.config.image_size} px; '{e.weights_path}' is {c.backbone} at {c.image_size} px with "
+                             f"{c.members} member(s)")
     splits = [(e.record.get("split") or {}) for e in loaded]
     for e, sp in zip(loaded, splits):
         if not sp.get("val") or (sp.get("val"), sp.get("holdout")) != (splits[0].get("val"), splits[0].get("holdout")):
@@ -672,7 +680,9 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
     out = Path(out)
     val_faces = recorded_split_faces(sp["val"], real, Path(cache_dir) if cache_dir else out / "cache", "val")
 
-    cfg = BlendConfig.from_dict({**first.config.to_dict(), "members": len(loaded), "flip_average": bool(flip_average)})
+    backbones = [e.config.backbone for e in loaded]
+    cfg = BlendConfig.from_dict({**first.config.to_dict(), "members": len(loaded), "member_backbones": backbones,
+                                 "flip_average": bool(flip_average)})
     expert = BlendExpert.from_config(cfg)
     for i, e in enumerate(loaded):
         expert.model.members[i].load_state_dict(e.model.state_dict())
@@ -688,6 +698,6 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
         "train_images": rec0.get("train_images"), "val_images": len(val_faces), "image_size": cfg.image_size,
         "val_auc": calibration["val_auc"], "calibration": calibration,
     }
-    path = out / f"blend_{cfg.backbone}.safetensors"
+    path = out / f"blend_{'-'.join(dict.fromkeys(backbones))}.safetensors"
     expert.save(path, training=record, dtype={"float32": None, "float16": torch.float16}[save_dtype])
     return path, record

@@ -41,6 +41,18 @@ def test_flip_average_is_mirror_invariant_and_averages_both_views():
     assert flipped.info()["flip_average"] is True and plain.info()["members"] == 1
 
 
+def test_member_backbones_config():
+    cfg = BlendConfig(members=2, member_backbones=["efficientnet_lite0", "efficientnet_lite1"], image_size=64)
+    assert BlendConfig.from_dict(cfg.to_dict()) == cfg
+    net = BlendExpert.from_config(cfg).model
+    assert [len(m.backbone.blocks) for m in net.members] == [16, 21]
+    assert BlendConfig(members=2, member_backbones=["efficientnet_lite0"] * 2).member_backbones is None  # all alike
+    with pytest.raises(UsageError, match="member_backbones must name 2 backbones"):
+        BlendConfig(members=2, member_backbones=["efficientnet_lite0"])
+    with pytest.raises(UsageError, match="mixes efficientnet_lite backbones only, got 'clip'"):
+        BlendConfig(members=2, member_backbones=["efficientnet_lite0", "clip"])
+
+
 @pytest.mark.slow
 def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsys):
     from tests.conftest import shared_path
@@ -77,6 +89,20 @@ def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsy
     assert all(m["training"]["split"] == "the ensemble's split" for m in members)  # stored once
     assert len(ens.score(_faces())) == 4 and len(ens.localize(_faces())) == 4
 
+    # EfficientNet-Lites of different sizes combine too (same split, input size and normalisation)
+    assert main(base + ["--out", str(tmp_path / "l2"), "--seed", "6", "--split-seed", "3", "--backbone", "efficientnet_lite2"]) == 0
+    wl2 = tmp_path / "l2" / "blend_efficientnet_lite2.safetensors"
+    mixed_out = tmp_path / "mixed"
+    assert main(["ensemble", "--weights", str(wa), "--weights", str(wl2), "--out", str(mixed_out), "--cache-dir", str(cache),
+                 "--save-dtype", "float32"]) == 0
+    mixed = experts.load_expert("blend", weights=str(mixed_out / "blend_efficientnet_lite0-efficientnet_lite2.safetensors"))
+    l2 = BlendExpert.load(wl2)
+    assert mixed.info()["member_backbones"] == ["efficientnet_lite0", "efficientnet_lite2"]
+    with torch.inference_mode():
+        assert torch.allclose(mixed.logits(x), (a.logits(x) + l2.logits(x)) / 2, atol=1e-5)
+    scores, maps = mixed.predict(_faces())
+    assert len(scores) == 4 and [m.shape for m in maps] == [np.asarray(f).shape[:2] for f in _faces()]
+
     # a member trained on another split, a lone member, or an ensemble as a member: one line each
     assert main(base + ["--out", str(tmp_path / "c"), "--seed", "5"]) == 0
     with pytest.raises(UsageError, match="another train/val/holdout split"):
@@ -86,6 +112,6 @@ def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsy
     with pytest.raises(SystemExit) as exc:  # an option error: usage status, one line
         main(["ensemble", "--weights", str(wa), "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and "at least twice" in capsys.readouterr().err
-    with pytest.raises(UsageError, match="single efficientnet_lite0 networks"):
+    with pytest.raises(UsageError, match=r"single efficientnet_lite\* networks at 64 px; .* 2 member\(s\)"):
         main(["ensemble", "--weights", str(wa), "--weights", str(out / wa.name), "--out", str(tmp_path / "x"),
               "--cache-dir", str(cache)])
