@@ -52,6 +52,17 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
+def auc_text(ev: dict[str, Any], counts: bool = True) -> str:
+    """A held-out AUC (``metrics.json``'s ``eval_before`` / ``epochs`` entries) with its 95% interval:
+    ``0.7361 [0.55, 0.88] (18: 6 real, 12 fake)`` (``n/a (18: 18 real, 0 fake)`` without an AUC), as the
+    training log writes it; ``counts=False``: ``0.7361 [0.55, 0.88]`` (``-`` without an AUC), the card's cell."""
+    auc, ci = ev.get("auc"), ev.get("auc_ci95")
+    n = f" ({ev.get('n', 0)}: {ev.get('n_real', 0)} real, {ev.get('n_fake', 0)} fake)" if counts else ""
+    if auc is None:
+        return ("n/a" if counts else "-") + n
+    return _fmt(auc) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + n
+
+
 def read_data(data_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(train rows, data.json)`` of a data folder (empty where a file is missing or a line unreadable)."""
     from x2dfd.finetune.data import INFO_FILE, SPLIT_FILES
@@ -141,12 +152,9 @@ def render_model_card(resolved: dict[str, Any], metrics: dict[str, Any]) -> str:
                  f"{' (uninformative)' if 'uninformative' in (c.get('flags') or ()) else ''} | {_fmt(c.get('threshold'))} "
                  f"| {c['present']} |" for c in data.get("cues") or []]
     before = metrics.get("eval_before") or {}
-    def auc_cell(e: dict[str, Any]) -> str:
-        ci = e.get("auc_ci95")
-        return _fmt(e.get("auc")) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-    eval_lines = [f"| before training | {auc_cell(before)} | {_fmt(before.get('accuracy'))} |"] if before else []
-    eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {auc_cell(e)} | {_fmt(e.get('accuracy'))} |"
+    eval_lines = ([f"| before training | {auc_text(before, counts=False)} | {_fmt(before.get('accuracy'))} |"]
+                  if before else [])
+    eval_lines += [f"| epoch {e['epoch']} (step {e['step']}) | {auc_text(e, counts=False)} | {_fmt(e.get('accuracy'))} |"
                    for e in metrics.get("epochs") or []]
     train = metrics.get("train") or {}
     rows, info = read_data(data["dir"]) if data.get("dir") else ([], {})

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from x2dfd.finetune.card import auc_text
 from x2dfd.finetune.config import FinetuneConfig, parse_args
 from x2dfd import __version__
 from x2dfd.cliargs import to_jsonable
@@ -224,15 +225,6 @@ def evaluate(judge, ds, batch_size: int, accelerator) -> dict[str, Any]:
         _, lo, hi = bootstrap_metrics(y, p, n=1000, seed=0, groups=ids)["auc"]
         out["auc_ci95"] = [round(lo, 4), round(hi, 4)]
     return out
-
-
-def auc_text(ev: dict[str, Any]) -> str:
-    """``0.7361 [0.55, 0.88] (18: 6 real, 12 fake)``: a held-out AUC with its interval and counts."""
-    if ev.get("auc") is None:
-        return f"n/a ({ev.get('n', 0)}: {ev.get('n_real', 0)} real, {ev.get('n_fake', 0)} fake)"
-    ci = ev.get("auc_ci95")
-    return (f"{ev['auc']:.4f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-            + f" ({ev['n']}: {ev['n_real']} real, {ev['n_fake']} fake)")
 
 
 # ------------------------------------------------------------------------------------------------ stages

@@ -191,6 +191,20 @@ def test_clean_rationale():
     assert ftdata.clean_rationale("One. Two. Three.", max_sentences=1) == "One."
 
 
+def test_auc_text_for_the_log_and_the_card():
+    """One formatter of a held-out AUC: the training log's line (with counts) and the card's table cell."""
+    from x2dfd.finetune import train
+    from x2dfd.finetune.card import auc_text
+
+    assert train.auc_text is auc_text
+    ev = {"auc": 0.736123, "auc_ci95": [0.5512, 0.8849], "n": 18, "n_real": 6, "n_fake": 12}
+    assert auc_text(ev) == "0.7361 [0.55, 0.88] (18: 6 real, 12 fake)"
+    assert auc_text(ev, counts=False) == "0.7361 [0.55, 0.88]"
+    assert auc_text({"auc": 0.5, "n": 4, "n_real": 2, "n_fake": 2}) == "0.5000 (4: 2 real, 2 fake)"
+    one_class = {"auc": None, "n": 3, "n_real": 3, "n_fake": 0}
+    assert auc_text(one_class) == "n/a (3: 3 real, 0 fake)" and auc_text(one_class, counts=False) == "-"
+
+
 # ------------------------------------------------------------------------------------------------ data building
 def test_built_data(trained):
     out, cached = trained["out"], trained["cached"]
