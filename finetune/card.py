@@ -88,7 +88,7 @@ def read_data(data_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
 
 def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
     """The model card's "Training answers" section: what the answers are made of, counted from train.jsonl."""
-    from x2dfd.finetune.data import answer_composition
+    from x2dfd.finetune.data import RATIONALE_CAVEAT, answer_composition
 
     comp = answer_composition(rows)
     c = comp["cues_per_answer"]
@@ -128,15 +128,10 @@ def answer_lines(rows: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
         lines.append(f"- uninformative cues (AUC CI covers 0.5) among the top cues: {len(ids)}{named}")
     if rat.get("enabled"):
         spf = rat.get("seconds_per_face")
-        given = ("GIVEN the label (and no cue): they can state things the model would not find unprompted, and nothing "
-                 "checked them against its own evidence." if weak else
-                 "GIVEN the label and the stated cues: they can state things the "
-                 "model would not find unprompted, and unlike the cue sentence they were not checked against its own "
-                 "evidence.")
         lines += ["", f"Rationales (asked for {rat.get('faces')} faces, {_fmt(spf)} s per face, at most "
                   f"{rat.get('max_new_tokens')} tokens; kept where a sentence was completed) were written by the base "
-                  f"model {given}" + ("" if comp["with_rationale"] else " None ended a sentence, so no answer carries "
-                                                                      "one.")]
+                  f"model {RATIONALE_CAVEAT[weak]}."
+                  + ("" if comp["with_rationale"] else " None ended a sentence, so no answer carries one.")]
     return lines + [""]
 
 

@@ -74,6 +74,14 @@ from x2dfd.records import one_line, read_jsonl_text
 
 ANSWER_TEMPLATE = "answer.jinja"
 RATIONALE_TEMPLATE = "rationale.jinja"
+# The rationale's label conditioning, keyed by weak_only (--top-k 0): data.json's rationale.caveat ("written by the
+# base MLLM " + it) and the model card's Rationales sentence ("were written by the base model " + it).
+RATIONALE_CAVEAT = {
+    False: ("GIVEN the label and the stated cues: a rationale can state things the model would not find unprompted, "
+            "and unlike the cue sentence it is not checked against the model's own evidence"),
+    True: ("GIVEN the label (and no cue: --top-k 0): a rationale can state things the model would not find "
+           "unprompted, and nothing checks it against the model's own evidence"),
+}
 LABEL_NAMES = ("real", "fake")
 # X2-DFD's Weak Feature Supplementing states the expert's evidence only where it clearly agrees with
 # the label: a fake scored >= 0.70 or a real scored <= 0.30 by the expert.
@@ -586,12 +594,7 @@ class DataBuilder:
                 "written": self.rationale_written, "seconds": round(self.rationale_seconds, 3),
                 "seconds_per_face": round(self.rationale_seconds / self.rationale_faces, 4) if self.rationale_faces else None,
                 "label_conditioned": True,
-                "caveat": ("written by the base MLLM GIVEN the label (and no cue: --top-k 0): it may state things the "
-                           "model would not find unprompted; nothing checks it against the model's own evidence"
-                           if self.weak_only else
-                           "written by the base MLLM GIVEN the label and the stated cues: it may state things the model "
-                           "would not find unprompted; unlike the cue sentence it is not checked against the model's "
-                           "own evidence")}
+                "caveat": "written by the base MLLM " + RATIONALE_CAVEAT[self.weak_only]}
 
     def _limits(self):
         from x2dfd.media import MediaLimits

@@ -240,3 +240,6 @@ def test_rationales_enter_answers_and_counts(faces, tmp_path, monkeypatch):
     assert info["rationale"]["written"] == 4 == info["answers"]["train"]["with_rationale"]
     text = "\n".join(answer_lines(rows, info))
     assert "- answers with a rationale by the base model: 4" in text and "GIVEN the label" in text
+    caveat = ftdata.RATIONALE_CAVEAT[False]  # one wording: data.json's caveat and the card's sentence
+    assert info["rationale"]["caveat"] == f"written by the base MLLM {caveat}"
+    assert f"were written by the base model {caveat}." in text and "GIVEN the label and the stated cues" in caveat

@@ -106,7 +106,8 @@ def test_top_k_0_trains_on_the_expert_alone(data, selfcontained_llava, tmp_path,
     assert "- cues: none (`--top-k 0`" in card and "| rank | cue |" not in card
     assert "no `ranking.json`" in card and "- cues stated per answer: none (`--top-k 0`)" in card
     assert "Strong Feature Strengthening)" not in card and "uninformative cues" not in card
-    assert "GIVEN the label (and no cue)" in card
+    assert f"were written by the base model {ftdata.RATIONALE_CAVEAT[True]}." in card
+    assert "GIVEN the label (and no cue: --top-k 0)" in card
 
     # explain with the adapter: the recorded expert by default
     res = tmp_path / "res.jsonl"
@@ -228,4 +229,5 @@ def test_top_k_0_rationale_is_asked_with_the_label_alone(data, tmp_path, monkeyp
     assert len(asked) == 8 and all(ph == [] for ph in asked)
     assert all(r["rationale"] == "The texture gives it away." and r["answer"] == _expected(r) for r in rows)
     assert sum(r["answer"].endswith("face.") for r in rows) == 4  # the expert sentence follows the rationale
+    assert info["rationale"]["caveat"] == "written by the base MLLM " + ftdata.RATIONALE_CAVEAT[True]
     assert "and no cue: --top-k 0" in info["rationale"]["caveat"]
