@@ -124,6 +124,25 @@ def test_crop_warner_counts_per_class_and_warns_once():
     assert quiet.message() is None and quiet.warn() is None and len(lines) == 2
 
 
+def test_crop_warner_observes_a_runs_records():
+    """observe_records: explain's and evaluate's loop over records (labels alongside, None skipped), one helper."""
+    from x2dfd.records import Record
+
+    tight = Record(path="a.png", media={"width": 100, "height": 100}, face={"box": [3, 2, 97, 99]})
+    photo = Record(path="b.png", media={"width": 400, "height": 300}, face={"box": [150, 100, 250, 220]})
+    no_face = Record(path="c.png", media={"width": 100, "height": 100}, face=None)
+    video = Record(path="v.mp4", kind="video", media={"width": 100, "height": 100},
+                   frames=[{"index": 0, "face": None}, {"index": 4, "face": {"box": [0, 0, 100, 100]}}])
+    unlabelled = CropWarner("x2dfd explain")
+    assert unlabelled.observe_records([tight, photo, no_face, video]) is unlabelled
+    assert (unlabelled.checked, unlabelled.flagged) == ([0, 0, 3], [0, 0, 2])
+    labelled = CropWarner("x2dfd evaluate").observe_records([tight, None, photo, video], [0, 1, 1, 1])
+    assert labelled.summary()["by_class"] == {"real": {"checked": 1, "look_like_crops": 1},
+                                              "fake": {"checked": 2, "look_like_crops": 1}}
+    with pytest.raises(ValueError):  # labels run alongside the records: one each
+        CropWarner("x2dfd evaluate").observe_records([tight, photo], [0])
+
+
 def _detect_and_observe(paths: list[Path], warner: CropWarner, label: int) -> None:
     from x2dfd.face import extract_faces
     from x2dfd.media import load_image

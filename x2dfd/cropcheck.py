@@ -36,6 +36,7 @@ other's are photos gets black borders the other lacks, a shortcut a trained dete
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -126,6 +127,16 @@ class CropWarner:
                          if isinstance(f, dict) and isinstance(f.get("face"), dict)), None)
         box = (face or {}).get("box") if isinstance(face, dict) else None
         return self.observe((media["width"], media["height"]), tuple(box) if box else None, label)
+
+    def observe_records(self, records: Iterable[Any], labels: Iterable[int | None] | None = None) -> CropWarner:
+        """Count a run's records (``observe_record``), each with its label where ``labels`` runs alongside them
+        (same length); a None in ``records`` (an input without a record) is skipped. Returns the warner, so
+        ``CropWarner("x2dfd explain").observe_records(records).warn()`` is the whole check."""
+        pairs = zip(records, labels, strict=True) if labels is not None else ((r, None) for r in records)
+        for record, label in pairs:
+            if record is not None:
+                self.observe_record(record, label)
+        return self
 
     @property
     def n_checked(self) -> int:

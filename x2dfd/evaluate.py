@@ -1814,12 +1814,8 @@ def crop_check(cfg: EvaluateConfig, items: list[Item], records: dict[str, Record
         return None
     from x2dfd.cropcheck import CropWarner
 
-    warner = CropWarner("x2dfd evaluate", scale=cfg.face_scale)
-    for item in items:
-        r = records.get(item.path)
-        if r is not None:
-            warner.observe_record(r, item.label)
-    return warner
+    return CropWarner("x2dfd evaluate", scale=cfg.face_scale).observe_records(
+        [records.get(item.path) for item in items], [item.label for item in items])
 
 
 def _value(block: dict[str, Any], name: str) -> float | None:

@@ -761,9 +761,7 @@ def finish(command: str, cfg, run: ExplainRun) -> int:
         from x2dfd.cropcheck import CropWarner
 
         crops = CropWarner(f"x2dfd {command}", scale=getattr(cfg, "face_scale", 1.3))  # inputs that already are face crops
-        for r in run.records:
-            crops.observe_record(r)
-        crops.warn(quiet=cfg.quiet)
+        crops.observe_records(run.records).warn(quiet=cfg.quiet)
     code, line = outcome_line(command, run.paths, run.records)
     print(line, file=sys.stderr)
     return code
