@@ -34,7 +34,9 @@ def holdout_portraits(n: int):
     from x2dfd.errors import NoFaceError
     from x2dfd.face import extract_faces
 
-    meta = json.loads((REPO / "experts" / "weights" / "blend_efficientnet_lite0.json").read_text())
+    from x2dfd.experts.blend import DEFAULT_WEIGHTS
+
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     names = meta["training"]["split"].get("holdout") or []
     out = []
     for name in sorted(names):

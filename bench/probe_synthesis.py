@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eval_experts import crops_for
     from x2dfd.experts.backbones import BACKBONES, build_backbone
-    from x2dfd.experts.blend import to_tensor
+    from x2dfd.experts.blend import DEFAULT_WEIGHTS, to_tensor
     from x2dfd.experts.synthesis import UPSAMPLERS, UpsamplingAE
     from x2dfd.experts.train import CACHE_SCALE, recorded_split_faces
     from x2dfd.face import get_detector
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sets_file.is_file():
         raise SystemExit(f"{sets_file} is missing: run bench/eval_experts.py --build-only first")
     sets = json.loads(sets_file.read_text())["sets"]
-    record = json.loads((ROOT / "experts" / "weights" / "blend_efficientnet_lite0.json").read_text())["training"]
+    record = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())["training"]
     real_dirs = [str(ROOT / d) if not Path(d).is_absolute() else d for d in record["real_dirs"]]
     detector = get_detector()
 

@@ -7,7 +7,7 @@
 
 Input faces are square crops like ``x2dfd.face.crop_face(scale=1.3)`` (what explain hands over);
 the training crops follow the same convention. Weights are safetensors with a JSON beside them
-(``blend_efficientnet_lite0.safetensors`` + ``.json``: the model config and its training record).
+(the shipped ``blend_efficientnet_lite0-efficientnet_lite2.safetensors`` + ``.json``: the model config and its training record).
 Train your own with ``x2dfd expert train --expert blend --real DIR --out DIR``.
 """
 
@@ -29,7 +29,8 @@ from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.records import ExpertScore
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "blend_efficientnet_lite0.safetensors"
+# the shipped ensemble: two EfficientNet-Lite0 networks and one Lite2 (experts/README.md)
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "blend_efficientnet_lite0-efficientnet_lite2.safetensors"
 FORMAT_VERSION = 1
 
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from x2dfd.errors import UsageError
+from x2dfd.experts.blend import DEFAULT_WEIGHTS
 from x2dfd.media import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "experts" / "weights" / "blend_efficientnet_lite0.safetensors"
+SHIPPED = DEFAULT_WEIGHTS
 CUE_IDS = ["boundary.jawline_seam", "skin_texture.no_pores", "eyes.pupil_shape"]
 
 

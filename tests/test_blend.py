@@ -248,7 +248,7 @@ def test_shipped_weights_load_offline_and_score_shared_faces():
 
     expert = experts.load_expert("blend")
     info = expert.info()
-    assert info["weights"] == str(DEFAULT_WEIGHTS) and DEFAULT_WEIGHTS.stat().st_size <= 20 * 2**20
+    assert info["weights"] == str(DEFAULT_WEIGHTS) and DEFAULT_WEIGHTS.stat().st_size < 30 * 2**20  # the limit per expert
     assert info["training"]["val_auc"] >= 0.8 and info["training"]["data_fingerprint"]
     det = face_mod.get_detector()
     reals, fakes = [], []

@@ -74,8 +74,10 @@ def test_wheel_holds_one_import_name_and_its_data(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"x2dfd"}, tops
-    for needed in ("x2dfd/experts/blend.py", "x2dfd/experts/weights/blend_efficientnet_lite0.safetensors",
-                   "x2dfd/experts/weights/blend_efficientnet_lite0.json", "x2dfd/prompts/explain.jinja",
+    from x2dfd.experts.blend import DEFAULT_WEIGHTS
+
+    shipped = f"x2dfd/experts/weights/{DEFAULT_WEIGHTS.stem}"
+    for needed in ("x2dfd/experts/blend.py", f"{shipped}.safetensors", f"{shipped}.json", "x2dfd/prompts/explain.jinja",
                    "x2dfd/prompts/cues.yaml", "x2dfd/feature_assessment/scoring.py", "x2dfd/finetune/train.py",
                    "x2dfd/demo/app.py", "x2dfd/templates/report.html.jinja",
                    "x2dfd/prompts/presets/x2dfd-release.json", "x2dfd/experts/swinv2.py"):
@@ -118,8 +120,11 @@ def test_api_takes_paths_pil_and_numpy_and_returns_the_cli_records(detector, pho
     assert [r.path for r in records] == [str(photos[0]), str(photos[1]), "<memory:2>", "<memory:3>", "named",
                                          "<memory:5>"]
     assert all(r.error is None and r.mode == "expert-only" and r.label in ("real", "fake") for r in records)
-    # The same picture from a file, a PIL image and an array: the same verdict and the same pixel hash.
-    assert records[1].p_fake == records[2].p_fake == records[3].p_fake == records[4].p_fake
+    # The same picture from a file, a PIL image and an array: the same verdict and the same pixel hash. p_fake
+    # agrees to its 6th decimal: a face's logit moves by one float bit (1.2e-7) with its position in a batch
+    # (oneDNN's blocking), which can flip the last rounded digit.
+    assert len({r.label for r in records[1:5]}) == 1
+    assert [r.p_fake for r in records[2:5]] == pytest.approx([records[1].p_fake] * 3, abs=1.5e-6)
     assert records[2].sha256 == records[3].sha256 and records[2].sha256 != records[1].sha256  # file bytes vs pixels
     assert records[5].p_fake == pytest.approx(records[3].p_fake, abs=1e-6)  # float [0, 1] == uint8 / 255
     # ... and the CLI writes the very same record for the file.
