@@ -41,6 +41,15 @@ def parse_candidate(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def choose(rows: list[dict], min_faces_per_s: float, tie: float = 0.002) -> str | None:
+    """The rule's steps 2 and 3: among rows fast enough, the highest ``mean``; within ``tie`` of it, the fastest."""
+    eligible = [r for r in rows if r["faces_per_s"] >= min_faces_per_s]
+    if not eligible:
+        return None
+    best = max(r["mean"] for r in eligible)
+    return max((r for r in eligible if r["mean"] >= best - tie), key=lambda r: r["faces_per_s"])["candidate"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("candidates", nargs="+", help="NAME=WEIGHTS (a blend_*.safetensors or the folder holding one)")
@@ -103,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                          "members": expert.config.members, "backbone": expert.config.backbone, **aucs,
                          "faces_per_s": round(fps, 1)})
             print(f"{label}: {aucs} {fps:.1f} faces/s", file=sys.stderr, flush=True)
+    chosen = choose(rows, args.min_faces_per_s)
     eligible = [r for r in rows if r["faces_per_s"] >= args.min_faces_per_s]
-    chosen = None
-    if eligible:
-        best = max(r["mean"] for r in eligible)
-        chosen = max((r for r in eligible if r["mean"] >= best - 0.002), key=lambda r: r["faces_per_s"])["candidate"]
     cols = ["clean", *CONDITIONS, "mean"]
     print(f"\n{len(faces)} validation faces ({len(y)} images), {args.speed_faces} crops for speed; "
           f"rule: highest mean with >= {args.min_faces_per_s:g} faces/s, ties within 0.002 to the fastest\n")

@@ -1,0 +1,51 @@
+"""bench/select_blend.py's rule (validation mean, speed floor, ties to the fastest) and bench/ship_blend.py's record
+(evaluation and scope read from eval_experts' table, never measured again)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choose_takes_the_best_fast_enough_candidate_and_breaks_ties_by_speed():
+    choose = _load("select_blend").choose
+    rows = [{"candidate": "pair", "mean": 0.9168, "faces_per_s": 19.8},
+            {"candidate": "triple", "mean": 0.9209, "faces_per_s": 13.4},
+            {"candidate": "mirrored", "mean": 0.9300, "faces_per_s": 7.7}]
+    assert choose(rows, 10.0) == "triple"  # the best one is too slow
+    assert choose(rows, 5.0) == "mirrored"
+    assert choose(rows, 10.0, tie=0.005) == "pair"  # within the tie: the faster
+    assert choose(rows, 50.0) is None
+
+
+def _row(s, c, auc, drop=None):
+    r = {"expert": "E", "set": s, "condition": c, "n_real": 10, "n_fake": 10, "auc": auc, "auc_ci95": [auc - 0.01, auc + 0.01],
+         "ap": auc, "eer": 0.1, "ece": 0.05}
+    return {**r, "auc_drop": drop} if drop is not None else r
+
+
+def test_ship_record_reads_every_figure_from_the_table():
+    ship = _load("ship_blend")
+    rows = [_row(s, "clean", a) for s, a in (("fr_swap1", 0.955), ("fr_swap2", 0.873), ("un_swap1", 0.883),
+                                             ("un_swap2", 0.801), ("stylegan2", 0.338), ("un_swap2:pyramid", 0.746))]
+    rows += [_row("fr_swap1", c, 0.9, d) for c, d in (("jpeg:50", 0.022), ("noise:0.02", 0.056))]
+    rows += [_row("fr_swap1", "clean", 0.5) | {"expert": "other"}]  # another expert's row is not read
+    ev, scope = ship.evaluation_and_scope({"rows": rows}, "E")
+    assert ev["fr_swap1"]["auc"] == 0.955 and ev["fr_swap1_noise_0.02"]["auc_drop"] == 0.056
+    assert ev["un_swap2_pyramid"]["set"].endswith("[pyramid only]")
+    assert scope["measured"]["other_source"] == "AUC 0.883 / 0.801 on Unsplash swaps (faceswap / faceswap2)"
+    assert scope["measured"]["degradation_auc_lost_fr_swap1"] == {"jpeg:50": 0.022, "noise:0.02": 0.056}
+    assert scope["blind_to"][0]["auc"] == 0.34 and "MORE real" in scope["does_not_detect"]
+    with pytest.raises(SystemExit, match="no rows for expert 'missing'"):
+        ship.evaluation_and_scope({"rows": rows}, "missing")
