@@ -1,6 +1,6 @@
 """Video-level aggregation measured on project-made clips: mean vs median vs max vs topk vs segments.
 
-    python bench/bench_video_aggregate.py --pairs 12 --out bench/results/video_aggregate.json
+    python bench/bench_video_aggregate.py --pairs 24 --out bench/results/video_aggregate.json
 
 Clips (``x2dfd.faceswap``, the demo's recipe): for each of ``--pairs`` held-out portraits of
 ``faces-real-photos`` (the blending expert's ``split.holdout``: never trained on) a real clip (a slow
@@ -85,7 +85,7 @@ def iou(segments, lo: float, hi: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=12)
+    ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--work", default="bench/out/video_aggregate")
     ap.add_argument("--out", default="bench/results/video_aggregate.json")
     args = ap.parse_args()
