@@ -87,6 +87,10 @@ class TrainConfig:
     """Apply the same random resize down/up, blur, noise and JPEG to each real face and its pseudo-fake (robustness); --no-degrade for the plain SBI recipe."""
     landmark_jitter: float = 0.015
     """Landmark noise before the blend hull is drawn, as a fraction of the face size (0: off)."""
+    colour_match: float = 0.0
+    """Probability that a self-blend's source copy gets the target's colour statistics inside the hull first (Reinhard LAB transfer, as classical face swaps do), so a colour shift alone does not give a blend away."""
+    poisson: float = 0.0
+    """Probability that a self-blend's source copy is cloned in the gradient domain (cv2.seamlessClone) before the masked blend, as classical face swaps blend."""
     device: str = "cpu"
     """Training device (cpu, cuda, cuda:1, ...)."""
     init_weights: Path | None = field(default=None, metadata={"metavar": "FILE"})
@@ -117,6 +121,9 @@ class TrainConfig:
             raise UsageError(f"--freeze-blocks must be in [0, {n_blocks}] for {self.backbone}, got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        for name in ("colour_match", "poisson"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         self.out = Path(self.out)

@@ -43,6 +43,8 @@ class SelfBlend:
     target: np.ndarray  # uint8 HxWx3: the copy it was blended onto
     hull: str  # which landmark hull made the mask
     ratio: float  # blend ratio (the mask's maximum)
+    method: str = "alpha"  # how ``source`` was made: "alpha" (the shifted copy) or "poisson" (gradient-domain clone)
+    colour_matched: bool = False  # the source's colour statistics were matched to the target's inside the hull
 
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -199,13 +201,38 @@ def blend(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarra
     return m * source.astype(np.float32) + (1.0 - m) * target.astype(np.float32)
 
 
+def poisson_clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``source`` cloned into ``target`` in the gradient domain (``cv2.seamlessClone``, NORMAL_CLONE) over
+    the core of ``mask`` (where it is at least half its maximum), as classical face-swap tools blend: the
+    source keeps its gradients and takes the target's colours at the boundary. The result is meant to be
+    composited back through ``mask`` (OpenCV solves over the core's bounding box, not the core alone).
+    None when the core is empty once kept 2 px off the image border."""
+    core = (mask >= 0.5 * float(mask.max())).astype(np.uint8) * 255 if mask.max() > 0 else np.zeros(mask.shape, np.uint8)
+    core[:2, :] = core[-2:, :] = 0
+    core[:, :2] = core[:, -2:] = 0
+    if not core.any():
+        return None
+    x, y, bw, bh = cv2.boundingRect(core)
+    centre = (x + bw // 2, y + bh // 2)  # maps the core's bounding box onto itself
+    return cv2.seamlessClone(np.ascontiguousarray(source), np.ascontiguousarray(target), core, centre, cv2.NORMAL_CLONE)
+
+
 def self_blend(
     image: np.ndarray,
     landmarks: np.ndarray,
     rng: np.random.Generator | int | None = None,
     hull: str | None = None,
+    colour_match: float = 0.0,
+    poisson: float = 0.0,
 ) -> SelfBlend:
-    """One self-blended pseudo-fake of a real face (uint8 HxWx3 RGB, 68 landmarks in its pixel coords)."""
+    """One self-blended pseudo-fake of a real face (uint8 HxWx3 RGB, 68 landmarks in its pixel coords).
+
+    ``colour_match`` and ``poisson`` are probabilities of two steps classical face swaps take and SBI
+    does not (training options ``--colour-match`` and ``--poisson``): the source copy's LAB mean/std inside the hull matched
+    to the target's (``x2dfd.faceswap.colour_transfer``, so a colour shift alone does not give the
+    blend away), and a gradient-domain clone of the source (``poisson_clone``) in place of the shifted
+    copy. Either way ``fake = mask * source + (1 - mask) * target``. At 0 (the default, and every
+    validation view) no extra random number is drawn: the same seed gives the same images as before."""
     rng = _rng(rng)
     img = np.ascontiguousarray(image, dtype=np.uint8)
     h, w = img.shape[:2]
@@ -218,13 +245,24 @@ def self_blend(
         source = augment_copy(source, rng)
     else:
         target = augment_copy(target, rng)
+    matched = colour_match > 0 and rng.random() < colour_match
+    if matched:
+        from x2dfd.faceswap import colour_transfer
+
+        source = colour_transfer(source, target, mask)
     source, mask = random_shift(source, mask, rng)
     mask = deform_mask(mask, rng)
     mask = blur_mask(mask, rng)
     ratio = float(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
     mask = (mask * ratio).astype(np.float32)
+    method = "alpha"
+    if poisson > 0 and rng.random() < poisson:
+        cloned = poisson_clone(source, target, mask)
+        if cloned is not None:
+            source, method = cloned, "poisson"
     fake = np.clip(np.round(blend(source, target, mask)), 0, 255).astype(np.uint8)
-    return SelfBlend(fake=fake, real=target, mask=mask, source=source, target=target, hull=kind, ratio=ratio)
+    return SelfBlend(fake=fake, real=target, mask=mask, source=source, target=target, hull=kind, ratio=ratio,
+                     method=method, colour_matched=matched)
 
 
 def augment_pair(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -171,17 +171,22 @@ def _crop(arrs: Sequence[np.ndarray], scale: float, dx: float, dy: float, size: 
 
 
 def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool, degrade: bool = False,
-              landmark_jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              landmark_jitter: float = 0.0, colour_match: float = 0.0,
+              poisson: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view.
 
-    Training view: landmark jitter (``landmark_jitter`` x face size), a fresh self-blend, the shared
+    Training view: landmark jitter (``landmark_jitter`` x face size), a fresh self-blend (colour-matched
+    and Poisson-cloned with probabilities ``colour_match`` and ``poisson``), the shared
     colour/JPEG jitter, a random crop scale and shift, a flip and, with ``degrade``, the same random
     resize/blur/noise/JPEG for the real and the fake (``sbi.degrade_pair``) at the training size."""
     img = _read_png(face.crop_path)
     landmarks = face.landmarks
     if train and landmark_jitter > 0:
         landmarks = jitter_landmarks(landmarks, rng, landmark_jitter)
-    sb = self_blend(img, landmarks, rng)
+    if train:
+        sb = self_blend(img, landmarks, rng, colour_match=colour_match, poisson=poisson)
+    else:  # the fixed validation view: plain SBI, the same pairs for every candidate
+        sb = self_blend(img, landmarks, rng)
     real, fake, mask = sb.real, sb.fake, sb.mask
     if train:
         real, fake = augment_pair(real, fake, rng)
@@ -204,9 +209,10 @@ class SBIDataset(torch.utils.data.Dataset):
     need no shared state; an int index means epoch 0 (training) or the fixed validation view."""
 
     def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True,
-                 degrade: bool = False, landmark_jitter: float = 0.0):
+                 degrade: bool = False, landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
         self.seed, self.train, self.degrade, self.landmark_jitter = seed, train, degrade, landmark_jitter
+        self.colour_match, self.poisson = colour_match, poisson
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -215,7 +221,7 @@ class SBIDataset(torch.utils.data.Dataset):
         epoch, i = index if isinstance(index, tuple) else (0, index)
         key = [self.seed, epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
         real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train,
-                                     self.degrade, self.landmark_jitter)
+                                     self.degrade, self.landmark_jitter, self.colour_match, self.poisson)
         x = to_tensor([real, fake], self.mean, self.std)
         return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
 
@@ -277,6 +283,8 @@ class TrainSettings:
     command: str | None = None
     degrade: bool = True  # the same random resize/blur/noise/JPEG for real and fake (sbi.degrade_pair)
     landmark_jitter: float = 0.015  # landmark noise before the hull (x face size); 0 = off
+    colour_match: float = 0.0  # probability of a colour-matched source copy in a self-blend (sbi.self_blend)
+    poisson: float = 0.0  # probability of a Poisson-cloned source copy in a self-blend (sbi.poisson_clone)
     device: str = "cpu"
     init_weights: Path | None = None  # safetensors: a backbone state dict (e.g. ImageNet) or a whole blend expert (continue)
     split_seed: int | None = None  # seed of the train/val/holdout split (default: --seed), so a continued run keeps it
@@ -466,6 +474,8 @@ def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, 
                                         "deformation and blur, random hull, blend ratio)",
                           "shared": "augment_pair (colour, JPEG 40-100 at p 0.5), crop scale/shift, flip",
                           "landmark_jitter": s.landmark_jitter,
+                          "colour_match": s.colour_match,
+                          "poisson": s.poisson,
                           "degrade_pair": _degrade_desc() if s.degrade else None},
         "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
         "init": extra["init"],
@@ -513,7 +523,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     model.to(device).train()
 
     ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True, degrade=s.degrade,
-                    landmark_jitter=s.landmark_jitter)
+                    landmark_jitter=s.landmark_jitter, colour_match=s.colour_match, poisson=s.poisson)
     val_ds = SBIDataset(val_faces, s.image_size, config.mean, config.std, seed=s.seed, train=False)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=s.batch_size, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / s.batch_size)
@@ -634,6 +644,9 @@ def _settings_key(s: TrainSettings) -> str:
     values = {k: str(getattr(s, k)) for k in keys}
     if s.split_seed is not None:  # only when set: checkpoints of earlier runs keep their key
         values["split_seed"] = str(s.split_seed)
+    for k in ("colour_match", "poisson"):  # likewise
+        if getattr(s, k):
+            values[k] = str(getattr(s, k))
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -213,9 +213,11 @@ def test_train_end_to_end_with_resume(tmp_path):
     stage2 = [a if a != str(out) else str(tmp_path / "run2") for a in args]
     stage2[stage2.index("--seed") + 1] = "4"
     assert main(stage2 + ["--epochs", "1", "--split-seed", "3", "--warmup-steps", "0", "--lr", "1e-4",
-                          "--init-weights", str(weights)]) == 0
+                          "--init-weights", str(weights), "--colour-match", "0.5", "--poisson", "0.5"]) == 0
     rec3 = json.loads((tmp_path / "run2" / weights.name).with_suffix(".json").read_text())["training"]
     assert rec3["init"].startswith(f"whole expert (backbone and heads) from {weights.name}")
+    assert rec3["augmentations"]["colour_match"] == rec3["augmentations"]["poisson"] == 0.5
+    assert rec["augmentations"]["colour_match"] == rec["augmentations"]["poisson"] == 0.0
     assert rec3["seed"] == 4 and rec3["split"]["seed"] == 3
     assert json.loads((tmp_path / "run2" / "split.json").read_text()) == split
 
@@ -336,6 +338,31 @@ def test_split_seed_keeps_the_split_of_a_continued_run(tmp_path):
                                                                split_seed=None))
     assert _settings_key(first) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", seed=0,
                                                                split_seed=0))
+
+
+def test_swap_steps_train_only_and_checked(tmp_path):
+    """--colour-match / --poisson change the training self-blends only: the fixed validation view (what
+    select_blend and the calibration score) stays plain SBI; they are probabilities, and a run that sets
+    them is another run for --resume while one that leaves them off keeps the earlier key."""
+    from x2dfd.experts.cli import TrainConfig
+    from x2dfd.experts.train import CachedFace, TrainSettings, _settings_key, make_pair
+    from tests.test_sbi import template_landmarks
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "face.png"
+    Image.fromarray(np.clip(rng.normal(128, 30, (256, 256, 3)), 0, 255).astype(np.uint8)).save(path)
+    face = CachedFace(path=str(path), sha256="0" * 64, crop_path=str(path), landmarks=template_landmarks(256))
+    plain = make_pair(face, np.random.default_rng(7), 64, train=False)
+    steps = make_pair(face, np.random.default_rng(7), 64, train=False, colour_match=1.0, poisson=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, steps))
+    trained = make_pair(face, np.random.default_rng(7), 64, train=True, colour_match=1.0, poisson=1.0)
+    assert not np.array_equal(trained[1], make_pair(face, np.random.default_rng(7), 64, train=True)[1])
+
+    base = TrainSettings(real=[str(tmp_path)], out=tmp_path / "a")
+    assert _settings_key(base) == _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", poisson=0.0))
+    assert _settings_key(base) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", poisson=0.5))
+    with pytest.raises(UsageError, match=r"--poisson is a probability in \[0, 1\], got 1.5"):
+        TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", poisson=1.5)
 
 
 def test_freeze_blocks_bound_follows_the_backbone(tmp_path):

@@ -187,3 +187,52 @@ def test_jitter_landmarks_moves_points_a_little(face):
     size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])))
     d = np.linalg.norm(j - lm, axis=1)
     assert j.shape == (68, 2) and 0 < d.mean() < 0.06 * size
+
+
+# ------------------------------------------- the classical-swap steps (training options --colour-match, --poisson)
+
+
+def test_poisson_clone_removes_a_pure_colour_offset(face):
+    """A gradient-domain clone keeps the source's gradients and takes the target's values at the
+    boundary: a source that is the target plus a constant comes back as the target, so an offset alone
+    cannot give the blend away; a source with other content keeps it."""
+    from x2dfd.experts.sbi import poisson_clone
+
+    img, lm = face
+    mask = hull_mask(lm, img.shape[:2], "inner")
+    core = mask > 0.5
+    bright = np.clip(img.astype(int) + 40, 0, 255).astype(np.uint8)
+    cloned = poisson_clone(bright, img, mask)
+    assert np.abs(bright.astype(int) - img)[core].mean() > 35
+    assert np.abs(cloned.astype(int) - img)[core].mean() < 4
+    flipped = np.ascontiguousarray(bright[:, ::-1])  # other content: its texture survives the clone
+    assert np.abs(poisson_clone(flipped, img, mask).astype(int) - img)[core].mean() > 10
+    assert poisson_clone(img, img, np.zeros(img.shape[:2], np.float32)) is None  # an empty core: no clone
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_swap_steps_keep_the_blend_identity_and_draw_nothing_when_off(face, seed):
+    img, lm = face
+    sb = self_blend(img, lm, seed, colour_match=1.0, poisson=1.0)
+    assert sb.method == "poisson" and sb.colour_matched
+    assert np.array_equal(sb.fake, np.clip(np.round(blend(sb.source, sb.target, sb.mask)), 0, 255).astype(np.uint8))
+    assert np.array_equal(sb.fake[sb.mask == 0], sb.real[sb.mask == 0])  # outside the mask: the real face, exactly
+    plain, off = self_blend(img, lm, seed), self_blend(img, lm, seed, colour_match=0.0, poisson=0.0)
+    assert plain.method == "alpha" and not plain.colour_matched
+    assert np.array_equal(plain.fake, off.fake)  # off draws no random number: earlier seeds give earlier images
+
+
+def test_colour_match_brings_the_source_to_the_target_colour(face):
+    """The source copy is often colour-shifted (source-target augmentation); matched, its LAB mean inside
+    the blend region is the target's."""
+    img, lm = face
+
+    def gap(sb):
+        core = sb.mask > 0.9 * sb.ratio
+        lab = [cv2.cvtColor(x, cv2.COLOR_RGB2LAB).astype(np.float32)[core].mean(0) for x in (sb.source, sb.target)]
+        return float(np.abs(lab[0] - lab[1]).max())
+
+    matched = [gap(self_blend(img, lm, s, colour_match=1.0)) for s in range(12)]
+    plain = [gap(self_blend(img, lm, s)) for s in range(12)]
+    assert max(matched) < 5.0  # measured 0.5-3.5 (the source is also shifted a little before the blend)
+    assert np.median(plain) > 10.0  # measured 1.9-32: the augmentation shifts most copies
