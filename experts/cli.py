@@ -85,6 +85,8 @@ class TrainConfig:
     """Precision of the saved weights (float16 halves the file; the model runs in float32)."""
     degrade: bool = True
     """Apply the same random resize down/up, blur, noise and JPEG to each real face and its pseudo-fake (robustness); --no-degrade for the plain SBI recipe."""
+    degrade_p: float | None = None
+    """Probability of each of the resize, blur and noise degradations (default: 0.3, 0.3, 0.25; JPEG keeps 0.6)."""
     landmark_jitter: float = 0.015
     """Landmark noise before the blend hull is drawn, as a fraction of the face size (0: off)."""
     colour_match: float = 0.0
@@ -121,8 +123,8 @@ class TrainConfig:
             raise UsageError(f"--freeze-blocks must be in [0, {n_blocks}] for {self.backbone}, got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("colour_match", "poisson"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("colour_match", "poisson", "degrade_p"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")

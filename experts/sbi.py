@@ -301,19 +301,23 @@ def jitter_landmarks(landmarks: np.ndarray, rng: np.random.Generator, strength: 
     return (lm + rng.normal(0, strength * size, lm.shape) + rng.normal(0, strength * size, (1, 2))).astype(np.float32)
 
 
-def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random resize down/up, blur, noise and JPEG (each with its ``DEGRADATIONS`` probability)."""
+def degrade(img: np.ndarray, rng: np.random.Generator, p_loss: float | None = None) -> np.ndarray:
+    """Random resize down/up, blur, noise and JPEG (each with its ``DEGRADATIONS`` probability; ``p_loss``,
+    when given, replaces the probability of each of resize, blur and noise: training option ``--degrade-p``)."""
     out = img
     h, w = img.shape[:2]
     p, (lo, hi) = DEGRADATIONS["resize"]
+    p = p if p_loss is None else p_loss
     if rng.random() < p:
         f = rng.uniform(lo, hi)
         small = cv2.resize(out, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
         out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
     p, (lo, hi) = DEGRADATIONS["blur"]
+    p = p if p_loss is None else p_loss
     if rng.random() < p:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(lo, hi))
     p, (lo, hi) = DEGRADATIONS["noise"]
+    p = p if p_loss is None else p_loss
     if rng.random() < p:
         noise = rng.normal(0, rng.uniform(lo, hi) * 255.0, out.shape).astype(np.float32)
         out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
@@ -323,9 +327,10 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def degrade_pair(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def degrade_pair(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator | int | None = None,
+                 p_loss: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``degrade`` with identical draws for a real face and its pseudo-fake: the degradation says nothing
     about the label, so the detector must find the blend under it."""
     rng = _rng(rng)
     seed = int(rng.integers(2**31))
-    return degrade(real, np.random.default_rng(seed)), degrade(fake, np.random.default_rng(seed))
+    return degrade(real, np.random.default_rng(seed), p_loss), degrade(fake, np.random.default_rng(seed), p_loss)

@@ -171,14 +171,15 @@ def _crop(arrs: Sequence[np.ndarray], scale: float, dx: float, dy: float, size: 
 
 
 def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool, degrade: bool = False,
-              landmark_jitter: float = 0.0, colour_match: float = 0.0,
-              poisson: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0,
+              degrade_p: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view.
 
     Training view: landmark jitter (``landmark_jitter`` x face size), a fresh self-blend (colour-matched
     and Poisson-cloned with probabilities ``colour_match`` and ``poisson``), the shared
     colour/JPEG jitter, a random crop scale and shift, a flip and, with ``degrade``, the same random
-    resize/blur/noise/JPEG for the real and the fake (``sbi.degrade_pair``) at the training size."""
+    resize/blur/noise/JPEG for the real and the fake (``sbi.degrade_pair``; ``degrade_p`` replaces the
+    probability of each of resize, blur and noise) at the training size."""
     img = _read_png(face.crop_path)
     landmarks = face.landmarks
     if train and landmark_jitter > 0:
@@ -196,7 +197,7 @@ def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool
         if rng.random() < 0.5:
             real, fake, mask = real[:, ::-1], fake[:, ::-1], mask[:, ::-1]
         if degrade:
-            real, fake = degrade_pair(np.ascontiguousarray(real), np.ascontiguousarray(fake), rng)
+            real, fake = degrade_pair(np.ascontiguousarray(real), np.ascontiguousarray(fake), rng, degrade_p)
     else:
         real, fake, mask = _crop([real, fake, mask], CROP_SCALE, 0.0, 0.0, size)
     return np.ascontiguousarray(real), np.ascontiguousarray(fake), np.ascontiguousarray(mask, dtype=np.float32)
@@ -209,10 +210,11 @@ class SBIDataset(torch.utils.data.Dataset):
     need no shared state; an int index means epoch 0 (training) or the fixed validation view."""
 
     def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True,
-                 degrade: bool = False, landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0):
+                 degrade: bool = False, landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0,
+                 degrade_p: float | None = None):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
         self.seed, self.train, self.degrade, self.landmark_jitter = seed, train, degrade, landmark_jitter
-        self.colour_match, self.poisson = colour_match, poisson
+        self.colour_match, self.poisson, self.degrade_p = colour_match, poisson, degrade_p
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -221,7 +223,8 @@ class SBIDataset(torch.utils.data.Dataset):
         epoch, i = index if isinstance(index, tuple) else (0, index)
         key = [self.seed, epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
         real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train,
-                                     self.degrade, self.landmark_jitter, self.colour_match, self.poisson)
+                                     self.degrade, self.landmark_jitter, self.colour_match, self.poisson,
+                                     self.degrade_p)
         x = to_tensor([real, fake], self.mean, self.std)
         return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
 
@@ -282,6 +285,7 @@ class TrainSettings:
     progress: bool = True
     command: str | None = None
     degrade: bool = True  # the same random resize/blur/noise/JPEG for real and fake (sbi.degrade_pair)
+    degrade_p: float | None = None  # replaces the probability of each of resize, blur and noise in degrade_pair
     landmark_jitter: float = 0.015  # landmark noise before the hull (x face size); 0 = off
     colour_match: float = 0.0  # probability of a colour-matched source copy in a self-blend (sbi.self_blend)
     poisson: float = 0.0  # probability of a Poisson-cloned source copy in a self-blend (sbi.poisson_clone)
@@ -476,7 +480,7 @@ def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, 
                           "landmark_jitter": s.landmark_jitter,
                           "colour_match": s.colour_match,
                           "poisson": s.poisson,
-                          "degrade_pair": _degrade_desc() if s.degrade else None},
+                          "degrade_pair": _degrade_desc(s.degrade_p) if s.degrade else None},
         "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
         "init": extra["init"],
         "val_auc": history[-1]["val_auc"] if history else None,
@@ -487,10 +491,10 @@ def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, 
     }
 
 
-def _degrade_desc() -> dict[str, Any]:
+def _degrade_desc(p_loss: float | None = None) -> dict[str, Any]:
     from x2dfd.experts.sbi import DEGRADATIONS
 
-    return {k: {"p": p, "range": list(r)} for k, (p, r) in DEGRADATIONS.items()}
+    return {k: {"p": p if p_loss is None or k == "jpeg" else p_loss, "range": list(r)} for k, (p, r) in DEGRADATIONS.items()}
 
 
 def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence[CachedFace]):
@@ -523,7 +527,8 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
     model.to(device).train()
 
     ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True, degrade=s.degrade,
-                    landmark_jitter=s.landmark_jitter, colour_match=s.colour_match, poisson=s.poisson)
+                    landmark_jitter=s.landmark_jitter, colour_match=s.colour_match, poisson=s.poisson,
+                    degrade_p=s.degrade_p)
     val_ds = SBIDataset(val_faces, s.image_size, config.mean, config.std, seed=s.seed, train=False)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=s.batch_size, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / s.batch_size)
@@ -644,7 +649,7 @@ def _settings_key(s: TrainSettings) -> str:
     values = {k: str(getattr(s, k)) for k in keys}
     if s.split_seed is not None:  # only when set: checkpoints of earlier runs keep their key
         values["split_seed"] = str(s.split_seed)
-    for k in ("colour_match", "poisson"):  # likewise
+    for k in ("colour_match", "poisson", "degrade_p"):  # likewise
         if getattr(s, k):
             values[k] = str(getattr(s, k))
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -213,11 +213,14 @@ def test_train_end_to_end_with_resume(tmp_path):
     stage2 = [a if a != str(out) else str(tmp_path / "run2") for a in args]
     stage2[stage2.index("--seed") + 1] = "4"
     assert main(stage2 + ["--epochs", "1", "--split-seed", "3", "--warmup-steps", "0", "--lr", "1e-4",
-                          "--init-weights", str(weights), "--colour-match", "0.5", "--poisson", "0.5"]) == 0
+                          "--init-weights", str(weights), "--colour-match", "0.5", "--poisson", "0.5",
+                          "--degrade-p", "0.5"]) == 0
     rec3 = json.loads((tmp_path / "run2" / weights.name).with_suffix(".json").read_text())["training"]
     assert rec3["init"].startswith(f"whole expert (backbone and heads) from {weights.name}")
     assert rec3["augmentations"]["colour_match"] == rec3["augmentations"]["poisson"] == 0.5
     assert rec["augmentations"]["colour_match"] == rec["augmentations"]["poisson"] == 0.0
+    assert [rec3["augmentations"]["degrade_pair"][k]["p"] for k in ("resize", "blur", "noise", "jpeg")] == [0.5, 0.5, 0.5, 0.6]
+    assert [rec["augmentations"]["degrade_pair"][k]["p"] for k in ("resize", "blur", "noise", "jpeg")] == [0.3, 0.3, 0.25, 0.6]
     assert rec3["seed"] == 4 and rec3["split"]["seed"] == 3
     assert json.loads((tmp_path / "run2" / "split.json").read_text()) == split
 
@@ -363,6 +366,8 @@ def test_swap_steps_train_only_and_checked(tmp_path):
     assert _settings_key(base) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", poisson=0.5))
     with pytest.raises(UsageError, match=r"--poisson is a probability in \[0, 1\], got 1.5"):
         TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", poisson=1.5)
+    with pytest.raises(UsageError, match=r"--degrade-p is a probability"):
+        TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", degrade_p=-0.1)
 
 
 def test_freeze_blocks_bound_follows_the_backbone(tmp_path):

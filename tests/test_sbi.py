@@ -236,3 +236,19 @@ def test_colour_match_brings_the_source_to_the_target_colour(face):
     plain = [gap(self_blend(img, lm, s)) for s in range(12)]
     assert max(matched) < 5.0  # measured 0.5-3.5 (the source is also shifted a little before the blend)
     assert np.median(plain) > 10.0  # measured 1.9-32: the augmentation shifts most copies
+
+
+def test_degrade_p_replaces_the_resize_blur_noise_probabilities(face):
+    """--degrade-p: at 0 a degraded copy is the face or a JPEG of it (JPEG keeps its own probability);
+    at 1 resize, blur and noise always apply; the draws stay identical for the real and the fake."""
+    from x2dfd.experts.sbi import degrade, degrade_pair, jpeg
+
+    img = face[0]
+    jpegs = [jpeg(img, q) for q in range(30, 96)]
+    for s in range(5):
+        none = degrade(img, np.random.default_rng(s), 0.0)
+        assert np.array_equal(none, img) or any(np.array_equal(none, j) for j in jpegs)
+        every = degrade(img, np.random.default_rng(s), 1.0)
+        assert not np.array_equal(every, img) and not any(np.array_equal(every, j) for j in jpegs)
+        r, f = degrade_pair(img, img, s, 1.0)
+        assert np.array_equal(r, f)
