@@ -13,6 +13,12 @@ The rule (the one behind the shipped weights' ``training.selection``):
    median of ``--speed-repeats`` runs);
 3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest.
 
+``--speed-from EARLIER.json`` (an earlier run's output) applies step 2 with the speeds that run timed, for every
+candidate whose architecture (member backbones, input size, mirror averaging: the per-face cost) it timed, the
+median over its rows of that architecture; the speed timed now is kept beside it (``faces_per_s_here``). For a
+machine whose speed is not the one the floor was checked on (on 2026-11-27 evening this 2-core VM timed one
+Lite0 forward at 10 faces/s against 33 earlier, and two ensembles of identical architecture at 3.1 and 6.1).
+
 No held-out, Unsplash, faceswap2 or StyleGAN2 figure enters. Prints one markdown table and writes
 ``bench/out/select_blend.json``. The pairs are built as ``experts.train`` builds its validation view (crop
 256 px, seeded per face), so a candidate's clean figure is its training record's validation AUC up to the
@@ -51,6 +57,44 @@ def choose(rows: list[dict], min_faces_per_s: float, tie: float = 0.002) -> str 
     return max((r for r in eligible if r["mean"] >= best - tie), key=lambda r: r["faces_per_s"])["candidate"]
 
 
+def architecture(config) -> str:
+    """What fixes a candidate's per-face cost: member backbones, input size, mirror averaging."""
+    backbones = list(config.member_backbones or [config.backbone] * config.members)
+    return "+".join(backbones) + f"@{config.image_size}" + (" mirror-averaged" if config.flip_average else "")
+
+
+def carry_speeds(rows: list[dict], earlier: list[dict], source: str) -> None:
+    """Step 2 with ``earlier``'s timings: each row whose ``architecture`` an earlier row has takes the median of
+    those rows' ``faces_per_s`` (its own timing moves to ``faces_per_s_here``); other rows keep their own."""
+    timed: dict[str, list[float]] = {}
+    for r in earlier:
+        if r.get("architecture"):
+            timed.setdefault(r["architecture"], []).append(float(r["faces_per_s"]))
+    for r in rows:
+        if r["architecture"] in timed:
+            r["faces_per_s_here"] = r["faces_per_s"]
+            r["faces_per_s"] = round(statistics.median(timed[r["architecture"]]), 1)
+            r["speed_from"] = f"{source}: median of {len(timed[r['architecture']])} row(s) of {r['architecture']}"
+
+
+def earlier_rows(path: Path) -> list[dict]:
+    """An earlier select_blend output's rows, each with its ``architecture`` (read from its weights' config where
+    the row predates that field and the file is still there; rows without either are left out)."""
+    from x2dfd.experts.blend import BlendExpert
+
+    rows = []
+    for r in json.loads(path.read_text())["rows"]:
+        if "architecture" not in r:
+            weights = ROOT / r["weights"] if not Path(r["weights"]).is_absolute() else Path(r["weights"])
+            if not weights.is_file():
+                continue
+            config = BlendExpert.load(weights).config
+            config.flip_average = config.flip_average or r["candidate"].endswith(", mirror-averaged")
+            r = {**r, "architecture": architecture(config)}
+        rows.append(r)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("candidates", nargs="+", help="NAME=WEIGHTS (a blend_*.safetensors or the folder holding one)")
@@ -62,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     "of the three-network ensemble gave 8.3 to 13.4 faces/s on this shared machine)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the validation scoring (speed: the expert's own)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "select_blend.json")
+    ap.add_argument("--speed-from", type=Path, default=None, metavar="EARLIER.json",
+                    help="step 2 with the speeds an earlier run timed for the same architectures (see above)")
     args = ap.parse_args(argv)
 
     import torch
@@ -116,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(len(speed_faces) / (time.perf_counter() - t))
             fps = statistics.median(rates)
             rows.append({"candidate": label, "weights": str(expert.weights_path), "sha256": expert.weights_sha256,
-                         "members": expert.config.members, "backbone": expert.config.backbone, **aucs,
-                         "faces_per_s": round(fps, 1)})
+                         "members": expert.config.members, "backbone": expert.config.backbone,
+                         "architecture": architecture(expert.config), **aucs, "faces_per_s": round(fps, 1)})
             print(f"{label}: {aucs} {fps:.1f} faces/s", file=sys.stderr, flush=True)
+    if args.speed_from:
+        carry_speeds(rows, earlier_rows(args.speed_from), str(args.speed_from))
     chosen = choose(rows, args.min_faces_per_s)
     eligible = [r for r in rows if r["faces_per_s"] >= args.min_faces_per_s]
     cols = ["clean", *CONDITIONS, "mean"]
@@ -127,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     print("| candidate | " + " | ".join(cols) + " | faces/s | |\n|---|" + "---|" * (len(cols) + 2))
     for r in rows:
         mark = "**chosen**" if r["candidate"] == chosen else ("" if r in eligible else "too slow")
-        print(f"| {r['candidate']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {r['faces_per_s']:.1f} | {mark} |")
+        here = f" (timed here {r['faces_per_s_here']:.1f})" if "faces_per_s_here" in r else ""
+        print(f"| {r['candidate']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {r['faces_per_s']:.1f}{here} | {mark} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rule": __doc__.split("The rule")[1].split("No held-out")[0].strip(),
                                     "validation_faces": len(faces), "conditions": cols, "rows": rows,
-                                    "chosen": chosen, "load_average": os.getloadavg()}, indent=1) + "\n")
+                                    "chosen": chosen, "load_average": os.getloadavg(),
+                                    "speed_from": str(args.speed_from) if args.speed_from else None}, indent=1) + "\n")
     return 0
 
 

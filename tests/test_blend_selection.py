@@ -29,6 +29,29 @@ def test_choose_takes_the_best_fast_enough_candidate_and_breaks_ties_by_speed():
     assert choose(rows, 50.0) is None
 
 
+def test_speed_from_an_earlier_run_goes_by_architecture():
+    """--speed-from: a candidate of an architecture the earlier run timed takes that run's median speed (its own
+    timing kept beside it); an architecture it never timed keeps the speed timed now."""
+    sel = _load("select_blend")
+    from x2dfd.experts.blend import BlendConfig
+
+    three = BlendConfig(members=3, member_backbones=["efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite2"])
+    assert sel.architecture(three) == "efficientnet_lite0+efficientnet_lite0+efficientnet_lite2@224"
+    assert sel.architecture(BlendConfig(flip_average=True)) == "efficientnet_lite0@224 mirror-averaged"
+    arch3 = sel.architecture(three)
+    earlier = [{"candidate": "old triple", "architecture": arch3, "faces_per_s": 12.5},
+               {"candidate": "old triple b", "architecture": arch3, "faces_per_s": 11.6},
+               {"candidate": "old lite2", "architecture": "efficientnet_lite2@224", "faces_per_s": 34.5}]
+    rows = [{"candidate": "new triple", "architecture": arch3, "mean": 0.925, "faces_per_s": 3.1},
+            {"candidate": "single", "architecture": "efficientnet_lite0@224", "mean": 0.912, "faces_per_s": 20.3}]
+    assert sel.choose([dict(r) for r in rows], 10.0) == "single"  # timed on a slow machine, the triple is out
+    sel.carry_speeds(rows, earlier, "old.json")
+    assert abs(rows[0]["faces_per_s"] - 12.05) <= 0.051  # the median of 12.5 and 11.6
+    assert rows[0]["faces_per_s_here"] == 3.1 and rows[0]["speed_from"].startswith("old.json: median of 2 row(s)")
+    assert rows[1]["faces_per_s"] == 20.3 and "speed_from" not in rows[1]
+    assert sel.choose(rows, 10.0) == "new triple"
+
+
 def _row(s, c, auc, drop=None):
     r = {"expert": "E", "set": s, "condition": c, "n_real": 10, "n_fake": 10, "auc": auc, "auc_ci95": [auc - 0.01, auc + 0.01],
          "ap": auc, "eer": 0.1, "ece": 0.05}
