@@ -228,10 +228,10 @@ def self_blend(
     """One self-blended pseudo-fake of a real face (uint8 HxWx3 RGB, 68 landmarks in its pixel coords).
 
     ``colour_match`` and ``poisson`` are probabilities of two steps classical face swaps take and SBI
-    does not (training options ``--colour-match`` and ``--poisson``): the source copy's LAB mean/std inside the hull matched
-    to the target's (``x2dfd.faceswap.colour_transfer``, so a colour shift alone does not give the
-    blend away), and a gradient-domain clone of the source (``poisson_clone``) in place of the shifted
-    copy. Either way ``fake = mask * source + (1 - mask) * target``. At 0 (the default, and every
+    does not (training options ``--colour-match`` and ``--poisson``): the source copy's LAB mean/std
+    inside the hull matched to the target's (``x2dfd.faceswap.colour_transfer``, so a colour shift alone
+    does not give the blend away), and a gradient-domain clone of the source (``poisson_clone``) in
+    place of the shifted copy. Either way ``fake = mask * source + (1 - mask) * target``. At 0 (the default, and every
     validation view) no extra random number is drawn: the same seed gives the same images as before."""
     rng = _rng(rng)
     img = np.ascontiguousarray(image, dtype=np.uint8)

@@ -184,10 +184,8 @@ def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool
     landmarks = face.landmarks
     if train and landmark_jitter > 0:
         landmarks = jitter_landmarks(landmarks, rng, landmark_jitter)
-    if train:
-        sb = self_blend(img, landmarks, rng, colour_match=colour_match, poisson=poisson)
-    else:  # the fixed validation view: plain SBI, the same pairs for every candidate
-        sb = self_blend(img, landmarks, rng)
+    # the fixed validation view stays plain SBI: the same pairs for every candidate
+    sb = self_blend(img, landmarks, rng, colour_match=colour_match if train else 0.0, poisson=poisson if train else 0.0)
     real, fake, mask = sb.real, sb.fake, sb.mask
     if train:
         real, fake = augment_pair(real, fake, rng)
