@@ -78,17 +78,17 @@ def carry_speeds(rows: list[dict], earlier: list[dict], source: str) -> None:
 
 
 def earlier_rows(path: Path) -> list[dict]:
-    """An earlier select_blend output's rows, each with its ``architecture`` (read from its weights' config where
-    the row predates that field and the file is still there; rows without either are left out)."""
-    from x2dfd.experts.blend import BlendExpert
+    """An earlier select_blend output's rows, each with its ``architecture`` (read from the config beside its
+    weights where the row predates that field and the file is still there; rows without either are left out)."""
+    from x2dfd.experts.blend import BlendConfig
 
     rows = []
     for r in json.loads(path.read_text())["rows"]:
         if "architecture" not in r:
-            weights = ROOT / r["weights"] if not Path(r["weights"]).is_absolute() else Path(r["weights"])
-            if not weights.is_file():
+            meta = (ROOT / r["weights"]).with_suffix(".json")  # an absolute path stays itself under ROOT /
+            if not meta.is_file():
                 continue
-            config = BlendExpert.load(weights).config
+            config = BlendConfig.from_dict(json.loads(meta.read_text())["config"])
             config.flip_average = config.flip_average or r["candidate"].endswith(", mirror-averaged")
             r = {**r, "architecture": architecture(config)}
         rows.append(r)
@@ -168,13 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_from:
         carry_speeds(rows, earlier_rows(args.speed_from), str(args.speed_from))
     chosen = choose(rows, args.min_faces_per_s)
-    eligible = [r for r in rows if r["faces_per_s"] >= args.min_faces_per_s]
     cols = ["clean", *CONDITIONS, "mean"]
     print(f"\n{len(faces)} validation faces ({len(y)} images), {args.speed_faces} crops for speed; "
           f"rule: highest mean with >= {args.min_faces_per_s:g} faces/s, ties within 0.002 to the fastest\n")
     print("| candidate | " + " | ".join(cols) + " | faces/s | |\n|---|" + "---|" * (len(cols) + 2))
     for r in rows:
-        mark = "**chosen**" if r["candidate"] == chosen else ("" if r in eligible else "too slow")
+        mark = "**chosen**" if r["candidate"] == chosen else ("" if r["faces_per_s"] >= args.min_faces_per_s else "too slow")
         here = f" (timed here {r['faces_per_s_here']:.1f})" if "faces_per_s_here" in r else ""
         print(f"| {r['candidate']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + f" | {r['faces_per_s']:.1f}{here} | {mark} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

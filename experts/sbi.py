@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from x2dfd.faceswap import colour_transfer
+
 HULL_KINDS = ("facehull", "extended", "inner", "components")
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # SBI's dynamic_blend: full-strength blends most often
 
@@ -247,8 +249,6 @@ def self_blend(
         target = augment_copy(target, rng)
     matched = colour_match > 0 and rng.random() < colour_match
     if matched:
-        from x2dfd.faceswap import colour_transfer
-
         source = colour_transfer(source, target, mask)
     source, mask = random_shift(source, mask, rng)
     mask = deform_mask(mask, rng)

@@ -52,6 +52,28 @@ def test_speed_from_an_earlier_run_goes_by_architecture():
     assert sel.choose(rows, 10.0) == "new triple"
 
 
+def test_earlier_rows_read_the_architecture_beside_the_weights(tmp_path):
+    """Rows of a selection written before rows had ``architecture`` get it from the config JSON beside their
+    weights (no model is built); a row whose files are gone is left out."""
+    import json
+
+    sel = _load("select_blend")
+    (tmp_path / "e.json").write_text(json.dumps({"config": {"members": 3, "member_backbones": [
+        "efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite2"]}}))
+    (tmp_path / "p.json").write_text(json.dumps({"config": {"members": 2}}))
+    earlier = tmp_path / "select.json"
+    earlier.write_text(json.dumps({"rows": [
+        {"candidate": "triple", "weights": str(tmp_path / "e.safetensors"), "faces_per_s": 12.5},
+        {"candidate": "pair, mirror-averaged", "weights": str(tmp_path / "p.safetensors"), "faces_per_s": 7.7},
+        {"candidate": "gone", "weights": str(tmp_path / "gone.safetensors"), "faces_per_s": 30.0},
+        {"candidate": "new", "weights": "x", "architecture": "efficientnet_lite2@224", "faces_per_s": 34.5}]}))
+    rows = sel.earlier_rows(earlier)
+    assert [(r["candidate"], r["architecture"]) for r in rows] == [
+        ("triple", "efficientnet_lite0+efficientnet_lite0+efficientnet_lite2@224"),
+        ("pair, mirror-averaged", "efficientnet_lite0+efficientnet_lite0@224 mirror-averaged"),
+        ("new", "efficientnet_lite2@224")]
+
+
 def _row(s, c, auc, drop=None):
     r = {"expert": "E", "set": s, "condition": c, "n_real": 10, "n_fake": 10, "auc": auc, "auc_ci95": [auc - 0.01, auc + 0.01],
          "ap": auc, "eer": 0.1, "ece": 0.05}

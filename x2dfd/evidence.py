@@ -31,7 +31,7 @@ from x2dfd.records import Record
 
 DEFAULT_BAND = (0.35, 0.65)
 """A convention, not a calibration: threshold 0.5 +/- 0.15. The shipped blending expert's temperature is
-fitted on validation self-blends, but on real swaps its ECE is 0.07-0.12 (experts/README.md), too loose to
+fitted on validation self-blends, but on real swaps its ECE is 0.07-0.14 (experts/README.md), too loose to
 derive a band from. An expert or MLLM calibrated on held-out data of the user's own kind would justify
 another band: pass it with ``--uncertain-band``."""
 DISAGREE_HIGH = 0.7
