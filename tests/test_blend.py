@@ -57,6 +57,32 @@ def test_build_from_config_scores_and_localizes(tiny_blend):
     assert info["backbone"] == "efficientnet_lite0" and info["weights"] is None
 
 
+def test_channels_last_layout_scores_as_the_plain_layout(tiny_blend, tmp_path):
+    """Inference runs NHWC (about 2x faster on CPU) and gives the plain NCHW network's numbers; the saved
+    file is the same bytes whichever layout the weights were in."""
+    import copy
+
+    e = tiny_blend
+    convs = [m.weight for m in e.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    faces = _faces()
+    plain = copy.deepcopy(e.model).to(memory_format=torch.contiguous_format)  # what set_layout(contiguous) gives
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    size = e.config.image_size
+    from x2dfd.experts.blend import resize_face, to_tensor
+
+    x = to_tensor([resize_face(np.asarray(f), size) for f in faces], e.config.mean, e.config.std)
+    with torch.inference_mode():
+        ref = torch.sigmoid(plain.logit(x) / e.temperature).numpy()
+    assert [s.p_fake for s in e.score(faces)] == pytest.approx(ref.tolist(), abs=1e-5)
+    a = e.save(tmp_path / "a.safetensors")
+    other = BlendExpert(copy.deepcopy(plain), e.config)
+    other.set_layout(torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in other.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert [s.p_fake for s in other.score(faces)] == pytest.approx(ref.tolist(), abs=1e-6)
+    assert other.save(tmp_path / "b.safetensors").read_bytes() == a.read_bytes()
+
+
 def test_config_validation():
     with pytest.raises(UsageError, match="Unknown backbone 'resnet'. Available: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, clip."):
         BlendConfig(backbone="resnet")
