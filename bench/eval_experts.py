@@ -11,8 +11,11 @@ Sets (built under --out/data and --out/crops, never in the repo; ../shared is re
   sources in that order are tried).
 * ``fr_swap2``   the same originals vs ``x2dfd.faceswap2`` swaps (similarity warp; method i % 3 of
   similarity / similarity_nocolour / pyramid), per-method rows as ``fr_swap2:<method>``.
-* ``un_swap1`` / ``un_swap2``  the REAL half of stylegan2-vs-real (589 Unsplash photos: another photo
-  source, never used for training or tuning) vs swaps between those photos, with faceswap / faceswap2.
+* ``fr_swap3``   the same originals vs ``x2dfd.faceswap3`` swaps (thin-plate-spline warp, linear colour
+  transfer, ellipse mask, linear-ramp blend): the independent test once training took ideas from faceswap2.
+* ``un_swap1`` / ``un_swap2`` / ``un_swap3``  the REAL half of stylegan2-vs-real (589 Unsplash photos: another
+  photo source, never used for training or tuning) vs swaps between those photos, with faceswap / faceswap2 /
+  faceswap3.
 * ``stylegan2``  Unsplash real vs 700 StyleGAN2 faces (fully synthetic, not blended).
 
 Conditions: ``clean`` everywhere, and ``jpeg:50 blur:1 resize:0.5 noise:0.02`` (``x2dfd.perturb``, applied
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PERTURB = ["jpeg:50", "blur:1", "resize:0.5", "noise:0.02"]
 PERTURB_SETS = ("fr_swap1", "fr_swap2")
-SETS = ("fr_swap1", "fr_swap2", "un_swap1", "un_swap2", "stylegan2")
+SETS = ("fr_swap1", "fr_swap2", "un_swap1", "un_swap2", "stylegan2", "fr_swap3", "un_swap3")
 
 
 def holdout_list() -> tuple[list[str], str]:
@@ -66,6 +69,7 @@ def build_swaps(paths: list[Path], out_dir: Path, impl: str, detector, tries: in
     """One swap per target (sources: the derangement of ``paths`` with seed 0). Saved as PNG (lossless)."""
     from x2dfd.faceswap import make_face_swap
     from x2dfd.faceswap2 import METHODS, make_face_swap2
+    from x2dfd.faceswap3 import make_face_swap3
     from x2dfd.media import load_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +78,7 @@ def build_swaps(paths: list[Path], out_dir: Path, impl: str, detector, tries: in
     pos = {int(f): i for i, f in enumerate(order)}
     rows, failures = [], []
     for t_idx, target in enumerate(paths):
-        method = "faceswap" if impl == "swap1" else METHODS[t_idx % len(METHODS)]
+        method = {"swap1": "faceswap", "swap3": "faceswap3"}.get(impl) or METHODS[t_idx % len(METHODS)]
         dest = out_dir / f"{target.stem}.png"
         if dest.is_file():
             rows.append({"path": str(dest), "label": 1, "method": method, "target": target.name})
@@ -85,6 +89,8 @@ def build_swaps(paths: list[Path], out_dir: Path, impl: str, detector, tries: in
                 src, tgt = load_image(paths[s_idx]), load_image(target)
                 if impl == "swap1":
                     fake, _ = make_face_swap(src, tgt, detector=detector, seed=t_idx)
+                elif impl == "swap3":
+                    fake, _ = make_face_swap3(src, tgt, detector=detector, seed=t_idx)
                 else:
                     fake, _ = make_face_swap2(src, tgt, method=method, detector=detector, seed=t_idx)
             except Exception as err:  # noqa: BLE001 - per-item loop: a pair that cannot be swapped is recorded
