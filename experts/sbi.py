@@ -45,7 +45,8 @@ class SelfBlend:
     target: np.ndarray  # uint8 HxWx3: the copy it was blended onto
     hull: str  # which landmark hull made the mask
     ratio: float  # blend ratio (the mask's maximum)
-    method: str = "alpha"  # how ``source`` was made: "alpha" (the shifted copy) or "poisson" (gradient-domain clone)
+    method: str = "alpha"  # how the fake was made: "alpha" (the shifted copy through the mask), "poisson" (a
+    # gradient-domain clone of it through the mask) or "multiband" (a Laplacian-pyramid blend)
     colour_matched: bool = False  # the source's colour statistics were matched to the target's inside the hull
 
 
@@ -219,6 +220,24 @@ def poisson_clone(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> n
     return cv2.seamlessClone(np.ascontiguousarray(source), np.ascontiguousarray(target), core, centre, cv2.NORMAL_CLONE)
 
 
+def multiband_blend(source: np.ndarray, target: np.ndarray, mask: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Burt-Adelson multi-band blend of ``source`` into ``target`` through ``mask`` (HxW in [0, 1], a sharp
+    edge): each band of the Laplacian pyramid is blended through the mask's Gaussian pyramid at that level,
+    so colour and shading cross a wide band while fine texture switches within a few pixels (the blend of
+    ``x2dfd.faceswap2``'s pyramid swap and of panorama / face-swap tools). Returns (fake uint8, the source's
+    weight per pixel as a float32 mask: ``mask`` blurred to the coarsest band's reach). Outside that weight's
+    support the fake is the target, exactly."""
+    from x2dfd.faceswap2 import laplacian_blend
+
+    fake = laplacian_blend(source, target, mask, levels=levels)
+    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0 ** (levels - 1))
+    weight *= float(mask.max()) / max(float(weight.max()), 1e-6)
+    weight[weight < 1e-3] = 0.0
+    fake = np.clip(np.round(fake), 0, 255).astype(np.uint8)
+    fake[weight == 0] = target[weight == 0]
+    return fake, np.clip(weight, 0.0, 1.0).astype(np.float32)
+
+
 def self_blend(
     image: np.ndarray,
     landmarks: np.ndarray,
@@ -226,6 +245,7 @@ def self_blend(
     hull: str | None = None,
     colour_match: float = 0.0,
     poisson: float = 0.0,
+    multiband: float = 0.0,
 ) -> SelfBlend:
     """One self-blended pseudo-fake of a real face (uint8 HxWx3 RGB, 68 landmarks in its pixel coords).
 
@@ -233,8 +253,12 @@ def self_blend(
     does not (training options ``--colour-match`` and ``--poisson``): the source copy's LAB mean/std
     inside the hull matched to the target's (``x2dfd.faceswap.colour_transfer``, so a colour shift alone
     does not give the blend away), and a gradient-domain clone of the source (``poisson_clone``) in
-    place of the shifted copy. Either way ``fake = mask * source + (1 - mask) * target``. At 0 (the default, and every
-    validation view) no extra random number is drawn: the same seed gives the same images as before."""
+    place of the shifted copy. Either way ``fake = mask * source + (1 - mask) * target``. ``multiband`` is the
+    probability of a third step, from ``x2dfd.faceswap2``'s pyramid swap (training option ``--multiband``): the
+    deformed hull, only lightly softened, blends the copy in band by band (``multiband_blend``, 3-5 levels);
+    then ``mask`` is the source's low-frequency weight and the identity holds only outside it (fake = real).
+    At 0 (the default, and every validation view) no extra random number is drawn: the same seed gives the
+    same images as before."""
     rng = _rng(rng)
     img = np.ascontiguousarray(image, dtype=np.uint8)
     h, w = img.shape[:2]
@@ -252,9 +276,16 @@ def self_blend(
         source = colour_transfer(source, target, mask)
     source, mask = random_shift(source, mask, rng)
     mask = deform_mask(mask, rng)
+    hull_edge = mask
     mask = blur_mask(mask, rng)
     ratio = float(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
     mask = (mask * ratio).astype(np.float32)
+    if multiband > 0 and rng.random() < multiband:
+        levels = int(rng.integers(3, 6))
+        edge = cv2.GaussianBlur(hull_edge, (0, 0), max(1.0, max(h, w) / 256.0)) * ratio
+        fake, mask = multiband_blend(source, target, edge, levels)
+        return SelfBlend(fake=fake, real=target, mask=mask, source=source, target=target, hull=kind, ratio=ratio,
+                         method="multiband", colour_matched=matched)
     method = "alpha"
     if poisson > 0 and rng.random() < poisson:
         cloned = poisson_clone(source, target, mask)

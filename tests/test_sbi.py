@@ -222,6 +222,38 @@ def test_swap_steps_keep_the_blend_identity_and_draw_nothing_when_off(face, seed
     assert np.array_equal(plain.fake, off.fake)  # off draws no random number: earlier seeds give earlier images
 
 
+def test_multiband_blend_crosses_colour_wide_and_texture_sharp():
+    """Burt-Adelson: a brightness step between source and target spreads over a wide band across the mask's
+    edge, the source's fine texture stops within a few pixels of it; beyond the weight's support: the target."""
+    from x2dfd.experts.sbi import multiband_blend
+
+    h, w = 64, 128
+    target = np.full((h, w, 3), 100, np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = np.where((yy + xx) % 2 == 0, 30, -30)[..., None]
+    source = np.repeat(np.clip(160 + checker, 0, 255), 3, axis=2).astype(np.uint8)
+    mask = np.zeros((h, w), np.float32)
+    mask[:, :64] = 1.0
+    fake, weight = multiband_blend(source, target, mask, levels=4)
+    f = fake.astype(float)
+    assert abs(f[:, 4:20].mean() - 160) < 3 and abs(f[:, 4:20].std() - 30) < 4  # the source, texture and all
+    outside = f[:, 67:72]  # 3-8 px beyond the edge
+    assert outside.mean() > 108  # colour leaks over a wide band...
+    assert np.abs(np.diff(outside, axis=1)).mean() < 8  # ...texture (+-30 checker) does not
+    assert np.array_equal(fake[weight == 0], target[weight == 0]) and (weight == 0).any()
+    assert weight.max() == pytest.approx(1.0) and weight[:, 0].min() > 0.99
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multiband_self_blend_and_nothing_drawn_when_off(face, seed):
+    img, lm = face
+    sb = self_blend(img, lm, seed, multiband=1.0)
+    assert sb.method == "multiband" and sb.mask.dtype == np.float32 and sb.mask.max() <= 1.0
+    assert np.array_equal(sb.fake[sb.mask == 0], sb.real[sb.mask == 0])
+    assert np.abs(sb.fake.astype(int) - sb.real)[sb.mask > 0.5 * sb.ratio].mean() > 1  # a blend happened
+    assert np.array_equal(self_blend(img, lm, seed).fake, self_blend(img, lm, seed, multiband=0.0).fake)
+
+
 def test_colour_match_brings_the_source_to_the_target_colour(face):
     """The source copy is often colour-shifted (source-target augmentation); matched, its LAB mean inside
     the blend region is the target's."""
