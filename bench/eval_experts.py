@@ -10,7 +10,8 @@ Sets (built under --out/data and --out/crops, never in the repo; ../shared is re
   + Poisson clone) of another held-out face onto it (fixed derangement, seed 0; on failure the next 2
   sources in that order are tried).
 * ``fr_swap2``   the same originals vs ``x2dfd.faceswap2`` swaps (similarity warp; method i % 3 of
-  similarity / similarity_nocolour / pyramid), per-method rows as ``fr_swap2:<method>``.
+  similarity / similarity_nocolour / pyramid), per-method rows as ``fr_swap2:<method>``; tuning sets since
+  training took faceswap2's multi-band blend (``--multiband``).
 * ``fr_swap3``   the same originals vs ``x2dfd.faceswap3`` swaps (thin-plate-spline warp, linear colour
   transfer, ellipse mask, linear-ramp blend): the independent test once training took ideas from faceswap2.
 * ``un_swap1`` / ``un_swap2`` / ``un_swap3``  the REAL half of stylegan2-vs-real (589 Unsplash photos: another

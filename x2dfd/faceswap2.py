@@ -1,4 +1,6 @@
-"""A second, different classical face swap, for EVALUATION only (never for training or tuning).
+"""A second, different classical face swap, for evaluation. Since its Laplacian-pyramid blend became a training
+step of the blend expert (``x2dfd expert train --multiband``), its sets count as tuning sets; the independent
+test is ``x2dfd.faceswap3``.
 
     from x2dfd.faceswap2 import make_face_swap2, METHODS
     fake, mask = make_face_swap2(load_image("a.jpg"), load_image("b.jpg"), method="similarity")  # a's face on b
