@@ -49,12 +49,13 @@ def parse_candidate(text: str) -> tuple[str, Path]:
 
 
 def choose(rows: list[dict], min_faces_per_s: float, tie: float = 0.002) -> str | None:
-    """The rule's steps 2 and 3: among rows fast enough, the highest ``mean``; within ``tie`` of it, the fastest."""
+    """The rule's steps 2 and 3: among rows fast enough, the highest ``mean``; within ``tie`` of it, the fastest;
+    at the same speed (the same architecture's carried timing), the higher ``mean``, never the order of the rows."""
     eligible = [r for r in rows if r["faces_per_s"] >= min_faces_per_s]
     if not eligible:
         return None
     best = max(r["mean"] for r in eligible)
-    return max((r for r in eligible if r["mean"] >= best - tie), key=lambda r: r["faces_per_s"])["candidate"]
+    return max((r for r in eligible if r["mean"] >= best - tie), key=lambda r: (r["faces_per_s"], r["mean"]))["candidate"]
 
 
 def architecture(config) -> str:

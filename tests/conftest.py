@@ -77,3 +77,12 @@ def real_faces() -> list[Path]:
     """A few real face photos from ../shared (skip when absent)."""
     folder = shared_path("data", "stylegan2-vs-real", "images", "real")
     return sorted(folder.glob("*.jpg"))[:4]
+
+
+@pytest.fixture(scope="module")
+def swap_pair():
+    """Two Unsplash portraits of different people (source, target) for the face-swap tests (skip when absent)."""
+    from x2dfd.media import load_image
+
+    real = shared_path("data", "stylegan2-vs-real", "images", "real")
+    return load_image(real / "real_10.jpg"), load_image(real / "real_20.jpg")

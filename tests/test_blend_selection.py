@@ -27,6 +27,8 @@ def test_choose_takes_the_best_fast_enough_candidate_and_breaks_ties_by_speed():
     assert choose(rows, 5.0) == "mirrored"
     assert choose(rows, 10.0, tie=0.005) == "pair"  # within the tie: the faster
     assert choose(rows, 50.0) is None
+    same = [{"candidate": "first", "mean": 0.9233, "faces_per_s": 12.1}, {"candidate": "second", "mean": 0.9251, "faces_per_s": 12.1}]
+    assert choose(same, 10.0) == choose(same[::-1], 10.0) == "second"  # a tie in speed: the better mean, whatever the order
 
 
 def test_speed_from_an_earlier_run_goes_by_architecture():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -12,17 +10,11 @@ from PIL import Image
 from x2dfd.errors import NoFaceError
 from x2dfd.face import get_detector
 from x2dfd.faceswap import colour_transfer, delaunay, make_face_swap
-from x2dfd.media import load_image
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def pair():
-    if not DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    real = DATA / "stylegan2-vs-real/images/real"
-    return load_image(real / "real_10.jpg"), load_image(real / "real_20.jpg")
+def pair(swap_pair):
+    return swap_pair
 
 
 def test_swap_changes_the_face_only(pair):

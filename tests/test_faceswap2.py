@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from x2dfd.errors import NoFaceError
 from x2dfd.faceswap2 import METHODS, laplacian_blend, make_face_swap2, match_histograms, similarity_transform
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_similarity_transform_recovers_a_known_one():
@@ -37,13 +33,8 @@ def test_laplacian_blend_and_histogram_matching():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    if not DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    from x2dfd.media import load_image
-
-    real = DATA / "stylegan2-vs-real/images/real"
-    return load_image(real / "real_10.jpg"), load_image(real / "real_20.jpg")
+def pair(swap_pair):
+    return swap_pair
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -3,15 +3,11 @@ linear-ramp alpha blend."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from x2dfd.errors import NoFaceError
 from x2dfd.faceswap3 import ellipse_mask, linear_colour_transfer, make_face_swap3, tps_map
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_tps_reproduces_an_affine_map_exactly():
@@ -61,13 +57,8 @@ def test_ellipse_mask_covers_the_face_and_lifts_over_the_brows():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    if not DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    from x2dfd.media import load_image
-
-    real = DATA / "stylegan2-vs-real/images/real"
-    return load_image(real / "real_10.jpg"), load_image(real / "real_20.jpg")
+def pair(swap_pair):
+    return swap_pair
 
 
 def test_swap_changes_the_face_only_and_is_deterministic(pair):

@@ -49,6 +49,17 @@ def _landmarks(image: np.ndarray, detector, role: str) -> np.ndarray:
     return np.asarray(faces[0].landmarks, np.float64).reshape(68, 2)
 
 
+def swap_inputs(source: Image.Image, target: Image.Image, detector=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(source RGB array, target RGB array, source landmarks, target landmarks (68x2 float64)); NoFaceError
+    naming the image without a face."""
+    from x2dfd.face import get_detector
+
+    detector = detector or get_detector()
+    src = np.ascontiguousarray(np.asarray(source.convert("RGB")))
+    dst = np.ascontiguousarray(np.asarray(target.convert("RGB")))
+    return src, dst, _landmarks(src, detector, "source"), _landmarks(dst, detector, "target")
+
+
 def similarity_transform(src_pts: np.ndarray, dst_pts: np.ndarray) -> np.ndarray:
     """2x3 matrix of the least-squares similarity (rotation, uniform scale, translation) src -> dst
     (Umeyama 1991, without reflection)."""
@@ -143,13 +154,7 @@ def make_face_swap2(source: Image.Image, target: Image.Image, method: str = "sim
     ``seed`` varies the mask's growth a little (as make_face_swap's erosion does)."""
     if method not in METHODS:
         raise ValueError(f"Unknown face swap method '{method}'. Available: {', '.join(METHODS)}.")
-    from x2dfd.face import get_detector
-
-    detector = detector or get_detector()
-    src = np.ascontiguousarray(np.asarray(source.convert("RGB")))
-    dst = np.ascontiguousarray(np.asarray(target.convert("RGB")))
-    s_lm = _landmarks(src, detector, "source")
-    t_lm = _landmarks(dst, detector, "target")
+    src, dst, s_lm, t_lm = swap_inputs(source, target, detector)
     h, w = dst.shape[:2]
     rng = np.random.default_rng(seed)
 

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from x2dfd.errors import NoFaceError
-from x2dfd.faceswap2 import _landmarks
+from x2dfd.faceswap2 import swap_inputs
 
 _JAW, _BROWS = list(range(0, 17)), list(range(17, 27))
 
@@ -96,13 +96,7 @@ def ellipse_mask(landmarks: np.ndarray, shape: tuple[int, int], brow_lift: float
 def make_face_swap3(source: Image.Image, target: Image.Image, detector=None, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
     """``source``'s face on ``target`` (see the module docstring). ``seed`` varies the mask's shrink and the
     width of its linear ramp a little."""
-    from x2dfd.face import get_detector
-
-    detector = detector or get_detector()
-    src = np.ascontiguousarray(np.asarray(source.convert("RGB")))
-    dst = np.ascontiguousarray(np.asarray(target.convert("RGB")))
-    s_lm = _landmarks(src, detector, "source")
-    t_lm = _landmarks(dst, detector, "target")
+    src, dst, s_lm, t_lm = swap_inputs(source, target, detector)
     h, w = dst.shape[:2]
     rng = np.random.default_rng(seed)
 
