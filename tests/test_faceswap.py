@@ -12,13 +12,8 @@ from x2dfd.face import get_detector
 from x2dfd.faceswap import colour_transfer, delaunay, make_face_swap
 
 
-@pytest.fixture(scope="module")
-def pair(swap_pair):
-    return swap_pair
-
-
-def test_swap_changes_the_face_only(pair):
-    source, target = pair
+def test_swap_changes_the_face_only(swap_pair):
+    source, target = swap_pair
     fake, mask = make_face_swap(source, target, seed=0)
     assert fake.mode == "RGB" and fake.size == target.size
     assert mask.shape == (target.height, target.width) and mask.dtype == np.uint8
@@ -37,8 +32,8 @@ def test_swap_changes_the_face_only(pair):
     assert abs((g.box[0] + g.box[2]) - (tb[0] + tb[2])) / 2 < 0.15 * (tb[2] - tb[0])
 
 
-def test_swap_is_deterministic_and_seeded(pair):
-    source, target = pair
+def test_swap_is_deterministic_and_seeded(swap_pair):
+    source, target = swap_pair
     a, ma = make_face_swap(source, target, seed=3)
     b, mb = make_face_swap(source, target, seed=3)
     assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(ma, mb)
@@ -46,8 +41,8 @@ def test_swap_is_deterministic_and_seeded(pair):
     assert len(areas) > 1  # the seed varies the mask
 
 
-def test_swap_without_a_face(pair):
-    source, _ = pair
+def test_swap_without_a_face(swap_pair):
+    source, _ = swap_pair
     blank = Image.new("RGB", (300, 300), (120, 120, 120))
     with pytest.raises(NoFaceError, match="target"):
         make_face_swap(source, blank)

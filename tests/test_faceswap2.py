@@ -32,14 +32,9 @@ def test_laplacian_blend_and_histogram_matching():
     assert abs(float(matched.mean()) - float(tgt.mean())) < 5
 
 
-@pytest.fixture(scope="module")
-def pair(swap_pair):
-    return swap_pair
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_changes_the_face_only(pair, method):
-    source, target = pair
+def test_each_method_changes_the_face_only(swap_pair, method):
+    source, target = swap_pair
     fake, mask = make_face_swap2(source, target, method=method, seed=0)
     assert fake.size == target.size and mask.shape == (target.height, target.width) and mask.dtype == np.uint8
     f, t = np.asarray(fake).astype(int), np.asarray(target).astype(int)
@@ -50,8 +45,8 @@ def test_each_method_changes_the_face_only(pair, method):
     assert np.array_equal(np.asarray(again), np.asarray(fake))  # deterministic
 
 
-def test_colour_correction_moves_the_face_towards_the_target(pair):
-    source, target = pair
+def test_colour_correction_moves_the_face_towards_the_target(swap_pair):
+    source, target = swap_pair
     t = np.asarray(target).astype(float)
     with_c, m = make_face_swap2(source, target, method="similarity")
     without, _ = make_face_swap2(source, target, method="similarity_nocolour")
@@ -60,10 +55,10 @@ def test_colour_correction_moves_the_face_towards_the_target(pair):
     assert err(with_c) < err(without)
 
 
-def test_unknown_method_and_no_face(pair):
+def test_unknown_method_and_no_face(swap_pair):
     from PIL import Image
 
-    source, target = pair
+    source, target = swap_pair
     with pytest.raises(ValueError, match="Available: similarity"):
         make_face_swap2(source, target, method="poisson")
     with pytest.raises(NoFaceError):

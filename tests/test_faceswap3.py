@@ -56,13 +56,8 @@ def test_ellipse_mask_covers_the_face_and_lifts_over_the_brows():
     assert ellipse_mask(lm, (120, 100), shrink=0.2).sum() < m.sum()
 
 
-@pytest.fixture(scope="module")
-def pair(swap_pair):
-    return swap_pair
-
-
-def test_swap_changes_the_face_only_and_is_deterministic(pair):
-    source, target = pair
+def test_swap_changes_the_face_only_and_is_deterministic(swap_pair):
+    source, target = swap_pair
     fake, mask = make_face_swap3(source, target, seed=3)
     assert fake.size == target.size and mask.shape == (target.height, target.width) and mask.dtype == np.uint8
     f, t = np.asarray(fake).astype(int), np.asarray(target).astype(int)
@@ -75,8 +70,8 @@ def test_swap_changes_the_face_only_and_is_deterministic(pair):
     assert np.array_equal(np.asarray(again), np.asarray(fake))
 
 
-def test_no_face(pair):
+def test_no_face(swap_pair):
     from PIL import Image
 
     with pytest.raises(NoFaceError):
-        make_face_swap3(Image.new("RGB", (200, 200), "gray"), pair[1])
+        make_face_swap3(Image.new("RGB", (200, 200), "gray"), swap_pair[1])
