@@ -11,7 +11,8 @@ The rule (the one behind the shipped weights' ``training.selection``):
 2. keep those that score at least ``--min-faces-per-s`` (10: the issue's constraint) with ``score()`` at batch 32
    on real 1.3x face crops, as ``bench/bench_expert.py`` measures it (the expert's own CPU thread count; the
    median of ``--speed-repeats`` runs);
-3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest.
+3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest (at equal speed, the
+   higher mean).
 
 ``--speed-from EARLIER.json`` (an earlier run's output) applies step 2 with the speeds that run timed, for every
 candidate whose architecture (member backbones, input size, mirror averaging: the per-face cost) it timed, the
