@@ -339,11 +339,13 @@ class BlendExpert:
         for i in range(0, len(arrays), self.batch_size):
             chunk = arrays[i : i + self.batch_size]
             x = to_tensor([resize_face(a, size) for a in chunk], self.config.mean, self.config.std)
-            yield chunk, x.to(self.device).contiguous(memory_format=self.memory_format)
+            yield chunk, x.to(self.device)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Fake logits (before the temperature) of a normalised batch: every member, the mirrored faces too
-        when ``flip_average`` (what ``score`` turns into p_fake and calibration is fitted on)."""
+        when ``flip_average`` (what ``score`` turns into p_fake and calibration is fitted on). Any layout in;
+        the network runs in ``memory_format``."""
+        x = x.contiguous(memory_format=self.memory_format)
         if not self.config.flip_average:
             return self.model.logit(x)
         n = len(x)
@@ -351,6 +353,7 @@ class BlendExpert:
         return (z[:n] + z[n:]) / 2
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.contiguous(memory_format=self.memory_format)
         if not self.config.flip_average:
             return self.model(x)
         n = len(x)

@@ -438,7 +438,7 @@ def calibrate(expert: BlendExpert, faces: Sequence[CachedFace], seed: int = 0, b
     for i in range(0, len(ds), batch):
         items = [ds[j] for j in range(i, min(i + batch, len(ds)))]
         x = torch.cat([torch.stack([it["real"] for it in items]), torch.stack([it["fake"] for it in items])])
-        logits.append(expert.logits(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
+        logits.append(expert.logits(x.to(device)).float().cpu().numpy())
         labels.append(np.r_[np.zeros(len(items)), np.ones(len(items))])
     z, y = np.concatenate(logits), np.concatenate(labels)
     t = fit_temperature(z, y)
@@ -525,7 +525,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
         for module in [bb.stem, *list(bb.blocks)[: s.freeze_blocks]]:
             for p in module.parameters():
                 p.requires_grad_(False)
-    model.to(device, memory_format=torch.channels_last).train()  # as the batches below (and inference)
+    model.to(device, memory_format=expert.memory_format).train()  # as the batches below (and inference)
 
     ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True, degrade=s.degrade,
                     landmark_jitter=s.landmark_jitter, colour_match=s.colour_match, poisson=s.poisson,
