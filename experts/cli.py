@@ -95,6 +95,8 @@ class TrainConfig:
     """Probability that a self-blend's source copy is cloned in the gradient domain (cv2.seamlessClone) before the masked blend, as classical face swaps blend."""
     multiband: float = 0.0
     """Probability that a self-blend is a Laplacian-pyramid (multi-band) blend through the sharp deformed hull: colour crosses a wide band, texture switches at the edge, as panorama and face-swap tools blend."""
+    dof: float = 0.0
+    """Probability of the same shallow depth of field on a real face and its pseudo-fake (the surround or one side blurred, as a portrait lens does), so a sharpness change alone does not mark a blend."""
     device: str = "cpu"
     """Training device (cpu, cuda, cuda:1, ...)."""
     init_weights: Path | None = field(default=None, metadata={"metavar": "FILE"})
@@ -125,7 +127,7 @@ class TrainConfig:
             raise UsageError(f"--freeze-blocks must be in [0, {n_blocks}] for {self.backbone}, got {self.freeze_blocks}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("colour_match", "poisson", "degrade_p", "multiband"):
+        for name in ("colour_match", "poisson", "degrade_p", "multiband", "dof"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(self, name)}")
         if self.warmup_steps < 0:

@@ -365,3 +365,60 @@ def degrade_pair(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator | 
     rng = _rng(rng)
     seed = int(rng.integers(2**31))
     return degrade(real, np.random.default_rng(seed), p_loss), degrade(fake, np.random.default_rng(seed), p_loss)
+
+
+# ------------------------------------------------ shallow depth of field, shared by real and fake
+
+def focus_weight(landmarks: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Where a photo's depth of field would blur, as a weight in [0, 1] (HxW float32): 0 in the plane of
+    focus near the face, rising smoothly away from it. Either radial (focus on the face, the surround
+    blurred: hair, ears, shoulders, background) or planar (a tilted plane of focus: one side of a turned
+    head sharp, the far side soft). Its edge follows no face hull, so a sharpness change alone does not
+    mark a blend."""
+    lm = np.asarray(landmarks, np.float32).reshape(-1, 2)
+    size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]), 1.0))
+    h, w = shape
+    cx, cy = lm.mean(axis=0) + rng.normal(0, 0.1 * size, 2)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    if rng.random() < 0.6:
+        squash = rng.uniform(0.7, 1.0)  # a face is taller than wide: the sharp region too
+        d = np.hypot(xs - cx, (ys - cy) * squash) / size
+        start = rng.uniform(0.35, 0.9)
+    else:
+        theta = rng.uniform(0, 2 * np.pi)
+        d = ((xs - cx) * np.cos(theta) + (ys - cy) * np.sin(theta)) / size
+        start = rng.uniform(0.0, 0.5)  # the face's centre stays in focus
+    return np.clip((d - start) / rng.uniform(0.3, 1.2), 0.0, 1.0).astype(np.float32)
+
+
+def focus_blur_pair(real: np.ndarray, fake: np.ndarray, landmarks: np.ndarray,
+                    rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The same shallow depth of field (``focus_weight``; Gaussian blur up to sigma 1.5-6 px, two levels
+    interpolated) on a real face and its pseudo-fake (training option ``--dof``): professional photos blur
+    what is out of the plane of focus, so the detector must not read every sharpness change as a blend."""
+    rng = _rng(rng)
+    weight = focus_weight(landmarks, real.shape[:2], rng)[..., None]
+    sigma = rng.uniform(1.5, 6.0)
+    lo, hi = np.minimum(weight * 2, 1.0), np.clip(weight * 2 - 1, 0.0, 1.0)
+    # a crop past the photo's edge is padded black (x2dfd.face.crop_face): the lens blurred the photo, not
+    # the padding, so blur within the photo's rectangle only (normalised) and keep the padding black
+    valid = _photo_rect(real)[..., None]
+    out = []
+    for img in (real, fake):
+        x = img.astype(np.float32) * valid
+        y = x
+        for amount, s in ((lo, sigma / 2), (hi, sigma)):
+            blurred = cv2.GaussianBlur(x, (0, 0), s) / np.maximum(cv2.GaussianBlur(valid[..., 0], (0, 0), s)[..., None], 1e-3)
+            y = (1 - amount) * y + amount * blurred
+        out.append(np.clip(np.round(y * valid + img * (1 - valid)), 0, 255).astype(np.uint8))
+    return out[0], out[1]
+
+
+def _photo_rect(img: np.ndarray) -> np.ndarray:
+    """1.0 inside the bounding rectangle of the rows and columns that are not all black, 0.0 outside."""
+    lit = img.reshape(img.shape[0], img.shape[1], -1).max(axis=2) > 0
+    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+    rect = np.zeros(img.shape[:2], np.float32)
+    if rows.size and cols.size:
+        rect[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = 1.0
+    return rect

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, save_safetensors, to_tensor
 from x2dfd.experts.backbones import lite_variant
 from x2dfd.media import file_sha256
-from x2dfd.experts.sbi import augment_pair, degrade_pair, jitter_landmarks, self_blend
+from x2dfd.experts.sbi import augment_pair, degrade_pair, focus_blur_pair, jitter_landmarks, self_blend
 from x2dfd.errors import UsageError
 from x2dfd.inputs import IMAGE_EXTS
 from x2dfd.metrics import roc_auc
@@ -172,14 +172,17 @@ def _crop(arrs: Sequence[np.ndarray], scale: float, dx: float, dy: float, size: 
 
 def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool, degrade: bool = False,
               landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0,
-              degrade_p: float | None = None, multiband: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              degrade_p: float | None = None, multiband: float = 0.0,
+              dof: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(real uint8, fake uint8, mask float32) at ``size``: the training (random) or validation (fixed crop) view.
 
     Training view: landmark jitter (``landmark_jitter`` x face size), a fresh self-blend (colour-matched,
     Poisson-cloned and multi-band blended with probabilities ``colour_match``, ``poisson``, ``multiband``), the shared
     colour/JPEG jitter, a random crop scale and shift, a flip and, with ``degrade``, the same random
     resize/blur/noise/JPEG for the real and the fake (``sbi.degrade_pair``; ``degrade_p`` replaces the
-    probability of each of resize, blur and noise) at the training size."""
+    probability of each of resize, blur and noise) at the training size. ``dof`` is the probability of the same
+    shallow depth of field on both (``sbi.focus_blur_pair``), drawn right after the self-blend; at 0 no random
+    number is drawn for it."""
     img = _read_png(face.crop_path)
     landmarks = face.landmarks
     if train and landmark_jitter > 0:
@@ -189,6 +192,8 @@ def make_pair(face: CachedFace, rng: np.random.Generator, size: int, train: bool
                     multiband=multiband if train else 0.0)
     real, fake, mask = sb.real, sb.fake, sb.mask
     if train:
+        if dof > 0 and rng.random() < dof:
+            real, fake = focus_blur_pair(real, fake, landmarks, rng)
         real, fake = augment_pair(real, fake, rng)
         scale = rng.uniform(*CROP_JITTER)
         dx, dy = rng.uniform(-0.04, 0.04, 2)
@@ -210,8 +215,9 @@ class SBIDataset(torch.utils.data.Dataset):
 
     def __init__(self, faces: Sequence[CachedFace], size: int, mean, std, seed: int = 0, train: bool = True,
                  degrade: bool = False, landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0,
-                 degrade_p: float | None = None, multiband: float = 0.0):
+                 degrade_p: float | None = None, multiband: float = 0.0, dof: float = 0.0):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
+        self.dof = dof
         self.seed, self.train, self.degrade, self.landmark_jitter = seed, train, degrade, landmark_jitter
         self.colour_match, self.poisson, self.degrade_p, self.multiband = colour_match, poisson, degrade_p, multiband
 
@@ -223,7 +229,7 @@ class SBIDataset(torch.utils.data.Dataset):
         key = [self.seed, epoch, i] if self.train else [self.seed, VAL_SEED_OFFSET, i]
         real, fake, mask = make_pair(self.faces[i], np.random.default_rng(key), self.size, self.train,
                                      self.degrade, self.landmark_jitter, self.colour_match, self.poisson,
-                                     self.degrade_p, self.multiband)
+                                     self.degrade_p, self.multiband, self.dof)
         x = to_tensor([real, fake], self.mean, self.std)
         return {"real": x[0], "fake": x[1], "mask": torch.from_numpy(mask)[None]}
 
@@ -289,6 +295,7 @@ class TrainSettings:
     colour_match: float = 0.0  # probability of a colour-matched source copy in a self-blend (sbi.self_blend)
     poisson: float = 0.0  # probability of a Poisson-cloned source copy in a self-blend (sbi.poisson_clone)
     multiband: float = 0.0  # probability of a Laplacian-pyramid self-blend (sbi.multiband_blend)
+    dof: float = 0.0  # probability of the same shallow depth of field on real and fake (sbi.focus_blur_pair)
     device: str = "cpu"
     init_weights: Path | None = None  # safetensors: a backbone state dict (e.g. ImageNet) or a whole blend expert (continue)
     split_seed: int | None = None  # seed of the train/val/holdout split (default: --seed), so a continued run keeps it
@@ -481,6 +488,7 @@ def make_record(s: TrainSettings, data: dict[str, Any], history: list[dict[str, 
                           "colour_match": s.colour_match,
                           "poisson": s.poisson,
                           "multiband": s.multiband,
+                          "dof": s.dof,
                           "degrade_pair": _degrade_desc(s.degrade_p) if s.degrade else None},
         "frozen": f"stem + blocks[:{s.freeze_blocks}]" if s.freeze_blocks else "none",
         "init": extra["init"],
@@ -529,7 +537,7 @@ def fit(s: TrainSettings, train_faces: Sequence[CachedFace], val_faces: Sequence
 
     ds = SBIDataset(train_faces, s.image_size, config.mean, config.std, seed=s.seed, train=True, degrade=s.degrade,
                     landmark_jitter=s.landmark_jitter, colour_match=s.colour_match, poisson=s.poisson,
-                    degrade_p=s.degrade_p, multiband=s.multiband)
+                    degrade_p=s.degrade_p, multiband=s.multiband, dof=s.dof)
     val_ds = SBIDataset(val_faces, s.image_size, config.mean, config.std, seed=s.seed, train=False)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=s.batch_size, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / s.batch_size)
@@ -650,7 +658,7 @@ def _settings_key(s: TrainSettings) -> str:
     values = {k: str(getattr(s, k)) for k in keys}
     if s.split_seed is not None:  # only when set: checkpoints of earlier runs keep their key
         values["split_seed"] = str(s.split_seed)
-    for k in ("colour_match", "poisson", "degrade_p", "multiband"):  # likewise
+    for k in ("colour_match", "poisson", "degrade_p", "multiband", "dof"):  # likewise
         if getattr(s, k):
             values[k] = str(getattr(s, k))
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

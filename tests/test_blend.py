@@ -240,12 +240,13 @@ def test_train_end_to_end_with_resume(tmp_path):
     stage2[stage2.index("--seed") + 1] = "4"
     assert main(stage2 + ["--epochs", "1", "--split-seed", "3", "--warmup-steps", "0", "--lr", "1e-4",
                           "--init-weights", str(weights), "--colour-match", "0.5", "--poisson", "0.5",
-                          "--degrade-p", "0.5", "--multiband", "0.3"]) == 0
+                          "--degrade-p", "0.5", "--multiband", "0.3", "--dof", "0.2"]) == 0
     rec3 = json.loads((tmp_path / "run2" / weights.name).with_suffix(".json").read_text())["training"]
     assert rec3["init"].startswith(f"whole expert (backbone and heads) from {weights.name}")
     assert rec3["augmentations"]["colour_match"] == rec3["augmentations"]["poisson"] == 0.5
     assert rec["augmentations"]["colour_match"] == rec["augmentations"]["poisson"] == 0.0
     assert (rec3["augmentations"]["multiband"], rec["augmentations"]["multiband"]) == (0.3, 0.0)
+    assert (rec3["augmentations"]["dof"], rec["augmentations"]["dof"]) == (0.2, 0.0)
     assert [rec3["augmentations"]["degrade_pair"][k]["p"] for k in ("resize", "blur", "noise", "jpeg")] == [0.5, 0.5, 0.5, 0.6]
     assert [rec["augmentations"]["degrade_pair"][k]["p"] for k in ("resize", "blur", "noise", "jpeg")] == [0.3, 0.3, 0.25, 0.6]
     assert rec3["seed"] == 4 and rec3["split"]["seed"] == 3
@@ -389,12 +390,21 @@ def test_swap_steps_train_only_and_checked(tmp_path):
     assert not np.array_equal(trained[1], make_pair(face, np.random.default_rng(7), 64, train=True)[1])
     banded = make_pair(face, np.random.default_rng(7), 64, train=True, multiband=1.0)
     assert not np.array_equal(banded[1], make_pair(face, np.random.default_rng(7), 64, train=True)[1])
+    focused = make_pair(face, np.random.default_rng(7), 64, train=True, dof=1.0)
+    assert not np.array_equal(focused[0], make_pair(face, np.random.default_rng(7), 64, train=True)[0])
+    assert all(np.array_equal(a, b) for a, b in zip(make_pair(face, np.random.default_rng(7), 64, train=True),
+                                                   make_pair(face, np.random.default_rng(7), 64, train=True, dof=0.0)))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, make_pair(face, np.random.default_rng(7), 64, train=False, dof=1.0)))
 
     base = TrainSettings(real=[str(tmp_path)], out=tmp_path / "a")
     assert _settings_key(base) == _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", poisson=0.0))
     assert _settings_key(base) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", poisson=0.5))
     assert _settings_key(base) == _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", multiband=0.0))
     assert _settings_key(base) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", multiband=0.5))
+    assert _settings_key(base) == _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", dof=0.0))
+    assert _settings_key(base) != _settings_key(TrainSettings(real=[str(tmp_path)], out=tmp_path / "a", dof=0.3))
+    with pytest.raises(UsageError, match=r"--dof is a probability in \[0, 1\], got -0.1"):
+        TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", dof=-0.1)
     with pytest.raises(UsageError, match=r"--multiband is a probability in \[0, 1\], got 2.0"):
         TrainConfig(real=[str(tmp_path)], out=tmp_path / "o", multiband=2.0)
     with pytest.raises(UsageError, match=r"--poisson is a probability in \[0, 1\], got 1.5"):

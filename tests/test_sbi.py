@@ -284,3 +284,46 @@ def test_degrade_p_replaces_the_resize_blur_noise_probabilities(face):
         assert not np.array_equal(every, img) and not any(np.array_equal(every, j) for j in jpegs)
         r, f = degrade_pair(img, img, s, 1.0)
         assert np.array_equal(r, f)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_focus_blur_sharp_in_focus_soft_away_and_the_same_for_real_and_fake(seed):
+    """``--dof``: a shallow depth of field, identical on a real face and its pseudo-fake; the plane of focus
+    near the face keeps its texture, the far surround loses it, and the black padding of a crop past the
+    photo's edge stays black (the lens blurred the photo, not the padding)."""
+    from x2dfd.experts.sbi import focus_blur_pair, focus_weight
+
+    size = 256
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:, 20:] = np.clip(rng.normal(128, 40, (size, size - 20, 3)), 0, 255).astype(np.uint8)  # 20 px of padding
+    lm = template_landmarks(size) * 0.5 + size * 0.25  # a half-size face in the middle: surround to blur
+    fake = img.copy()
+    fake[100:150, 100:150] = 255 - fake[100:150, 100:150]
+    r1, f1 = focus_blur_pair(img, fake, lm, np.random.default_rng(seed))
+    r2, f2 = focus_blur_pair(img, img, lm, np.random.default_rng(seed))
+    assert np.array_equal(r1, r2) and np.array_equal(r2, f2)  # same draws for both, whatever the content
+    assert not r1[:, :20].any()  # padding untouched
+    w = focus_weight(lm, (size, size), np.random.default_rng(seed))
+    assert w.min() == 0.0 and w.max() >= 0.5 and w.dtype == np.float32
+    sharp, soft = (w == 0), (w >= 0.5)
+    sharp[:, :24], soft[:, :24] = False, False
+    diff = np.abs(r1.astype(int) - img)
+    assert diff[sharp].max() == 0  # in focus: untouched
+    def texture(a):
+        return np.abs(np.diff(a.astype(int), axis=1))[soft[:, 1:]].mean()
+
+    assert texture(r1) < 0.5 * texture(img)  # out of focus: soft
+
+
+def test_focus_weight_is_never_a_face_hull():
+    """Radial or planar, the blur's edge does not follow the face outline: over many draws both kinds come up."""
+    from x2dfd.experts.sbi import focus_weight
+
+    lm = template_landmarks(128)
+    kinds = set()
+    for seed in range(20):
+        w = focus_weight(lm, (128, 128), np.random.default_rng(seed))
+        corners = [w[0, 0], w[0, -1], w[-1, 0], w[-1, -1]]
+        kinds.add("radial" if min(corners) > 0 else "planar")
+    assert kinds == {"radial", "planar"}
