@@ -14,13 +14,23 @@ The rule (the one behind the shipped weights' ``training.selection``):
 3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest (at equal speed, the
    higher mean).
 
+With ``--val-swaps`` (the rule since 2026-11-28, decided before any test figure of the candidates it first chose
+among), step 1 also builds classical face swaps between the VALIDATION split's photos with the two tuning
+implementations (``x2dfd.faceswap``, ``x2dfd.faceswap2``; never ``faceswap3``, the independent test, and never
+a held-out or Unsplash photo), scores each candidate on the validation reals against each kind (clean, 1.3x crops
+as ``bench/eval_experts.py`` makes them), and step 3 ranks by ``mean`` = one third each of the self-blend mean
+over the five conditions, the ``faceswap`` AUC and the ``faceswap2`` AUC. The plain self-blend view alone rewards
+networks that specialise in SBI's own alpha blend: every step that trained for classical swaps (``--multiband``,
+``--dof``) lowered it while raising the swap figures.
+
 ``--speed-from EARLIER.json`` (an earlier run's output) applies step 2 with the speeds that run timed, for every
 candidate whose architecture (member backbones, input size, mirror averaging: the per-face cost) it timed, the
 median over its rows of that architecture; the speed timed now is kept beside it (``faces_per_s_here``). For a
 machine whose speed is not the one the floor was checked on (on 2026-11-27 evening this 2-core VM timed one
 Lite0 forward at 10 faces/s against 33 earlier, and two ensembles of identical architecture at 3.1 and 6.1).
 
-No held-out, Unsplash, faceswap2 or StyleGAN2 figure enters. Prints one markdown table and writes
+No held-out, Unsplash, faceswap3 or StyleGAN2 figure enters (faceswap2 only on validation photos, with
+``--val-swaps``). Prints one markdown table and writes
 ``bench/out/select_blend.json``. The pairs are built as ``experts.train`` builds its validation view (crop
 256 px, seeded per face), so a candidate's clean figure is its training record's validation AUC up to the
 resize to its input size.
@@ -79,6 +89,29 @@ def carry_speeds(rows: list[dict], earlier: list[dict], source: str) -> None:
             r["speed_from"] = f"{source}: median of {len(timed[r['architecture']])} row(s) of {r['architecture']}"
 
 
+def val_swap_views(photos: list[Path], out: Path) -> dict[str, tuple[list, np.ndarray]]:
+    """``--val-swaps``: the validation photos' 1.3x face crops against crops of swaps between them, one view per
+    tuning implementation (``eval_experts.build_swaps``: one swap per target photo, seeded; PNG; cached in ``out``).
+    Returns {"val_swap1": (images, labels), "val_swap2": ...}; a photo with no face is left out of its view."""
+    from PIL import Image
+
+    if str(ROOT / "bench") not in sys.path:  # imported from elsewhere (tests) rather than run as a script
+        sys.path.insert(0, str(ROOT / "bench"))
+    from eval_experts import build_swaps, crops_for
+    from x2dfd.face import get_detector
+
+    detector = get_detector()
+    reals = [{"path": str(p), "label": 0, "method": "original"} for p in photos]
+    views = {}
+    for impl in ("swap1", "swap2"):
+        swaps, fails = build_swaps(photos, out / "data" / impl, impl, detector)
+        rows = [r for r in crops_for(reals + swaps, "clean", out / "crops", detector) if r["crop"]]
+        views[f"val_{impl}"] = ([Image.open(r["crop"]).convert("RGB") for r in rows], np.array([r["label"] for r in rows]))
+        print(f"[val {impl}] {sum(r['label'] == 0 for r in rows)} real / {sum(r['label'] == 1 for r in rows)} swapped "
+              f"faces, {len(fails)} failed tries", file=sys.stderr, flush=True)
+    return views
+
+
 def earlier_rows(path: Path) -> list[dict]:
     """An earlier select_blend output's rows, each with its ``architecture`` (read from the config beside its
     weights where the row predates that field and the file is still there; rows without either are left out)."""
@@ -108,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                     "of the three-network ensemble gave 8.3 to 13.4 faces/s on this shared machine)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the validation scoring (speed: the expert's own)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "select_blend.json")
+    ap.add_argument("--val-swaps", action="store_true",
+                    help="also score classical swaps between the validation photos (faceswap, faceswap2); see the rule")
+    ap.add_argument("--val-swap-dir", type=Path, default=ROOT / "bench" / "out" / "select_val",
+                    help="where --val-swaps keeps its swaps and crops (built once, reused)")
     ap.add_argument("--speed-from", type=Path, default=None, metavar="EARLIER.json",
                     help="step 2 with the speeds an earlier run timed for the same architectures (see above)")
     args = ap.parse_args(argv)
@@ -143,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     views = {c.name if c else "clean": [c(x) if c else x for p in pairs for x in p] for c in conditions}
     y = np.tile([0, 1], len(pairs))
     speed_faces = real_crops(args.speed_faces)
+    swap_views = val_swap_views([Path(f.path) for f in faces], args.val_swap_dir) if args.val_swaps else {}
 
     rows = []
     for name, expert in loaded:
@@ -153,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             threads, expert.cpu_threads = expert.cpu_threads, None  # validation scoring: --threads
             for cond, images in views.items():
                 aucs[cond] = round(roc_auc(y, np.array([s.p_fake for s in expert.score(images)])), 4)
+            for kind, (images, labels) in swap_views.items():
+                aucs[kind] = round(roc_auc(labels, np.array([s.p_fake for s in expert.score(images)])), 4)
             expert.cpu_threads = threads
             aucs["mean"] = round(float(np.mean([aucs[c] for c in views])), 4)
+            if swap_views:
+                aucs["sbi_mean"] = aucs["mean"]
+                aucs["mean"] = round(float(np.mean([aucs["sbi_mean"], *(aucs[k] for k in swap_views)])), 4)
             expert.batch_size = 32
             expert.score(speed_faces[:4])
             rates = []
@@ -170,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_from:
         carry_speeds(rows, earlier_rows(args.speed_from), str(args.speed_from))
     chosen = choose(rows, args.min_faces_per_s)
-    cols = ["clean", *CONDITIONS, "mean"]
-    print(f"\n{len(faces)} validation faces ({len(y)} images), {args.speed_faces} crops for speed; "
+    cols = ["clean", *CONDITIONS, *(["sbi_mean", *swap_views] if swap_views else []), "mean"]
+    swaps_said = (f", validation swaps {', '.join(f'{k} {int(v[1].sum())}' for k, v in swap_views.items())}, "
+                  "mean = (self-blend mean + each swap AUC) / 3" if swap_views else "")
+    print(f"\n{len(faces)} validation faces ({len(y)} images){swaps_said}, {args.speed_faces} crops for speed; "
           f"rule: highest mean with >= {args.min_faces_per_s:g} faces/s, ties within 0.002 to the fastest\n")
     print("| candidate | " + " | ".join(cols) + " | faces/s | |\n|---|" + "---|" * (len(cols) + 2))
     for r in rows:
@@ -181,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rule": __doc__.split("The rule")[1].split("No held-out")[0].strip(),
                                     "validation_faces": len(faces), "conditions": cols, "rows": rows,
+                                    "validation_swaps": {k: {"real": int((v[1] == 0).sum()), "fake": int(v[1].sum())}
+                                                         for k, v in swap_views.items()} or None,
                                     "chosen": chosen, "load_average": os.getloadavg(),
                                     "speed_from": str(args.speed_from) if args.speed_from else None}, indent=1) + "\n")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -96,3 +97,24 @@ def test_ship_record_reads_every_figure_from_the_table():
     assert scope["blind_to"][0]["auc"] == 0.34 and "MORE real" in scope["does_not_detect"]
     with pytest.raises(SystemExit, match="no rows for expert 'missing'"):
         ship.evaluation_and_scope({"rows": rows}, "missing")
+
+
+SHARED_FR = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-real-photos" / "real"
+
+
+@pytest.mark.skipif(not SHARED_FR.is_dir(), reason="needs ../shared")
+def test_val_swaps_are_validation_photos_swapped_by_the_tuning_implementations(tmp_path):
+    """--val-swaps: the photos given (the validation split's) against swaps between them by faceswap and
+    faceswap2 (never faceswap3, the independent test), 1.3x crops, built once and reused from the folder."""
+    sel = _load("select_blend")
+    photos = sorted(SHARED_FR.glob("*.jpg"))[:4]
+    views = sel.val_swap_views(photos, tmp_path)
+    assert sorted(views) == ["val_swap1", "val_swap2"]
+    for images, labels in views.values():
+        assert len(images) == len(labels) and set(labels.tolist()) == {0, 1}
+        assert (labels == 0).sum() <= 4 and all(im.mode == "RGB" for im in images)
+    made = sorted(p.name for p in (tmp_path / "data").rglob("*.png"))
+    assert made and {p.stem for p in photos} >= {Path(m).stem for m in made}
+    assert not (tmp_path / "data" / "swap3").exists()
+    again = sel.val_swap_views(photos, tmp_path)  # cached: the same crops
+    assert [np.asarray(a).tobytes() for a in again["val_swap2"][0]] == [np.asarray(a).tobytes() for a in views["val_swap2"][0]]
