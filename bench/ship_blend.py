@@ -28,6 +28,10 @@ SET_TEXT = {
     "fr_swap2": "faces-real-photos held-out originals vs x2dfd.faceswap2 swaps (similarity warp; 3 methods round-robin)",
     "un_swap1": "stylegan2-vs-real REAL half (Unsplash, unseen source) vs x2dfd.faceswap swaps between those photos",
     "un_swap2": "stylegan2-vs-real REAL half (Unsplash, unseen source) vs x2dfd.faceswap2 swaps between those photos",
+    "fr_swap3": "faces-real-photos held-out originals vs x2dfd.faceswap3 swaps (thin-plate-spline warp, linear "
+                "Monge-Kantorovich colour transfer, ellipse mask, linear-ramp alpha blend; never trained or tuned on)",
+    "un_swap3": "stylegan2-vs-real REAL half (Unsplash, unseen source) vs x2dfd.faceswap3 swaps between those photos "
+                "(never trained or tuned on)",
     "stylegan2": "Unsplash real vs StyleGAN2 (fully synthetic, not blended)",
 }
 
@@ -64,6 +68,9 @@ def evaluation_and_scope(table: dict, label: str) -> tuple[dict, dict]:
             "own_source_own_swap": f"AUC {auc('fr_swap1'):.3f} on faces-real-photos held-out swaps (x2dfd.faceswap)",
             "own_source_other_swap": f"AUC {auc('fr_swap2'):.3f} on faces-real-photos held-out swaps (x2dfd.faceswap2)",
             "other_source": f"AUC {auc('un_swap1'):.3f} / {auc('un_swap2'):.3f} on Unsplash swaps (faceswap / faceswap2)",
+            **({"independent_swap": f"AUC {auc('fr_swap3'):.3f} / {auc('un_swap3'):.3f} on faces-real-photos held-out / "
+                                    "Unsplash swaps by x2dfd.faceswap3, an implementation never trained or tuned on"}
+               if ("fr_swap3", "clean") in rows and ("un_swap3", "clean") in rows else {}),
             "degradation_auc_lost_fr_swap1": lost("fr_swap1"),
             "degradation_auc_lost_fr_swap2": lost("fr_swap2"),
         },
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     training["reproduce"] = reproduce
     training["selection"] = {"rule": selection["rule"], "chosen": args.candidate,
                              "validation_faces": selection["validation_faces"], "conditions": selection["conditions"],
+                             **({"validation_swaps": selection["validation_swaps"]} if selection.get("validation_swaps") else {}),
                              "candidates": selection["rows"], "command": "bench/select_blend.py",
                              "earlier": earlier}
     out = {**meta, "training": training, "evaluation": evaluation, "scope": scope}

@@ -90,6 +90,10 @@ def test_ship_record_reads_every_figure_from_the_table():
     rows += [_row("fr_swap1", c, 0.9, d) for c, d in (("jpeg:50", 0.022), ("noise:0.02", 0.056))]
     rows += [_row("fr_swap1", "clean", 0.5) | {"expert": "other"}]  # another expert's row is not read
     ev, scope = ship.evaluation_and_scope({"rows": rows}, "E")
+    assert "independent_swap" not in scope["measured"]  # no faceswap3 rows: nothing said about them
+    ev3, scope3 = ship.evaluation_and_scope({"rows": rows + [_row("fr_swap3", "clean", 0.957), _row("un_swap3", "clean", 0.86)]}, "E")
+    assert scope3["measured"]["independent_swap"].startswith("AUC 0.957 / 0.860 on faces-real-photos held-out / Unsplash")
+    assert "never trained or tuned on" in ev3["un_swap3"]["set"] and ev3["fr_swap3"]["auc"] == 0.957
     assert ev["fr_swap1"]["auc"] == 0.955 and ev["fr_swap1_noise_0.02"]["auc_drop"] == 0.056
     assert ev["un_swap2_pyramid"]["set"].endswith("[pyramid only]")
     assert scope["measured"]["other_source"] == "AUC 0.883 / 0.801 on Unsplash swaps (faceswap / faceswap2)"
