@@ -14,14 +14,14 @@ The rule (the one behind the shipped weights' ``training.selection``):
 3. take the highest mean AUC over the five conditions; within 0.002 of it, the fastest (at equal speed, the
    higher mean).
 
-With ``--val-swaps`` (the rule since 2026-11-28, decided before any test figure of the candidates it first chose
-among), step 1 also builds classical face swaps between the VALIDATION split's photos with the two tuning
+With ``--val-swaps`` (the rule since 2026-11-28: decided before any figure of the ``--dof`` candidates it first
+chose among, after the multi-band candidate's test figures; experts/README.md says what was known), step 1 also builds classical face swaps between the VALIDATION split's photos with the two tuning
 implementations (``x2dfd.faceswap``, ``x2dfd.faceswap2``; never ``faceswap3``, the independent test, and never
 a held-out or Unsplash photo), scores each candidate on the validation reals against each kind (clean, 1.3x crops
 as ``bench/eval_experts.py`` makes them), and step 3 ranks by ``mean`` = one third each of the self-blend mean
 over the five conditions, the ``faceswap`` AUC and the ``faceswap2`` AUC. The plain self-blend view alone rewards
-networks that specialise in SBI's own alpha blend: every step that trained for classical swaps (``--multiband``,
-``--dof``) lowered it while raising the swap figures.
+networks that specialise in SBI's own alpha blend: ``--multiband``, trained for classical swaps, lowered it while
+raising every swap figure.
 
 ``--speed-from EARLIER.json`` (an earlier run's output) applies step 2 with the speeds that run timed, for every
 candidate whose architecture (member backbones, input size, mirror averaging: the per-face cost) it timed, the
