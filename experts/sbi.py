@@ -328,8 +328,13 @@ def jitter_landmarks(landmarks: np.ndarray, rng: np.random.Generator, strength: 
     """Landmark noise (a detector's error): each point moved by N(0, strength x face size) plus one
     shared shift, so hulls built from them do not follow the true face outline exactly."""
     lm = np.asarray(landmarks, np.float32).reshape(68, 2)
-    size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]), 1.0))
+    size = _face_size(lm)
     return (lm + rng.normal(0, strength * size, lm.shape) + rng.normal(0, strength * size, (1, 2))).astype(np.float32)
+
+
+def _face_size(landmarks: np.ndarray) -> float:
+    """The larger side of the landmarks' bounding box in pixels (at least 1): the unit of face-relative noise."""
+    return float(max(np.ptp(landmarks[:, 0]), np.ptp(landmarks[:, 1]), 1.0))
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, p_loss: float | None = None) -> np.ndarray:
@@ -376,7 +381,7 @@ def focus_weight(landmarks: np.ndarray, shape: tuple[int, int], rng: np.random.G
     head sharp, the far side soft). Its edge follows no face hull, so a sharpness change alone does not
     mark a blend."""
     lm = np.asarray(landmarks, np.float32).reshape(-1, 2)
-    size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]), 1.0))
+    size = _face_size(lm)
     h, w = shape
     cx, cy = lm.mean(axis=0) + rng.normal(0, 0.1 * size, 2)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -403,13 +408,14 @@ def focus_blur_pair(real: np.ndarray, fake: np.ndarray, landmarks: np.ndarray,
     # a crop past the photo's edge is padded black (x2dfd.face.crop_face): the lens blurred the photo, not
     # the padding, so blur within the photo's rectangle only (normalised) and keep the padding black
     valid = _photo_rect(real)[..., None]
+    levels = [(amount, s, np.maximum(cv2.GaussianBlur(valid[..., 0], (0, 0), s)[..., None], 1e-3))
+              for amount, s in ((lo, sigma / 2), (hi, sigma))]  # the normaliser is the same for both images
     out = []
     for img in (real, fake):
         x = img.astype(np.float32) * valid
         y = x
-        for amount, s in ((lo, sigma / 2), (hi, sigma)):
-            blurred = cv2.GaussianBlur(x, (0, 0), s) / np.maximum(cv2.GaussianBlur(valid[..., 0], (0, 0), s)[..., None], 1e-3)
-            y = (1 - amount) * y + amount * blurred
+        for amount, s, norm in levels:
+            y = (1 - amount) * y + amount * (cv2.GaussianBlur(x, (0, 0), s) / norm)
         out.append(np.clip(np.round(y * valid + img * (1 - valid)), 0, 255).astype(np.uint8))
     return out[0], out[1]
 

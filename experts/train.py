@@ -217,9 +217,9 @@ class SBIDataset(torch.utils.data.Dataset):
                  degrade: bool = False, landmark_jitter: float = 0.0, colour_match: float = 0.0, poisson: float = 0.0,
                  degrade_p: float | None = None, multiband: float = 0.0, dof: float = 0.0):
         self.faces, self.size, self.mean, self.std = list(faces), size, mean, std
-        self.dof = dof
         self.seed, self.train, self.degrade, self.landmark_jitter = seed, train, degrade, landmark_jitter
-        self.colour_match, self.poisson, self.degrade_p, self.multiband = colour_match, poisson, degrade_p, multiband
+        self.colour_match, self.poisson, self.degrade_p = colour_match, poisson, degrade_p
+        self.multiband, self.dof = multiband, dof
 
     def __len__(self) -> int:
         return len(self.faces)
