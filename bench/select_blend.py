@@ -70,9 +70,11 @@ def choose(rows: list[dict], min_faces_per_s: float, tie: float = 0.002) -> str 
 
 
 def architecture(config) -> str:
-    """What fixes a candidate's per-face cost: member backbones, input size, mirror averaging."""
+    """What fixes a candidate's per-face cost: member backbones, input size, mirror averaging, and whether the
+    mask head runs in ``score`` (``mask_evidence``; its weight does not change the cost)."""
     backbones = list(config.member_backbones or [config.backbone] * config.members)
-    return "+".join(backbones) + f"@{config.image_size}" + (" mirror-averaged" if config.flip_average else "")
+    return ("+".join(backbones) + f"@{config.image_size}" + (" mirror-averaged" if config.flip_average else "")
+            + (" +mask evidence" if getattr(config, "mask_evidence", 0.0) else ""))
 
 
 def carry_speeds(rows: list[dict], earlier: list[dict], source: str) -> None:

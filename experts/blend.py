@@ -53,6 +53,10 @@ class BlendConfig:
     # None: every member is ``backbone``
     member_backbones: list[str] | None = None
     flip_average: bool = False  # also run the mirrored face and average (logits; heatmaps mirrored back)
+    # w: the fake logit becomes the classifier's logit + w x the blend-mask evidence (the mean of the top
+    # MASK_EVIDENCE_TOP fraction of the mask logits: where the model is surest it sees a blend); 0 = the
+    # classifier's logit alone (the mask head then only draws heatmaps)
+    mask_evidence: float = 0.0
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -60,6 +64,9 @@ class BlendConfig:
             raise UsageError(f"Unknown backbone '{self.backbone}'. Available: {', '.join(BACKBONES)}.")
         if self.image_size < 32:
             raise UsageError(f"blend: image_size must be >= 32, got {self.image_size}")
+        if not 0.0 <= float(self.mask_evidence) <= 100.0:
+            raise UsageError(f"blend: mask_evidence must be in [0, 100], got {self.mask_evidence}")
+        self.mask_evidence = float(self.mask_evidence)
         if int(self.members) < 1:
             raise UsageError(f"blend: members must be >= 1, got {self.members}")
         self.members = int(self.members)
@@ -124,6 +131,18 @@ class BlendEnsemble(nn.Module):
 
     def logit(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.logit(x) for m in self.members]).mean(0)
+
+
+#: the fraction of blend-mask cells whose logits make the mask evidence (BlendConfig.mask_evidence)
+MASK_EVIDENCE_TOP = 0.05
+
+
+def mask_evidence(mask_logits: torch.Tensor) -> torch.Tensor:
+    """Per face, the mean of the top ``MASK_EVIDENCE_TOP`` fraction of its blend-mask logits (at least one cell):
+    high where some region looks blended, whatever the classifier's pooled view says."""
+    flat = mask_logits.float().flatten(1)
+    k = max(1, int(flat.shape[1] * MASK_EVIDENCE_TOP))
+    return flat.topk(k, dim=1).values.mean(1)
 
 
 def build_net(config: BlendConfig) -> nn.Module:
@@ -343,8 +362,10 @@ class BlendExpert:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Fake logits (before the temperature) of a normalised batch: every member, the mirrored faces too
-        when ``flip_average`` (what ``score`` turns into p_fake and calibration is fitted on). Any layout in;
-        the network runs in ``memory_format``."""
+        when ``flip_average``, plus the blend-mask evidence when ``mask_evidence`` (what ``score`` turns into
+        p_fake and calibration is fitted on). Any layout in; the network runs in ``memory_format``."""
+        if self.config.mask_evidence:
+            return self._forward(x)[0]
         x = x.contiguous(memory_format=self.memory_format)
         if not self.config.flip_average:
             return self.model.logit(x)
@@ -353,12 +374,17 @@ class BlendExpert:
         return (z[:n] + z[n:]) / 2
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fake logits as ``logits`` gives them, blend-mask logits) of a normalised batch."""
         x = x.contiguous(memory_format=self.memory_format)
         if not self.config.flip_average:
-            return self.model(x)
-        n = len(x)
-        z, m = self.model(torch.cat([x, x.flip(3)]))
-        return (z[:n] + z[n:]) / 2, (m[:n] + m[n:].flip(3)) / 2
+            z, m = self.model(x)
+        else:
+            n = len(x)
+            z, m = self.model(torch.cat([x, x.flip(3)]))
+            z, m = (z[:n] + z[n:]) / 2, (m[:n] + m[n:].flip(3)) / 2
+        if self.config.mask_evidence:
+            z = z.float() + self.config.mask_evidence * mask_evidence(m)
+        return z, m
 
     @torch.inference_mode()
     def predict(self, faces: Sequence[Any]) -> tuple[list[ExpertScore], list[np.ndarray]]:
@@ -380,7 +406,8 @@ class BlendExpert:
     @torch.inference_mode()
     def score(self, faces: Sequence[Any]) -> list[ExpertScore]:
         """p_fake per face (PIL images or uint8 RGB arrays), batched, in input order. The same numbers
-        as ``predict``'s, without the mask head and the heatmaps (nobody looks at them here)."""
+        as ``predict``'s, without the heatmaps (nobody looks at them here; the mask head runs only when its
+        evidence enters the logit)."""
         scores: list[ExpertScore] = []
         for _, x in self._batches(faces):
             with _TorchThreads(self.cpu_threads, self.device):
@@ -405,6 +432,7 @@ class BlendExpert:
             "members": self.config.members,
             "member_backbones": self.config.member_backbones or [self.config.backbone] * self.config.members,
             "flip_average": self.config.flip_average,
+            "mask_evidence": self.config.mask_evidence,
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.weights_sha256,
             "training": {k: rec[k] for k in ("command", "seed", "data_fingerprint", "epochs", "val_auc", "train_images", "train_seconds") if k in rec},

@@ -165,6 +165,8 @@ class EnsembleConfig:
     """Output directory for the combined weights and record."""
     flip_average: bool = field(default=False, metadata={"store_true": True})
     """Also score each face's mirror image and average (twice the compute per face)."""
+    mask_evidence: float = 0.0
+    """Weight w of the blend-mask evidence in the fake logit: logit + w x (mean of the top 5% of the averaged mask logits); 0 = the classifiers' logits alone. Choose it on validation data (bench/select_blend.py)."""
     real: list[str] = field(default_factory=list, metadata={"metavar": "DIR"})
     """The real photos the members were trained on (default: the first member's recorded --real): their validation split calibrates the ensemble."""
     cache_dir: Path | None = None
@@ -186,9 +188,10 @@ def ensemble_main(argv: list[str]) -> int:
 
     path, record = assemble_ensemble(cfg.weights, cfg.out, real=cfg.real or None, cache_dir=cfg.cache_dir,
                                      flip_average=cfg.flip_average, command=command_line(argv, "ensemble"),
-                                     save_dtype=cfg.save_dtype)
+                                     save_dtype=cfg.save_dtype, mask_evidence=cfg.mask_evidence)
     cal = record["calibration"]
-    print(f"wrote {path} ({len(cfg.weights)} members{', flip-averaged' if cfg.flip_average else ''}; temperature "
+    print(f"wrote {path} ({len(cfg.weights)} members{', flip-averaged' if cfg.flip_average else ''}"
+          f"{f', mask evidence x{cfg.mask_evidence:g}' if cfg.mask_evidence else ''}; temperature "
           f"{cal['temperature']}, ECE {cal['ece_before']} -> {cal['ece_after']} on {record['val_images']} validation faces)")
     return 0
 

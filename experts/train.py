@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from x2dfd.experts.blend import BlendConfig, BlendExpert, resize_face, save_safetensors, to_tensor
+from x2dfd.experts.blend import MASK_EVIDENCE_TOP, BlendConfig, BlendExpert, resize_face, save_safetensors, to_tensor
 from x2dfd.experts.backbones import lite_variant
 from x2dfd.media import file_sha256
 from x2dfd.experts.sbi import augment_pair, degrade_pair, focus_blur_pair, jitter_landmarks, self_blend
@@ -673,11 +673,13 @@ def command_line(argv: Sequence[str], sub: str = "train") -> str:
 
 def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequence[str | Path] | None = None,
                       cache_dir: str | Path | None = None, flip_average: bool = False, command: str | None = None,
-                      save_dtype: str = "float16") -> tuple[Path, dict[str, Any]]:
+                      save_dtype: str = "float16", mask_evidence: float = 0.0) -> tuple[Path, dict[str, Any]]:
     """One blend expert from separately trained ones (same input size, same train/val/holdout split; the same
     backbone, or EfficientNet-Lites of different sizes): their logits and blend masks are averaged
     (``BlendConfig.members``), optionally over the mirrored face too. The temperature is fitted anew on the
     members' validation self-blends (never trained on) and the training record keeps every member's own.
+    ``mask_evidence`` > 0 adds that multiple of the averaged blend mask's evidence (``blend.mask_evidence``) to the
+    averaged logit, before the temperature is fitted.
     Writes OUT/blend_<backbone>.safetensors + .json (``blend_<backbone>-<backbone>...`` when they differ)."""
     if len(weights) < 2:
         raise UsageError("an ensemble needs at least two --weights files")
@@ -710,7 +712,7 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
 
     backbones = [e.config.backbone for e in loaded]
     cfg = BlendConfig.from_dict({**first.config.to_dict(), "members": len(loaded), "member_backbones": backbones,
-                                 "flip_average": bool(flip_average)})
+                                 "flip_average": bool(flip_average), "mask_evidence": float(mask_evidence)})
     expert = BlendExpert.from_config(cfg)
     for i, e in enumerate(loaded):
         expert.model.members[i].load_state_dict(e.model.state_dict())
@@ -718,7 +720,9 @@ def assemble_ensemble(weights: Sequence[str | Path], out: str | Path, real: Sequ
     record = {
         "command": command or "(python API)",
         "ensemble": {"combination": "mean of the members' logits (and blend-mask logits)" +
-                                    (", each over the face and its mirror image" if flip_average else ""),
+                                    (", each over the face and its mirror image" if flip_average else "") +
+                                    (f", plus {mask_evidence:g} x the mean of the top {MASK_EVIDENCE_TOP:.0%} of the "
+                                     "averaged blend-mask logits" if mask_evidence else ""),
                      "members": [{"file": e.weights_path.name, "sha256": e.weights_sha256, "calibration": e.calibration,
                                   # the split is the ensemble's own (checked above): stored once, below
                                   "training": {**e.record, "split": "the ensemble's split"}} for e in loaded]},

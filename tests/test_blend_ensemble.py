@@ -41,6 +41,38 @@ def test_flip_average_is_mirror_invariant_and_averages_both_views():
     assert flipped.info()["flip_average"] is True and plain.info()["members"] == 1
 
 
+def test_mask_evidence_adds_the_top_mask_logits_to_the_fake_logit():
+    """mask_evidence w: the fake logit is the classifier's + w x the mean of the top 5% of the blend-mask logits, in
+    score, predict and calibration alike (all read ``logits``); w = 0 leaves the classifier's logit alone; its
+    weight survives a save and load and is refused outside [0, 100]."""
+    from x2dfd.experts.blend import mask_evidence, resize_face
+
+    torch.manual_seed(0)
+    plain = experts.build_expert("blend", {"image_size": 64})
+    fused = BlendExpert(plain.model, BlendConfig.from_dict({**plain.config.to_dict(), "mask_evidence": 2.5}))
+    faces = _faces()
+    x = to_tensor([resize_face(np.asarray(f), 64) for f in faces], plain.config.mean, plain.config.std)
+    with torch.inference_mode():
+        z, m = plain.model(x)
+        flat = m.flatten(1)
+        assert flat.shape[1] == 16  # 64 px in, a 4x4 mask: the top 5% is its single largest cell
+        assert torch.allclose(mask_evidence(m), flat.max(1).values)
+        big = torch.zeros(2, 1, 10, 10)
+        big[0, 0, 0, :6] = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+        assert mask_evidence(big).tolist() == pytest.approx([4.0, 0.0])  # the top 5 of 100 cells
+        assert torch.allclose(plain.logits(x), z, atol=1e-6)
+        assert torch.allclose(fused.logits(x), z + 2.5 * mask_evidence(m), atol=1e-5)
+    p = [s.p_fake for s in fused.score(faces)]
+    assert p != pytest.approx([s.p_fake for s in plain.score(faces)], abs=1e-4)
+    scores, maps = fused.predict(faces)
+    assert [s.p_fake for s in scores] == pytest.approx(p, abs=1e-6)
+    assert [mp.tolist() for mp in maps] == [mp.tolist() for mp in plain.predict(faces)[1]]  # heatmaps unchanged
+    assert fused.info()["mask_evidence"] == 2.5 and plain.info()["mask_evidence"] == 0.0
+    assert BlendConfig.from_dict(fused.config.to_dict()).mask_evidence == 2.5
+    with pytest.raises(UsageError, match=r"mask_evidence must be in \[0, 100\], got -1"):
+        BlendConfig(mask_evidence=-1)
+
+
 def test_member_backbones_config():
     cfg = BlendConfig(members=2, member_backbones=["efficientnet_lite0", "efficientnet_lite1"], image_size=64)
     assert BlendConfig.from_dict(cfg.to_dict()) == cfg
@@ -102,6 +134,28 @@ def test_ensemble_of_two_trained_members_round_trip_and_refusals(tmp_path, capsy
         assert torch.allclose(mixed.logits(x), (a.logits(x) + l2.logits(x)) / 2, atol=1e-5)
     scores, maps = mixed.predict(_faces())
     assert len(scores) == 4 and [m.shape for m in maps] == [np.asarray(f).shape[:2] for f in _faces()]
+
+    # --mask-evidence: the averaged logit plus w x the averaged mask's evidence, calibrated and recorded with it
+    me_out = tmp_path / "ens_me"
+    assert main(["ensemble", "--weights", str(wa), "--weights", str(wb), "--out", str(me_out), "--cache-dir", str(cache),
+                 "--save-dtype", "float32", "--mask-evidence", "1.5"]) == 0
+    assert "mask evidence x1.5" in capsys.readouterr().out
+    me = experts.load_expert("blend", weights=str(me_out))
+    from x2dfd.experts.blend import mask_evidence
+
+    with torch.inference_mode():
+        za, ma = a.model(x)
+        zb, mb = b.model(x)
+        assert torch.allclose(me.logits(x), (za + zb) / 2 + 1.5 * mask_evidence((ma + mb) / 2), atol=1e-5)
+    me_rec = json.loads((me_out / "blend_efficientnet_lite0.json").read_text())
+    assert me_rec["config"]["mask_evidence"] == 1.5 and "1.5 x the mean of the top 5%" in me_rec["training"]["ensemble"]["combination"]
+    from x2dfd.experts.train import calibrate, recorded_split_faces
+
+    val_faces = recorded_split_faces(me_rec["training"]["split"]["val"], [str(real)], cache, "val")
+    refit = BlendExpert(me.model, BlendConfig.from_dict({**me.config.to_dict(), "mask_evidence": 0.0}))
+    assert me_rec["calibration"] == calibrate(me, val_faces, a.record.get("seed", 0))  # fitted on the fused logits
+    assert calibrate(refit, val_faces, a.record.get("seed", 0)) == cal  # without it: the plain ensemble's
+    assert me_rec["calibration"]["nll_before"] != cal["nll_before"]
 
     # a member trained on another split, a lone member, or an ensemble as a member: one line each
     assert main(base + ["--out", str(tmp_path / "c"), "--seed", "5"]) == 0

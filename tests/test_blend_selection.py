@@ -41,6 +41,7 @@ def test_speed_from_an_earlier_run_goes_by_architecture():
     three = BlendConfig(members=3, member_backbones=["efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite2"])
     assert sel.architecture(three) == "efficientnet_lite0+efficientnet_lite0+efficientnet_lite2@224"
     assert sel.architecture(BlendConfig(flip_average=True)) == "efficientnet_lite0@224 mirror-averaged"
+    assert sel.architecture(BlendConfig(mask_evidence=1.5)) == "efficientnet_lite0@224 +mask evidence"
     arch3 = sel.architecture(three)
     earlier = [{"candidate": "old triple", "architecture": arch3, "faces_per_s": 12.5},
                {"candidate": "old triple b", "architecture": arch3, "faces_per_s": 11.6},
