@@ -322,6 +322,12 @@ def test_shipped_record_states_scope_calibration_and_figures():
     assert not set(rec["split"]["holdout"]) & (set(rec["split"]["train"]) | set(rec["split"]["val"]))
     expert = experts.load_expert("blend")
     assert expert.temperature == pytest.approx(cal["temperature"]) and expert.info()["scope"]["detects"]
+    # the shipped file and its config are the candidate the selection chose (hash, and the mask-evidence weight)
+    sel = rec["selection"]
+    chosen = next(r for r in sel["candidates"] if r["candidate"] == sel["chosen"])
+    assert chosen["sha256"] == expert.weights_sha256
+    assert ("+mask evidence" in chosen.get("architecture", "")) == (meta["config"].get("mask_evidence", 0.0) > 0)
+    assert expert.info()["mask_evidence"] == meta["config"].get("mask_evidence", 0.0)
 
 
 def test_init_weights_continues_a_whole_expert_or_loads_a_backbone(tmp_path):
