@@ -46,26 +46,16 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT / "bench"))
     from eval_experts import crops_for
-    from select_blend import val_swap_views
+    from select_blend import self_blend_views, val_swap_views
     from x2dfd.experts.blend import BlendConfig, BlendExpert, mask_evidence
-    from x2dfd.experts.train import VAL_SEED_OFFSET, make_pair, recorded_split_faces
     from x2dfd.face import get_detector
     from x2dfd.metrics import roc_auc
-    from x2dfd.perturb import parse_perturbations
 
     torch.set_num_threads(args.threads)
     expert = BlendExpert.load(args.weights)
     plain = BlendExpert(expert.model, BlendConfig.from_dict({**expert.config.to_dict(), "mask_evidence": 0.0}))
-    rec = expert.record
-    real = [str(ROOT / d) if not Path(d).is_absolute() else d for d in rec.get("real_dirs") or []]
-    faces = recorded_split_faces(rec["split"]["val"], real, args.cache_dir, "val")
-
-    views: dict[str, tuple[list, np.ndarray]] = {}
-    pairs = [make_pair(f, np.random.default_rng([0, VAL_SEED_OFFSET, i]), 256, False)[:2] for i, f in enumerate(faces)]
-    pairs = [(Image.fromarray(r), Image.fromarray(f)) for r, f in pairs]
-    for cond in [None, *parse_perturbations(["jpeg:50", "blur:1", "resize:0.5", "noise:0.02"])]:
-        views[f"val_sbi {cond.name if cond else 'clean'}"] = ([cond(x) if cond else x for p in pairs for x in p],
-                                                            np.tile([0, 1], len(pairs)))
+    faces, sbi_views, sbi_y = self_blend_views(expert.record, args.cache_dir)
+    views: dict[str, tuple[list, np.ndarray]] = {f"val_sbi {c}": (images, sbi_y) for c, images in sbi_views.items()}
     views.update(val_swap_views([Path(f.path) for f in faces], args.val_swap_dir))
     if args.sets:
         table = json.loads((args.eval_dir / "data" / "sets.json").read_text())["sets"]

@@ -91,6 +91,26 @@ def carry_speeds(rows: list[dict], earlier: list[dict], source: str) -> None:
             r["speed_from"] = f"{source}: median of {len(timed[r['architecture']])} row(s) of {r['architecture']}"
 
 
+def self_blend_views(record: dict, cache_dir: Path) -> tuple[list, dict[str, list], np.ndarray]:
+    """The validation split a training ``record`` names (faces from ``cache_dir``, detected where missing) and its
+    fixed self-blend views: SBIDataset's validation pairs at seed 0 (the same pairs for every candidate), kept as
+    uint8 at 256 px, clean and under each of ``CONDITIONS``. Returns (faces, {condition: images}, labels)."""
+    from PIL import Image
+
+    from x2dfd.experts.train import VAL_SEED_OFFSET, make_pair, recorded_split_faces
+    from x2dfd.perturb import parse_perturbations
+
+    real = [str(ROOT / d) if not Path(d).is_absolute() else d for d in record.get("real_dirs") or []]
+    faces = recorded_split_faces(record["split"]["val"], real, cache_dir, "val")
+    pairs = []
+    for i, face in enumerate(faces):
+        r, f, _ = make_pair(face, np.random.default_rng([0, VAL_SEED_OFFSET, i]), 256, False)
+        pairs.append((Image.fromarray(r), Image.fromarray(f)))
+    conditions = [None] + parse_perturbations(CONDITIONS)
+    views = {c.name if c else "clean": [c(x) if c else x for p in pairs for x in p] for c in conditions}
+    return faces, views, np.tile([0, 1], len(pairs))
+
+
 def val_swap_views(photos: list[Path], out: Path) -> dict[str, tuple[list, np.ndarray]]:
     """``--val-swaps``: the validation photos' 1.3x face crops against crops of swaps between them, one view per
     tuning implementation (``eval_experts.build_swaps``: one swap per target photo, seeded; PNG; cached in ``out``).
@@ -152,13 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from PIL import Image
 
     from bench_expert import real_crops
     from x2dfd.experts.blend import BlendExpert
-    from x2dfd.experts.train import VAL_SEED_OFFSET, make_pair, recorded_split_faces
     from x2dfd.metrics import roc_auc
-    from x2dfd.perturb import parse_perturbations
 
     torch.set_num_threads(args.threads)
     print(f"start: load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, {os.cpu_count()} CPUs", file=sys.stderr)
@@ -171,16 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, val in splits.items():
         if not val or sorted(val) != sorted(splits[first_name]):
             raise SystemExit(f"select_blend: '{name}' records another (or no) validation split than '{first_name}'")
-    real = [str(ROOT / d) if not Path(d).is_absolute() else d for d in first.record.get("real_dirs") or []]
-    faces = recorded_split_faces(splits[first_name], real, args.cache_dir, "val")
-    pairs = []
-    for i, face in enumerate(faces):
-        # SBIDataset's fixed validation view at seed 0 (the same pairs for every candidate), kept as uint8 at 256 px
-        r, f, _ = make_pair(face, np.random.default_rng([0, VAL_SEED_OFFSET, i]), 256, False)
-        pairs.append((Image.fromarray(r), Image.fromarray(f)))
-    conditions = [None] + parse_perturbations(CONDITIONS)
-    views = {c.name if c else "clean": [c(x) if c else x for p in pairs for x in p] for c in conditions}
-    y = np.tile([0, 1], len(pairs))
+    faces, views, y = self_blend_views(first.record, args.cache_dir)
     speed_faces = real_crops(args.speed_faces)
     swap_views = val_swap_views([Path(f.path) for f in faces], args.val_swap_dir) if args.val_swaps else {}
 
